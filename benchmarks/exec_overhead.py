@@ -1,0 +1,96 @@
+"""Exec through the hub vs directly through the Docker SDK, no-op verb throughput, CLI latency.
+
+Starts a real hub and spoke on loopback (like the tests), then prints figures measured in this
+one run. Not a pass/fail test: goals are printed beside the measurements.
+
+    python benchmarks/exec_overhead.py [--n 200] [--pings 20000]
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+import docker  # noqa: E402
+
+from spoke.boxes.image import DEFAULT_IMAGE, ensure_sandbox_image  # noqa: E402
+from tests.cluster import HUB, Hub, Spoke  # noqa: E402
+
+
+def pct(values: list[float], p: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(round(p / 100 * (len(ordered) - 1))))]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--n", type=int, default=200, help="exec samples per path")
+    parser.add_argument("--pings", type=int, default=20000, help="no-op round trips")
+    parser.add_argument("--cli-runs", type=int, default=15)
+    args = parser.parse_args()
+    ensure_sandbox_image(DEFAULT_IMAGE, progress=lambda line: print(f"[image] {line}", file=sys.stderr))
+    with tempfile.TemporaryDirectory() as tmp:
+        hub = Hub(Path(tmp))
+        hub.start()
+        spoke = Spoke(Path(tmp), hub, name="bench")
+        try:
+            spoke.join()
+            client = hub.client()
+            box = client.request("POST", "/api/boxes", {"spoke": "bench", "image": DEFAULT_IMAGE})["id"]
+            [container] = docker.from_env().containers.list(filters={"label": f"spokehub.box={box}"})
+
+            def via_hub() -> None:
+                events = list(client.exec_stream(box, ["true"]))
+                assert events[-1]["exit_code"] == 0
+
+            def direct() -> None:
+                assert container.exec_run(["true"]).exit_code == 0
+
+            for fn in (via_hub, direct):  # warm up both paths
+                for _ in range(10):
+                    fn()
+            hub_t: list[float] = []
+            direct_t: list[float] = []
+            for _ in range(args.n):  # interleaved, so drift affects both alike
+                for fn, sink in ((via_hub, hub_t), (direct, direct_t)):
+                    t0 = time.perf_counter()
+                    fn()
+                    sink.append(time.perf_counter() - t0)
+            h50, h99, d50, d99 = pct(hub_t, 50), pct(hub_t, 99), pct(direct_t, 50), pct(direct_t, 99)
+            print(f"exec `true` x{args.n}: hub p50 {h50 * 1000:.1f} ms  p99 {h99 * 1000:.1f} ms | "
+                  f"docker SDK p50 {d50 * 1000:.1f} ms  p99 {d99 * 1000:.1f} ms")
+            print(f"  ratio p50 {h50 / d50:.3f} (goal <= 1.10)   ratio p99 {h99 / d99:.3f}")
+
+            ping = client.request("POST", "/api/spokes/bench/ping", {"count": args.pings, "concurrency": 64})
+            print(f"no-op verb round trips hub->spoke: {ping['per_second']:.0f}/s over {args.pings} "
+                  f"(goal >= 5000/s)")
+
+            env = {"SPOKEHUB_HUB_DIR": str(hub.dir)}
+            import os
+
+            cli_t, docker_t = [], []
+            for _ in range(args.cli_runs):
+                t0 = time.perf_counter()
+                subprocess.run([HUB, "box", "exec", box, "--", "true"], check=True, env={**os.environ, **env})
+                cli_t.append(time.perf_counter() - t0)
+                t0 = time.perf_counter()
+                subprocess.run(["docker", "exec", container.id, "true"], check=True)
+                docker_t.append(time.perf_counter() - t0)
+            c50, k50 = statistics.median(cli_t), statistics.median(docker_t)
+            print(f"CLI `hub box exec ID -- true` median {c50 * 1000:.0f} ms vs `docker exec` "
+                  f"{k50 * 1000:.0f} ms: ratio {c50 / k50:.2f} (goal <= ~2)")
+            client.request("DELETE", f"/api/boxes/{box}")
+        finally:
+            spoke.stop()
+            hub.stop()
+
+
+if __name__ == "__main__":
+    main()

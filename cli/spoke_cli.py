@@ -1,0 +1,120 @@
+"""``spoke``: enroll this machine with a hub and serve its boxes."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.common import data_dir_option, fail
+
+spoke_dir = data_dir_option("spoke", "SPOKEHUB_SPOKE_DIR")
+
+
+def _policy_options(fn: Any) -> Any:
+    for option in reversed(
+        [
+            click.option(
+                "--allow-image",
+                "allow_image",
+                multiple=True,
+                metavar="IMAGE",
+                help="Image boxes may use (repeatable; default: the spokehub sandbox image).",
+            ),
+            click.option("--max-boxes", type=click.IntRange(1, 10_000), default=None),
+            click.option("--max-memory", default=None, help="Ceiling on a box's memory, e.g. 4g."),
+            click.option("--max-cpus", type=click.FloatRange(min=0.01), default=None),
+            click.option(
+                "--no-network", is_flag=True, default=None, help="Refuse boxes with network access."
+            ),
+            click.option(
+                "--label",
+                "labels",
+                multiple=True,
+                metavar="LABEL",
+                help="Routing label (repeatable).",
+            ),
+            click.option("--runtime", default=None, help="Docker runtime for boxes, e.g. runsc."),
+        click.option("--default-image", default=None, help="Image for workstream boxes (default: first allowed)."),
+        click.option("--max-workstreams", type=click.IntRange(0, 1000), default=None,
+                     help="Concurrent agent workstreams this spoke takes (default 4)."),
+        click.option("--models-file", type=click.Path(dir_okay=False, exists=True), default=None,
+                     help="TOML with this spoke's own models ([models.ALIAS] like hub.toml)."),
+            click.option("--log-level", default="INFO", show_default=True),
+        ]
+    ):
+        fn = option(fn)
+    return fn
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def main() -> None:
+    """spokehub spoke: dial out to a hub and run sandboxed boxes on this machine."""
+
+
+@main.command()
+@spoke_dir
+@_policy_options
+@click.argument("token")
+def join(data_dir: Path, token: str, **opts: Any) -> None:
+    """Enroll with the hub named in TOKEN, then serve in the foreground."""
+    from protocol.tokens import JoinToken, TokenError
+    from spoke.identity import Identity, SpokeState
+
+    try:
+        parsed = JoinToken.decode(token)
+    except TokenError as err:
+        fail(str(err), 2)
+        return
+    if not parsed.name:
+        fail("join token carries no spoke name", 2)
+    identity = Identity(data_dir)
+    existing = identity.load_state()
+    if existing is not None and existing.enrolled:
+        fail(
+            f"{data_dir} already holds enrolled spoke {existing.name!r} of {existing.hub_url}; "
+            "use 'spoke run' (or another --data-dir)",
+            2,
+        )
+    state = SpokeState(hub_url=parsed.url, pin=parsed.pin, name=parsed.name, enrolled=False)
+    identity.save_state(state)
+    _serve(data_dir, state, parsed, opts)
+
+
+@main.command()
+@spoke_dir
+@_policy_options
+def run(data_dir: Path, **opts: Any) -> None:
+    """Reconnect to the hub with the identity saved by 'spoke join'."""
+    from spoke.identity import Identity
+
+    state = Identity(data_dir).load_state()
+    if state is None or not state.enrolled:
+        fail(f"no enrolled spoke in {data_dir}: run 'spoke join TOKEN' first", 2)
+        return
+    _serve(data_dir, state, None, opts)
+
+
+def _serve(data_dir: Path, state: Any, token: Any, opts: dict[str, Any]) -> None:
+    import asyncio
+    import logging
+
+    from spoke.service import SpokeOptions, serve
+
+    logging.basicConfig(
+        level=str(opts.pop("log_level")).upper(),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+    )
+    try:
+        options = SpokeOptions.from_cli(data_dir, opts)
+    except ValueError as err:
+        fail(str(err), 2)
+        return
+    code = asyncio.run(serve(state, token, options))
+    sys.exit(code)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,237 @@
+"""A small synchronous client for the hub's HTTP API, on the standard library only.
+
+It is what the CLI uses, so it imports nothing heavy (no aiohttp, no pydantic): a CLI command
+should start about as fast as ``docker exec``. It pins the hub's certificate the same way
+spokes do: the TLS handshake accepts any certificate, then the SHA-256 of the one presented
+must equal the pin before a request (and the API key in it) is sent.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+import http.client
+import json
+import os
+import ssl
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any, BinaryIO
+from urllib.parse import quote, urlsplit
+
+from protocol.errors import ErrorCode, RemoteError
+
+
+class ApiError(RemoteError):
+    def __init__(self, code: ErrorCode | str, message: str, status: int) -> None:
+        super().__init__(code, message)
+        self.status = status
+
+
+class WorkstreamMixin:
+    """Workstream calls on the synchronous client (kept apart to keep the core small)."""
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:  # pragma: no cover
+        raise NotImplementedError
+
+    def _send(self, method: str, path: str, body: bytes | BinaryIO | None = None,
+              headers: dict[str, str] | None = None) -> http.client.HTTPResponse:  # pragma: no cover
+        raise NotImplementedError
+
+    def ws_events(self, ws_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
+        """Every event after ``after``, then live ones, forever (the caller stops reading)."""
+        while True:
+            resp = self._send("GET", f"/api/ws/{quote(ws_id)}/stream?after={after}")
+            HubClient._raise_for(resp)
+            while line := resp.readline():
+                event = json.loads(line)
+                if "seq" in event:
+                    after = event["seq"]
+                    yield event
+
+    def send_and_wait(self, message: str, *, ws_id: str | None = None, spoke: str | None = None,
+                      label: str | None = None, model: str | None = None, auto_approve: bool = False,
+                      image: str | None = None, on_event: Any = None) -> dict[str, Any]:
+        """Start a workstream (or continue ``ws_id``) and wait for the reply to ``message``.
+
+        Returns ``{"id", "answer", "state", "error", "transcript"}``; ``on_event`` sees each
+        event as it arrives (the CLI prints them)."""
+        from client.turns import Turn, last_user_seq
+
+        if ws_id is None:
+            body = {"message": message, "spoke": spoke, "label": label, "model": model,
+                    "auto_approve": auto_approve, "image": image}
+            ws_id = self.request("POST", "/api/ws", body)["id"]
+        else:
+            self.request("POST", f"/api/ws/{quote(ws_id)}/messages", {"message": message})
+        assert ws_id is not None
+        so_far = self.request("GET", f"/api/ws/{quote(ws_id)}/events")
+        turn = Turn(after_seq=last_user_seq(so_far) - 1 if so_far else 0)
+        transcript: list[dict[str, Any]] = []
+        for event in self.ws_events(ws_id):
+            transcript.append(event)
+            turn.feed(event)
+            if on_event is not None:
+                on_event(event)
+            if turn.done:
+                break
+        return {"id": ws_id, "answer": turn.answer, "state": turn.state, "error": turn.error,
+                "transcript": transcript}
+
+
+class HubClient(WorkstreamMixin):
+    def __init__(
+        self, url: str, api_key: str, pin: str | None = None, timeout: float = 3600.0
+    ) -> None:
+        parts = urlsplit(url)
+        if parts.scheme not in ("http", "https") or not parts.hostname:
+            raise ValueError(f"bad hub URL {url!r}")
+        self.url, self.api_key, self.pin, self.timeout = url.rstrip("/"), api_key, pin, timeout
+        self._https = parts.scheme == "https"
+        self._host, self._port = parts.hostname, parts.port or (443 if self._https else 80)
+        self._conn: http.client.HTTPConnection | None = None
+
+    @classmethod
+    def from_data_dir(cls, data_dir: Path) -> HubClient:
+        """Use what ``hub serve`` wrote for the local admin (``admin.json``, mode 0600)."""
+        path = data_dir / "admin.json"
+        try:
+            doc = json.loads(path.read_text())
+        except FileNotFoundError:
+            raise RemoteError(
+                ErrorCode.UNAVAILABLE,
+                f"no hub in {data_dir} ({path} is missing): start one with 'hub serve'",
+            ) from None
+        url = os.environ.get("SPOKEHUB_URL") or doc["url"]
+        return cls(
+            url, os.environ.get("SPOKEHUB_API_KEY") or doc["api_key"], doc.get("pin") or None
+        )
+
+    # ------------------------------------------------------------- transport
+    def _connection(self) -> http.client.HTTPConnection:
+        if self._conn is not None:
+            return self._conn
+        conn: http.client.HTTPConnection
+        if self._https:
+            if self.pin:
+                # Trust comes from the pin; loading the system CA bundle would only cost time.
+                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+                ctx.check_hostname = False
+                ctx.verify_mode = ssl.CERT_NONE
+            else:
+                ctx = ssl.create_default_context()
+            conn = http.client.HTTPSConnection(
+                self._host, self._port, timeout=self.timeout, context=ctx
+            )
+        else:
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+        try:
+            conn.connect()
+        except OSError as err:
+            raise RemoteError(
+                ErrorCode.UNAVAILABLE, f"cannot reach the hub at {self.url}: {err}"
+            ) from None
+        if self._https and self.pin:
+            sock = conn.sock
+            der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+            got = "sha256:" + hashlib.sha256(der or b"").hexdigest()
+            if not hmac.compare_digest(got, self.pin.lower()):
+                conn.close()
+                raise RemoteError(
+                    ErrorCode.DENIED,
+                    f"the hub's certificate does not match the pin (got {got[:23]}…)",
+                )
+        self._conn = conn
+        return conn
+
+    def close(self) -> None:
+        if self._conn is not None:
+            self._conn.close()
+            self._conn = None
+
+    def _send(
+        self,
+        method: str,
+        path: str,
+        body: bytes | BinaryIO | None = None,
+        headers: dict[str, str] | None = None,
+    ) -> http.client.HTTPResponse:
+        hdrs = {"Authorization": f"Bearer {self.api_key}", **(headers or {})}
+        for attempt in (0, 1):
+            conn = self._connection()
+            try:
+                conn.request(method, path, body=body, headers=hdrs)
+                return conn.getresponse()
+            except (http.client.RemoteDisconnected, BrokenPipeError, ConnectionResetError):
+                self.close()  # a kept-alive connection the hub closed: retry once on a new one
+                if attempt or (body is not None and not isinstance(body, bytes)):
+                    raise
+        raise AssertionError("unreachable")
+
+    @staticmethod
+    def _raise_for(resp: http.client.HTTPResponse) -> None:
+        if resp.status < 400:
+            return
+        raw = resp.read()
+        try:
+            err = json.loads(raw)["error"]
+            raise ApiError(err.get("code", "internal"), err.get("message", ""), resp.status)
+        except (ValueError, KeyError, TypeError):
+            raise ApiError(
+                ErrorCode.INTERNAL, f"HTTP {resp.status}: {raw[:200]!r}", resp.status
+            ) from None
+
+    def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
+        data = json.dumps(body).encode() if body is not None else None
+        resp = self._send(
+            method, path, data, {"Content-Type": "application/json"} if data else None
+        )
+        self._raise_for(resp)
+        return json.loads(resp.read() or b"null")
+
+    # ------------------------------------------------------------------- API
+    def exec_stream(
+        self,
+        box_id: str,
+        cmd: list[str],
+        timeout_s: float | None = None,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """Yields NDJSON events as the hub streams them: {"t": "stdout"|"stderr", "d": b64},
+        then {"t": "exit", "exit_code": …} (or {"t": "error", …})."""
+        body = {"cmd": cmd, "timeout_s": timeout_s, "env": env or {}, "workdir": workdir}
+        resp = self._send(
+            "POST",
+            f"/api/boxes/{quote(box_id)}/exec",
+            json.dumps(body).encode(),
+            {"Content-Type": "application/json"},
+        )
+        self._raise_for(resp)
+        while True:
+            line = resp.readline()
+            if not line:
+                return
+            yield json.loads(line)
+
+    def put_file(self, box_id: str, path: str, data: BinaryIO, size: int, mode: int = 0o644) -> Any:
+        resp = self._send(
+            "PUT",
+            f"/api/boxes/{quote(box_id)}/file?path={quote(path)}&mode={mode:o}",
+            data,
+            {"Content-Length": str(size), "Content-Type": "application/octet-stream"},
+        )
+        self._raise_for(resp)
+        return json.loads(resp.read())
+
+    def get_file(self, box_id: str, path: str) -> Iterator[bytes]:
+        resp = self._send("GET", f"/api/boxes/{quote(box_id)}/file?path={quote(path)}")
+        self._raise_for(resp)
+        while chunk := resp.read(256 * 1024):
+            yield chunk
+
+    def get_bytes(self, path: str) -> bytes:
+        resp = self._send("GET", path)
+        self._raise_for(resp)
+        return resp.read()
+

@@ -1,0 +1,311 @@
+"""The hub's REST API (JSON; exec output as NDJSON streamed as it is produced).
+
+Every route maps :class:`RemoteError` codes to HTTP statuses through one table, so the CLI and
+the SDK see the same typed code a spoke raised.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import re
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+from aiohttp import web
+
+from hub.boxes import BoxService
+from hub.http_util import json_body, want
+from hub.registry import Registry
+from hub.store import Store
+from protocol import verbs
+from protocol.errors import ErrorCode, RemoteError
+from protocol.tokens import JoinToken, hash_secret, new_id, new_secret
+
+TTL_RE = re.compile(r"^(\d+)([smhd]?)$")
+_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def parse_ttl(value: Any) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
+        return float(value)
+    match = TTL_RE.match(str(value))
+    if not match or int(match.group(1)) <= 0:
+        raise RemoteError(ErrorCode.INVALID, f"bad ttl {value!r} (use e.g. 90s, 30m, 1h, 7d)")
+    return float(int(match.group(1)) * _UNITS[match.group(2)])
+
+
+def parse_size(value: Any) -> int:
+    """'512m' / '2g' / 1048576 → bytes."""
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return value
+    match = re.fullmatch(r"(\d+)([kmg]?)b?", str(value).strip().lower())
+    if not match or int(match.group(1)) <= 0:
+        raise RemoteError(ErrorCode.INVALID, f"bad size {value!r} (use e.g. 512m, 2g)")
+    return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
+
+
+class Api:
+    def __init__(
+        self, store: Store, registry: Registry, boxes: BoxService, public_url: str, pin: str
+    ) -> None:
+        self.store, self.registry, self.boxes = store, registry, boxes
+        self.public_url, self.pin = public_url, pin
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.get("/healthz", self.healthz),
+            web.get("/api/info", self.info),
+            web.post("/api/tokens", self.token_create),
+            web.get("/api/tokens", self.token_list),
+            web.delete("/api/tokens/{id}", self.token_revoke),
+            web.post("/api/apikeys", self.apikey_create),
+            web.get("/api/apikeys", self.apikey_list),
+            web.delete("/api/apikeys/{id}", self.apikey_revoke),
+            web.get("/api/spokes", self.spoke_list),
+            web.delete("/api/spokes/{name}", self.spoke_revoke),
+            web.post("/api/spokes/{name}/ping", self.spoke_ping),
+            web.post("/api/boxes", self.box_create),
+            web.get("/api/boxes", self.box_list),
+            web.delete("/api/boxes/{id}", self.box_destroy),
+            web.get("/api/boxes/{id}/logs", self.box_logs),
+            web.get("/api/boxes/{id}/stats", self.box_stats),
+            web.post("/api/boxes/{id}/exec", self.box_exec),
+            web.put("/api/boxes/{id}/file", self.box_put_file),
+            web.get("/api/boxes/{id}/file", self.box_get_file),
+        ]
+
+    async def healthz(self, request: web.Request) -> web.Response:
+        return web.json_response({"ok": True, "spokes_connected": len(self.registry.links)})
+
+    async def info(self, request: web.Request) -> web.Response:
+        return web.json_response(
+            {"url": self.public_url, "pin": self.pin, "version": self.registry.version}
+        )
+
+    # ---------------------------------------------------------------- tokens
+    async def token_create(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        name = want(body, "name", str)
+        if not verbs.SPOKE_NAME_RE.match(name):
+            raise RemoteError(
+                ErrorCode.INVALID,
+                f"bad spoke name {name!r}: lowercase letters, digits and '-', max 63",
+            )
+        ttl = parse_ttl(body.get("ttl", "1h"))
+        if ttl > 30 * 86400:
+            raise RemoteError(ErrorCode.INVALID, "ttl may be at most 30d: join tokens must expire")
+        token_id, secret = new_id("tok"), new_secret()
+        row = await self.store.add_token(token_id, name, hash_secret(secret), ttl)
+        token = JoinToken(
+            url=self.public_url, pin=self.pin, token_id=token_id, secret=secret, name=name
+        )
+        await self.store.audit("token.created", name, token_id)
+        return web.json_response(
+            {
+                "token": token.encode(),
+                "id": token_id,
+                "name": name,
+                "expires_at": row["expires_at"],
+            },
+            status=201,
+        )
+
+    async def token_list(self, request: web.Request) -> web.Response:
+        now = time.time()
+        rows = await self.store.list_tokens()
+        for row in rows:
+            row["state"] = (
+                "revoked"
+                if row["revoked_at"]
+                else "used"
+                if row["used_at"]
+                else "expired"
+                if row["expires_at"] <= now
+                else "valid"
+            )
+        return web.json_response(rows)
+
+    async def token_revoke(self, request: web.Request) -> web.Response:
+        token_id = request.match_info["id"]
+        if await self.store.get_token(token_id) is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no token {token_id}")
+        revoked = await self.store.revoke_token(token_id)
+        return web.json_response({"id": token_id, "revoked": revoked})
+
+    # -------------------------------------------------------------- api keys
+    async def apikey_create(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        name = want(body, "name", str)
+        if not 0 < len(name) <= 100:
+            raise RemoteError(ErrorCode.INVALID, "name must be 1..100 characters")
+        key_id, key = new_id("key"), "shk_" + new_secret()
+        await self.store.add_api_key(key_id, name, hash_secret(key))
+        await self.store.audit("apikey.created", name, key_id)
+        return web.json_response({"key": key, "id": key_id, "name": name}, status=201)
+
+    async def apikey_list(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.store.list_api_keys())
+
+    async def apikey_revoke(self, request: web.Request) -> web.Response:
+        key_id = request.match_info["id"]
+        if not await self.store.revoke_api_key(key_id):
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no active API key {key_id}")
+        return web.json_response({"id": key_id, "revoked": True})
+
+    # ---------------------------------------------------------------- spokes
+    async def spoke_list(self, request: web.Request) -> web.Response:
+        out = []
+        for row in await self.store.list_spokes():
+            link = self.registry.links.get(row["name"])
+            beat = link.last_heartbeat if link else None
+            out.append(
+                {
+                    "name": row["name"],
+                    "connected": link is not None and not link.ws.closed,
+                    "last_seen": row["last_seen"],
+                    "boxes": row["boxes"],
+                    "labels": json.loads(row["labels"]),
+                    "version": row["version"],
+                    "enrolled_at": row["enrolled_at"],
+                    "revoked": row["revoked_at"] is not None,
+                    "disconnect_reason": row["disconnect_reason"] if link is None else "",
+                    "running_calls": beat.running_calls if beat else 0,
+                }
+            )
+        return web.json_response(out)
+
+    async def spoke_revoke(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        if await self.store.get_spoke(name) is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no spoke {name!r}")
+        revoked = await self.registry.revoke(name)
+        return web.json_response({"name": name, "revoked": revoked})
+
+    async def spoke_ping(self, request: web.Request) -> web.Response:
+        """No-op round trips through the live link, ``concurrency`` at a time: measures the
+        protocol path itself (used by benchmarks and by operators checking a spoke's handlers)."""
+        body = await json_body(request)
+        count = want(body, "count", int, 1)
+        concurrency = want(body, "concurrency", int, 1)
+        if not (1 <= count <= 1_000_000 and 1 <= concurrency <= 256):
+            raise RemoteError(ErrorCode.INVALID, "count must be 1..1000000, concurrency 1..256")
+        link = self.registry.link(request.match_info["name"])
+        import asyncio
+
+        remaining = count
+        started = time.perf_counter()
+
+        async def worker() -> None:
+            nonlocal remaining
+            while remaining > 0:
+                remaining -= 1
+                await link.call("spoke.ping", {})
+
+        await asyncio.gather(*(worker() for _ in range(concurrency)))
+        seconds = time.perf_counter() - started
+        return web.json_response(
+            {"count": count, "seconds": seconds, "per_second": count / seconds}
+        )
+
+    # ----------------------------------------------------------------- boxes
+    async def box_create(self, request: web.Request) -> web.Response:
+        body = await json_body(request)
+        spoke = want(body, "spoke", str)
+        params: dict[str, Any] = {
+            "image": want(body, "image", str),
+            "network": want(body, "network", bool, False),
+        }
+        if body.get("memory") is not None:
+            params["memory_bytes"] = parse_size(body["memory"])
+        if body.get("cpus") is not None:
+            params["cpus"] = want(body, "cpus", (int, float))
+        env = want(body, "env", dict, {})
+        params["env"] = {str(k): str(v) for k, v in env.items()}
+        return web.json_response(await self.boxes.create(spoke, params), status=201)
+
+    async def box_list(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.boxes.list(request.query.get("spoke")))
+
+    async def box_destroy(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.boxes.destroy(request.match_info["id"]))
+
+    async def box_logs(self, request: web.Request) -> web.Response:
+        tail = (
+            int(request.query.get("tail", "200"))
+            if request.query.get("tail", "200").isdigit()
+            else 200
+        )
+        data = await self.boxes.logs(request.match_info["id"], tail)
+        return web.Response(body=data, content_type="application/octet-stream")
+
+    async def box_stats(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.boxes.stats(request.match_info["id"]))
+
+    async def box_exec(self, request: web.Request) -> web.StreamResponse:
+        body = await json_body(request)
+        params = {
+            "cmd": want(body, "cmd", list),
+            "env": want(body, "env", dict, {}),
+            "workdir": want(body, "workdir", str, None),
+            "timeout_s": want(body, "timeout_s", (int, float), None),
+        }
+        stream = self.boxes.exec(request.match_info["id"], params)
+        first = await anext(stream)  # errors before any output become proper HTTP statuses
+        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+        await response.prepare(request)
+        try:
+            item: tuple[str, Any] | None = first
+            while item is not None:
+                kind, value = item
+                if kind == "exit":
+                    line = {"t": "exit", **value}
+                else:
+                    line = {"t": kind, "d": base64.b64encode(value).decode()}
+                await response.write(json.dumps(line).encode() + b"\n")
+                item = await anext(stream, None)
+        except RemoteError as err:
+            await response.write(
+                json.dumps({"t": "error", "code": err.code.value, "message": err.message}).encode()
+                + b"\n"
+            )
+        finally:
+            await stream.aclose()
+        await response.write_eof()
+        return response
+
+    async def box_put_file(self, request: web.Request) -> web.Response:
+        path = request.query.get("path", "")
+        mode = (
+            int(request.query.get("mode", "644"), 8)
+            if re.fullmatch(r"[0-7]{3,4}", request.query.get("mode", "644"))
+            else None
+        )
+        if mode is None:
+            raise RemoteError(ErrorCode.INVALID, "mode must be octal like 644")
+        size = request.content_length
+        if size is None:
+            raise RemoteError(ErrorCode.INVALID, "Content-Length is required")
+        if size > verbs.MAX_FILE_BYTES:
+            raise RemoteError(ErrorCode.INVALID, f"file larger than {verbs.MAX_FILE_BYTES} bytes")
+
+        async def source() -> AsyncIterator[bytes]:
+            async for piece in request.content.iter_chunked(64 * 1024):
+                yield piece
+
+        result = await self.boxes.put_file(request.match_info["id"], path, size, mode, source())
+        return web.json_response(result)
+
+    async def box_get_file(self, request: web.Request) -> web.StreamResponse:
+        path = request.query.get("path", "")
+        stream = self.boxes.get_file(request.match_info["id"], path, verbs.MAX_FILE_BYTES)
+        first = await anext(stream, None)
+        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+        await response.prepare(request)
+        chunk = first
+        while chunk is not None:
+            await response.write(chunk)
+            chunk = await anext(stream, None)
+        await response.write_eof()
+        return response

@@ -1,0 +1,328 @@
+"""Long-running execs for MCP clients: durable jobs whose output is read by cursor.
+
+A chatbot's request may time out long before a build finishes, so ``start_exec`` returns a job
+id at once and the exec runs in a task at the hub. Its output is appended to SQLite as it
+arrives (coalesced: while one write is in flight, new output accumulates and goes in the next
+transaction, so a quiet job's last line is readable at once and a chatty one costs few
+writes). A reader asks for everything after its cursor; nothing depends on the client staying
+connected, and the output survives a hub restart.
+
+A job row still marked ``running`` that no task in this process owns was left by an earlier
+hub process: it is marked ``interrupted`` the first time anyone looks at it. That needs no
+startup ordering and is exact: this process starts no job without registering its task first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import contextlib
+import json
+import logging
+import secrets
+import time
+from typing import Any
+
+from hub.boxes import BoxService
+from hub.store import LIVE_BOX_STATES, Store
+from protocol import verbs
+from protocol.errors import ErrorCode, RemoteError
+
+log = logging.getLogger("spokehub.hub.mcp_jobs")
+
+MAX_JOB_OUTPUT_CHARS = 16 * 1024 * 1024  # kept per job; past it output is dropped, not the job
+MAX_READ_CHARS = 256 * 1024
+MAX_WAIT_S = 30.0
+FINAL_STATES = ("exited", "failed", "cancelled", "timed_out", "interrupted")
+
+
+def new_job_id() -> str:
+    return "job_" + secrets.token_hex(8)
+
+
+class JobStore:
+    """The job tables (migration 3), through the store's single SQLite worker thread."""
+
+    def __init__(self, store: Store) -> None:
+        self.store = store
+
+    async def create(self, job_id: str, owner: str, box_id: str, cmd: list[str]) -> None:
+        row = {
+            "id": job_id, "owner": owner, "box_id": box_id, "cmd": json.dumps(cmd),
+            "state": "running", "exit_code": None, "error": "", "created_at": time.time(),
+            "finished_at": None, "last_seq": 0, "out_chars": 0, "truncated": 0,
+        }
+        await self.store._run(lambda: self.store.db.table("mcp_jobs").insert(row))
+
+    async def get(self, job_id: str, owner: str) -> dict[str, Any] | None:
+        sql = "SELECT * FROM mcp_jobs WHERE id=? AND owner=?"
+        return await self.store._run(lambda: self.store._one(sql, (job_id, owner)))
+
+    async def recent(self, owner: str, limit: int) -> list[dict[str, Any]]:
+        sql = "SELECT * FROM mcp_jobs WHERE owner=? ORDER BY created_at DESC LIMIT ?"
+        return await self.store._run(lambda: self.store._rows(sql, (owner, limit)))
+
+    async def append(self, job_id: str, chunks: list[tuple[str, str]], truncated: bool) -> int:
+        """Append ``(stream, text)`` chunks in one transaction; returns the new last seq."""
+
+        def run() -> int:
+            conn = self.store.db.conn
+            conn.execute("BEGIN")
+            try:
+                (seq,) = conn.execute(
+                    "SELECT last_seq FROM mcp_jobs WHERE id=?", (job_id,)
+                ).fetchone()
+                now = time.time()
+                rows = [(job_id, seq + i + 1, now, s, d) for i, (s, d) in enumerate(chunks)]
+                conn.executemany(
+                    "INSERT INTO mcp_job_output (job_id, seq, ts, stream, data) VALUES (?,?,?,?,?)",
+                    rows,
+                )
+                seq += len(rows)
+                conn.execute(
+                    "UPDATE mcp_jobs SET last_seq=?, out_chars=out_chars+?, "
+                    "truncated=max(truncated, ?) WHERE id=?",
+                    (seq, sum(len(d) for _, d in chunks), int(truncated), job_id),
+                )
+                conn.execute("COMMIT")
+                return int(seq)
+            except BaseException:
+                conn.execute("ROLLBACK")
+                raise
+
+        return await self.store._run(run)
+
+    async def finish(self, job_id: str, state: str, exit_code: int | None, error: str) -> bool:
+        """Record a final state, only over ``running`` (the first final word wins)."""
+        sql = (
+            "UPDATE mcp_jobs SET state=?, exit_code=?, error=?, finished_at=? "
+            "WHERE id=? AND state='running'"
+        )
+        params = (state, exit_code, error[:2000], time.time(), job_id)
+        return await self.store._run(lambda: self.store._exec(sql, params)) == 1
+
+    async def output(self, job_id: str, after: int, max_chars: int) -> list[dict[str, Any]]:
+        """Chunks after ``after``, in order, stopping once ``max_chars`` is reached (at least
+        one chunk is returned if any is pending, so a reader always makes progress)."""
+
+        def run() -> list[dict[str, Any]]:
+            out: list[dict[str, Any]] = []
+            total = 0
+            cursor = self.store.db.conn.execute(
+                "SELECT seq, stream, data FROM mcp_job_output WHERE job_id=? AND seq>? ORDER BY seq",
+                (job_id, after),
+            )
+            for seq, stream, data in cursor:
+                if out and total + len(data) > max_chars:
+                    break
+                out.append({"seq": seq, "stream": stream, "data": data})
+                total += len(data)
+            cursor.close()
+            return out
+
+        return await self.store._run(run)
+
+
+class _OutputSink:
+    """Buffers decoded output of one job and writes it in as few transactions as possible."""
+
+    def __init__(self, jobs: JobStore, job_id: str, notify: Any) -> None:
+        self.jobs, self.job_id, self._notify = jobs, job_id, notify
+        self._pending: list[tuple[str, str]] = []
+        self._writer: asyncio.Task[None] | None = None
+        self._decoders = {
+            s: codecs.getincrementaldecoder("utf-8")(errors="replace") for s in ("stdout", "stderr")
+        }
+        self.kept = 0
+        self.truncated = False
+
+    def add(self, stream: str, data: bytes, final: bool = False) -> None:
+        text = self._decoders[stream].decode(data, final=final)
+        if not text:
+            return
+        room = MAX_JOB_OUTPUT_CHARS - self.kept
+        if room <= 0:
+            self.truncated = True
+            return
+        if len(text) > room:
+            text, self.truncated = text[:room], True
+        self.kept += len(text)
+        if self._pending and self._pending[-1][0] == stream:
+            self._pending[-1] = (stream, self._pending[-1][1] + text)
+        else:
+            self._pending.append((stream, text))
+        if self._writer is None or self._writer.done():
+            self._writer = asyncio.get_running_loop().create_task(self._write_loop())
+
+    async def _write_loop(self) -> None:
+        while self._pending:
+            batch, self._pending = self._pending, []
+            await self.jobs.append(self.job_id, batch, self.truncated)
+            self._notify(self.job_id)
+
+    async def drain(self) -> None:
+        for stream in ("stdout", "stderr"):
+            self.add(stream, b"", final=True)
+        if self._writer is not None:
+            await asyncio.shield(self._writer)
+        if self._pending:  # pragma: no cover - only if the writer failed mid-way
+            await self._write_loop()
+
+
+class JobRunner:
+    """Starts, tracks, reads and cancels jobs; one asyncio task per running job."""
+
+    def __init__(self, store: Store, boxes: BoxService) -> None:
+        self.jobs = JobStore(store)
+        self.boxes = boxes
+        self._tasks: dict[str, asyncio.Task[None]] = {}
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._stop_reason: dict[str, str] = {}
+
+    def _notify(self, job_id: str) -> None:
+        event = self._waiters.pop(job_id, None)
+        if event is not None:
+            event.set()
+
+    async def start(self, owner: str, box_id: str, params: dict[str, Any]) -> dict[str, Any]:
+        await self._check_box(box_id)  # fail fast, before there is a job to clean up
+        job_id = new_job_id()
+        ready = asyncio.Event()
+        # Registered before the row exists: a running row without a task here means "left by an
+        # earlier hub process" (see the module docstring).
+        task = asyncio.get_running_loop().create_task(self._run(job_id, box_id, params, ready))
+        self._tasks[job_id] = task
+        try:
+            await self.jobs.create(job_id, owner, box_id, list(params["cmd"]))
+        except BaseException:
+            task.cancel()
+            self._tasks.pop(job_id, None)
+            raise
+        ready.set()
+        return await self.status(job_id, owner)
+
+    async def _check_box(self, box_id: str) -> None:
+        if not verbs.BOX_ID_RE.match(box_id):
+            raise RemoteError(ErrorCode.INVALID, f"{box_id!r} is not a box id (bx_ + 16 hex digits)")
+        box = await self.boxes.store.get_box(box_id)
+        if box is None or box["state"] not in LIVE_BOX_STATES:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no live box {box_id}")
+
+    async def _run(
+        self, job_id: str, box_id: str, params: dict[str, Any], ready: asyncio.Event
+    ) -> None:
+        state, exit_code, error = "failed", None, ""
+        sink = _OutputSink(self.jobs, job_id, self._notify)
+        try:
+            await ready.wait()
+            async with contextlib.aclosing(self.boxes.exec(box_id, params)) as stream:
+                async for kind, value in stream:
+                    if kind == "exit":
+                        exit_code = int(value.get("exit_code", -1))
+                        state = (
+                            "timed_out" if value.get("timed_out")
+                            else "cancelled" if value.get("cancelled") else "exited"
+                        )
+                    else:
+                        sink.add(kind, value)
+        except asyncio.CancelledError:
+            state = self._stop_reason.get(job_id, "interrupted")
+            error = "cancelled by cancel_job" if state == "cancelled" else "the hub stopped"
+            raise
+        except RemoteError as err:
+            state, error = "failed", str(err)
+        except Exception as err:  # a job must always end in a final state
+            log.exception("job %s failed", job_id)
+            state, error = "failed", f"internal: {err}"
+        finally:
+            try:
+                await sink.drain()
+            except Exception:
+                log.exception("could not store the last output of job %s", job_id)
+            try:
+                await self.jobs.finish(job_id, state, exit_code, error)
+            except Exception:  # the row stays running; the next reader marks it interrupted
+                log.exception("could not record the end of job %s", job_id)
+            self._tasks.pop(job_id, None)
+            self._notify(job_id)
+
+    async def status(self, job_id: str, owner: str) -> dict[str, Any]:
+        row = await self.jobs.get(job_id, owner)
+        if row is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no job {job_id} for this API key")
+        if row["state"] == "running" and job_id not in self._tasks:
+            await self.jobs.finish(
+                job_id, "interrupted", None,
+                "the hub restarted while this job ran; the output it produced is kept",
+            )
+            row = await self.jobs.get(job_id, owner)
+            assert row is not None
+        return public_job(row)
+
+    async def recent(self, owner: str, limit: int = 50) -> list[dict[str, Any]]:
+        return [await self.status(r["id"], owner) for r in await self.jobs.recent(owner, limit)]
+
+    async def read(
+        self, job_id: str, owner: str, cursor: int, max_chars: int, wait_s: float
+    ) -> dict[str, Any]:
+        """Output after ``cursor``; waits up to ``wait_s`` for some if there is none yet."""
+        max_chars = max(1, min(max_chars, MAX_READ_CHARS))
+        deadline = time.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
+        while True:
+            job = await self.status(job_id, owner)  # the row first: a final state implies all
+            running = job["state"] == "running"  # of its output is already stored
+            # Registered before the output is read, so a flush in between is not missed.
+            waiter = self._waiters.setdefault(job_id, asyncio.Event()) if running else None
+            chunks = await self.jobs.output(job_id, cursor, max_chars)
+            remaining = deadline - time.monotonic()
+            if chunks or waiter is None or remaining <= 0:
+                break
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), remaining)
+        next_cursor = chunks[-1]["seq"] if chunks else cursor
+        return {
+            "job": job_id,
+            "state": job["state"],
+            "exit_code": job["exit_code"],
+            "stdout": "".join(c["data"] for c in chunks if c["stream"] == "stdout"),
+            "stderr": "".join(c["data"] for c in chunks if c["stream"] == "stderr"),
+            "cursor": next_cursor,
+            "more": next_cursor < job["last_seq"],
+            "done": job["state"] != "running" and next_cursor >= job["last_seq"],
+        }
+
+    async def cancel(self, job_id: str, owner: str, wait_s: float = 30.0) -> dict[str, Any]:
+        """Cancel the exec (the spoke kills the process) and wait until the job has ended."""
+        job = await self.status(job_id, owner)
+        task = self._tasks.get(job_id)
+        if job["state"] != "running" or task is None:
+            return job
+        self._stop_reason[job_id] = "cancelled"
+        task.cancel()
+        await asyncio.wait({task}, timeout=wait_s)
+        self._stop_reason.pop(job_id, None)
+        return await self.status(job_id, owner)
+
+    async def stop(self) -> None:
+        """Hub shutdown: end every running job (killing its process) and record it interrupted."""
+        tasks = list(self._tasks.values())
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=10.0)
+
+
+def public_job(row: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "job": row["id"],
+        "box": row["box_id"],
+        "cmd": json.loads(row["cmd"]),
+        "state": row["state"],
+        "exit_code": row["exit_code"],
+        "error": row["error"],
+        "created_at": row["created_at"],
+        "finished_at": row["finished_at"],
+        "last_seq": row["last_seq"],
+        "output_chars": row["out_chars"],
+        "output_truncated": bool(row["truncated"]),
+    }

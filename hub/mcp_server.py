@@ -1,0 +1,152 @@
+"""The hub's MCP front-end: streamable HTTP at ``/mcp`` on the hub's own server and port.
+
+The SDK's ``MCPServer`` holds the tools; its ``StreamableHTTPSessionManager`` (an ASGI app)
+serves every protocol revision the SDK supports — the initialize-handshake revisions with
+sessions, and the stateless per-request revision — and is reached through a small
+aiohttp→ASGI bridge (:mod:`hub.mcp_asgi`), so MCP shares the hub's TLS certificate, port,
+middlewares and lifecycle instead of needing a second server.
+
+Auth: ``/mcp`` is behind the hub's bearer API-key middleware like every API route (a missing,
+invalid or revoked key gets 401 before the SDK sees the request). The bridge then hands the
+SDK the key's identity as an ``AuthenticatedUser`` whose ``client_id`` is the key id, which
+the SDK uses to bind a session to the key that opened it, and the tools use to scope jobs.
+The SDK's ``RequireAuthMiddleware`` stays in front as a second, fail-closed check.
+
+DNS-rebinding protection: requests must name this hub in ``Host`` (and in ``Origin`` if a
+browser sends one): the host of the hub's public URL, the address it binds, or loopback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING
+from urllib.parse import urlsplit
+
+from aiohttp import web
+from mcp.server.auth.middleware.auth_context import AuthContextMiddleware
+from mcp.server.auth.middleware.bearer_auth import AuthenticatedUser, RequireAuthMiddleware
+from mcp.server.auth.provider import AccessToken
+from mcp.server.mcpserver import MCPServer
+from mcp.server.transport_security import TransportSecuritySettings
+from starlette.authentication import AuthCredentials
+
+from hub.mcp_asgi import Scope, serve_asgi
+from hub.mcp_jobs import JobRunner
+from hub.mcp_tools import register_cluster_tools
+
+if TYPE_CHECKING:
+    from hub.app import Hub
+
+log = logging.getLogger("spokehub.hub.mcp")
+
+MCP_PATH = "/mcp"
+MAX_BODY_BYTES = 8 * 1024 * 1024  # a write_file of 4 MiB, base64-encoded, fits
+SESSION_IDLE_TIMEOUT_S = 3600.0
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+INSTRUCTIONS = """\
+spokehub runs sandboxed commands and AI agents on a cluster of machines (spokes).
+Typical flow: list_spokes -> create_box on a connected spoke -> write_file / exec / read_file
+-> destroy_box. exec is for short commands; for anything long use start_exec, then
+read_output with the returned cursor until done is true (cancel_job stops it). Jobs survive
+disconnects and hub restarts and belong to your API key."""
+
+
+def transport_security(public_url: str, bind_host: str) -> TransportSecuritySettings:
+    """Allowed Host/Origin values: the public URL's host, the bound address, and loopback."""
+    parts = urlsplit(public_url)
+    names: list[str] = []
+    for name in (parts.hostname, bind_host, *LOOPBACK):
+        if name and name not in ("0.0.0.0", "::") and name not in names:
+            names.append(name)
+    hosts: list[str] = []
+    origins: list[str] = []
+    for name in names:
+        host = f"[{name}]" if ":" in name else name
+        public = name == parts.hostname and name not in LOOPBACK
+        schemes = (parts.scheme or "https",) if public else ("https", "http")
+        hosts += [host, f"{host}:*"]
+        origins += [f"{s}://{h}" for s in schemes for h in (host, f"{host}:*")]
+    return TransportSecuritySettings(
+        enable_dns_rebinding_protection=True, allowed_hosts=hosts, allowed_origins=origins
+    )
+
+
+def _identity(request: web.Request, scope: Scope) -> None:
+    """Pass the API key the hub's auth middleware accepted on to the SDK."""
+    row = request.get("api_key")
+    if isinstance(row, dict) and row.get("id"):
+        token = AccessToken(token=f"apikey:{row['id']}", client_id=str(row["id"]), scopes=[])
+        scope["user"] = AuthenticatedUser(token)
+        scope["auth"] = AuthCredentials([])
+
+
+class McpFrontend:
+    """Owns the MCP server, its session manager and the job runner, for one hub process."""
+
+    def __init__(self, hub: Hub) -> None:
+        from hub.app import VERSION
+
+        self.hub = hub
+        self.jobs = JobRunner(hub.store, hub.boxes)
+        self.server: MCPServer = MCPServer(
+            name="spokehub", version=VERSION, instructions=INSTRUCTIONS, log_level="WARNING"
+        )
+        register_cluster_tools(self.server, hub, self.jobs)
+        service = getattr(hub, "workstreams", None)
+        if service is not None:
+            from hub.mcp_ws_tools import register_workstream_tools
+
+            register_workstream_tools(self.server, service)
+        # Builds the SDK's session manager; the Starlette app it returns is not used (the
+        # bridge calls the manager directly, under the hub's own routing and middlewares).
+        self.server.streamable_http_app(
+            streamable_http_path=MCP_PATH,
+            transport_security=transport_security(hub.config.url(), hub.config.host),
+            max_request_body_size=MAX_BODY_BYTES,
+            session_idle_timeout=SESSION_IDLE_TIMEOUT_S,
+        )
+        self.manager = self.server.session_manager
+        self._asgi = AuthContextMiddleware(
+            RequireAuthMiddleware(self.manager.handle_request, required_scopes=[])
+        )
+        self._stop = asyncio.Event()
+        self._task: asyncio.Task[None] | None = None
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        return await serve_asgi(self._asgi, request, _identity)
+
+    async def _run_manager(self, ready: asyncio.Event) -> None:
+        # The manager's task group must be entered and left in one task: this one.
+        async with self.manager.run():
+            ready.set()
+            await self._stop.wait()
+
+    async def on_startup(self, app: web.Application) -> None:
+        ready = asyncio.Event()
+        self._task = asyncio.get_running_loop().create_task(self._run_manager(ready))
+        waiter = asyncio.get_running_loop().create_task(ready.wait())
+        await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        if not ready.is_set():
+            waiter.cancel()
+            await self._task  # raises what stopped the manager from starting
+
+    async def on_shutdown(self, app: web.Application) -> None:
+        """Before the store closes: end running jobs (recorded as interrupted), then stop the
+        session manager, which ends open MCP streams so the server can drain."""
+        await self.jobs.stop()
+        self._stop.set()
+        if self._task is not None:
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._task, 10.0)
+
+
+def mount_mcp(app: web.Application, hub: Hub) -> McpFrontend:
+    """Add ``/mcp`` to the hub's app. Call it before the hub registers its own startup and
+    shutdown hooks, so the jobs are stopped while the store is still open."""
+    frontend = McpFrontend(hub)
+    app.router.add_route("*", MCP_PATH, frontend.handle)
+    app.on_startup.append(frontend.on_startup)
+    app.on_shutdown.append(frontend.on_shutdown)
+    return frontend

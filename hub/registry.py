@@ -1,0 +1,243 @@
+"""The registry of spokes: the ``/spoke/connect`` handshake, identity checks, live links.
+
+Enrollment takes a one-time join token atomically and binds the spoke's public key; every
+later connection proves possession of the private key by signing a fresh challenge bound to
+this hub's certificate pin. The hub holds no secret that could impersonate a spoke.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import binascii
+import hmac
+import logging
+import secrets
+import time
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from aiohttp import WSMsgType, web
+from cryptography.exceptions import InvalidSignature
+from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
+from pydantic import BaseModel
+
+from hub import metrics
+from hub.spoke_link import SpokeLink
+from hub.store import Store
+from protocol import events as ev
+from protocol import messages
+from protocol.connection import Connection, Limits, Role
+from protocol.errors import ErrorCode, RemoteError
+from protocol.tokens import auth_message, hash_secret, secret_matches
+
+log = logging.getLogger("spokehub.hub.registry")
+
+
+class Rejected(Exception):
+    def __init__(self, message: str, code: int = messages.CLOSE_REJECTED) -> None:
+        super().__init__(message)
+        self.close_code = code
+
+
+class Registry:
+    def __init__(self, store: Store, pin: str, limits: Limits, version: str) -> None:
+        self.store = store
+        self.pin = pin
+        self.limits = limits
+        self.version = version
+        self.links: dict[str, SpokeLink] = {}
+        self._last_touch: dict[str, float] = {}
+        self._relay_tokens: dict[str, str] = {}  # sha256(token) -> spoke name, live sessions only
+        # Other services (workstreams) hook connection changes and spoke notifications here.
+        self.on_connected: list[Callable[[SpokeLink], Awaitable[None]]] = []
+        self.on_disconnected: list[Callable[[SpokeLink], Awaitable[None]]] = []
+        self.on_notification: dict[str, Callable[[SpokeLink, BaseModel], Awaitable[None]]] = {}
+
+    def spoke_for_relay_token(self, token: str) -> str | None:
+        name = self._relay_tokens.get(hash_secret(token))
+        link = self.links.get(name or "")
+        return name if link is not None and not link.ws.closed else None
+
+    def link(self, name: str) -> SpokeLink:
+        link = self.links.get(name)
+        if link is None or link.ws.closed:
+            raise RemoteError(ErrorCode.UNAVAILABLE, f"spoke {name!r} is not connected")
+        return link
+
+    async def handle_connect(self, request: web.Request) -> web.StreamResponse:
+        ws = web.WebSocketResponse(max_msg_size=self.limits.max_frame_bytes * 4, autoping=True)
+        await ws.prepare(request)
+        conn = Connection(Role.HUB, clock=time.monotonic, limits=self.limits)
+        challenge = secrets.token_bytes(32)
+        conn.send_hello(challenge, f"spokehub/{self.version}")
+        for frame in conn.data_to_send():
+            await ws.send_str(frame)
+        try:
+            name, params = await asyncio.wait_for(
+                self._authenticate(ws, conn, challenge), self.limits.handshake_timeout_s
+            )
+        except Rejected as err:
+            log.warning("spoke connection from %s rejected: %s", request.remote, err)
+            await self.store.audit("spoke.rejected", str(request.remote), str(err))
+            conn.reject_auth(RemoteError(ErrorCode.DENIED, str(err)))
+            for frame in conn.data_to_send():
+                await ws.send_str(frame)
+            await ws.close(code=err.close_code, message=str(err).encode()[:120])
+            return ws
+        except (TimeoutError, ConnectionError) as err:
+            await ws.close(code=messages.CLOSE_PROTOCOL, message=b"handshake failed")
+            log.info("handshake with %s failed: %r", request.remote, err)
+            return ws
+
+        link = SpokeLink(name, ws, conn, self._dispatch_notification)
+        link.labels, link.models = list(params.labels), list(params.models)
+        link.max_workstreams = params.max_workstreams
+        relay_token = secrets.token_urlsafe(32)
+        link.relay_token_hash = hash_secret(relay_token)
+        self._relay_tokens[link.relay_token_hash] = name
+        old = self.links.get(name)
+        if old is not None:
+            await old.close(messages.CLOSE_REPLACED, "replaced by a newer connection")
+        self.links[name] = link
+        metrics.SPOKES_CONNECTED.set(len(self.links))
+        await self.store.mark_spoke(
+            name, connected=True, labels=list(params.labels), version=params.version
+        )
+        await self.store.audit("spoke.connected", name, f"version {params.version}")
+        conn.accept_auth(
+            messages.AuthResult(
+                session=secrets.token_hex(8),
+                protocol=messages.PROTOCOL_VERSION,
+                heartbeat_s=self.limits.heartbeat_s,
+                stale_after_s=self.limits.stale_after_s,
+            )
+        )
+        await link.flush()
+        reconcile = asyncio.create_task(self._reconcile(link))
+        try:
+            await link.run()
+        finally:
+            reconcile.cancel()
+            self._relay_tokens.pop(link.relay_token_hash, None)
+            if self.links.get(name) is link:
+                del self.links[name]
+                metrics.SPOKES_CONNECTED.set(len(self.links))
+                spoke = await self.store.get_spoke(name)
+                if spoke is not None and spoke["revoked_at"] is None:
+                    await self.store.mark_spoke(name, connected=False, reason=link.close_reason)
+                await self.store.audit("spoke.disconnected", name, link.close_reason)
+                for hook in self.on_disconnected:
+                    await hook(link)
+        return ws
+
+    async def _authenticate(
+        self, ws: web.WebSocketResponse, conn: Connection, challenge: bytes
+    ) -> tuple[str, messages.AuthParams]:
+        async for msg in ws:
+            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
+                break
+            for event in conn.receive_data(msg.data):
+                if isinstance(event, ev.AuthRequested):
+                    assert isinstance(event.params, messages.AuthParams)
+                    await self._verify(event.params, challenge)
+                    return event.params.name, event.params
+                if isinstance(event, ev.ProtocolViolation):
+                    raise Rejected(event.message, messages.CLOSE_PROTOCOL)
+        raise ConnectionError("closed during the handshake")
+
+    async def _verify(self, p: messages.AuthParams, challenge: bytes) -> None:
+        if p.protocol not in messages.SUPPORTED_VERSIONS:
+            raise Rejected(
+                f"protocol version {p.protocol} is not supported "
+                f"(hub speaks {list(messages.SUPPORTED_VERSIONS)})",
+                messages.CLOSE_PROTOCOL,
+            )
+        try:
+            key_bytes = base64.b64decode(p.public_key, validate=True)
+            Ed25519PublicKey.from_public_bytes(key_bytes).verify(
+                base64.b64decode(p.signature, validate=True),
+                auth_message(challenge, p.name, self.pin),
+            )
+        except (InvalidSignature, ValueError, binascii.Error):
+            raise Rejected("identity proof failed (bad signature)") from None
+        spoke = await self.store.get_spoke(p.name)
+        if p.mode == "resume":
+            if spoke is None:
+                raise Rejected(f"spoke {p.name!r} is not enrolled at this hub")
+            if spoke["revoked_at"] is not None:
+                raise Rejected(f"spoke {p.name!r} has been revoked", messages.CLOSE_REVOKED)
+            if not hmac.compare_digest(spoke["public_key"], p.public_key):
+                raise Rejected(f"identity of spoke {p.name!r} does not match its enrollment")
+            return
+        await self._enroll(p, spoke)
+
+    async def _enroll(self, p: messages.AuthParams, spoke: dict[str, Any] | None) -> None:
+        token = await self.store.get_token(p.token_id or "")
+        if token is None or not secret_matches(p.token_secret or "", token["secret_hash"]):
+            raise Rejected("join token is unknown")
+        if token["revoked_at"] is not None:
+            raise Rejected("join token has been revoked")
+        if token["used_at"] is not None:
+            raise Rejected("join token has already been used")
+        if token["expires_at"] <= time.time():
+            raise Rejected("join token has expired")
+        if not hmac.compare_digest(token["name"], p.name):
+            raise Rejected(f"join token is bound to spoke name {token['name']!r}, not {p.name!r}")
+        if spoke is not None and spoke["revoked_at"] is None:
+            raise Rejected(f"a spoke named {p.name!r} is already enrolled; revoke it first")
+        if not await self.store.take_token(token["id"]):
+            raise Rejected("join token has already been used")
+        await self.store.enroll_spoke(p.name, p.public_key, list(p.labels), p.version)
+        await self.store.audit("spoke.enrolled", p.name, f"token {token['id']}")
+
+    async def _dispatch_notification(self, link: SpokeLink, method: str, params: BaseModel) -> None:
+        if isinstance(params, messages.SpokeHeartbeat):
+            await self._on_heartbeat(link)
+        handler = self.on_notification.get(method)
+        if handler is not None:
+            await handler(link, params)
+
+    async def _on_heartbeat(self, link: SpokeLink) -> None:
+        now = time.monotonic()
+        if now - self._last_touch.get(link.name, 0.0) > 10.0:
+            self._last_touch[link.name] = now
+            await self.store.touch_spoke(link.name)
+
+    async def _reconcile(self, link: SpokeLink) -> None:
+        """Inventories are reconciled, not trusted: labelled boxes the hub does not know are
+        reaped on the spoke, and boxes the hub thought alive but the spoke lacks are marked lost."""
+        try:
+            known = {
+                b["id"]
+                for b in await self.store.list_boxes(spoke=link.name)
+                if b["state"] == "running"
+            }
+            listing = await link.call("box.list", {})
+            reported = {b.box_id for b in getattr(listing, "boxes", [])}
+            result = await link.call("box.reap", {"keep": sorted(known)})
+            removed = list(getattr(result, "removed", []))
+            if removed:
+                await self.store.audit("box.reaped", link.name, ", ".join(removed))
+            for box_id in known - reported:
+                await self.store.set_box_state(box_id, "lost")
+        except RemoteError as err:
+            log.warning("reconcile with %s failed: %s", link.name, err)
+        for hook in self.on_connected:
+            try:
+                await hook(link)
+            except RemoteError as err:
+                log.warning("after-connect hook for %s failed: %s", link.name, err)
+
+    async def revoke(self, name: str) -> bool:
+        changed = await self.store.revoke_spoke(name)
+        link = self.links.pop(name, None)
+        if link is not None:
+            await link.close(messages.CLOSE_REVOKED, "spoke revoked")
+        if changed:
+            await self.store.audit("spoke.revoked", name)
+        return changed
+
+    async def close_all(self) -> None:
+        for link in list(self.links.values()):
+            await link.close(1001, "hub shutting down")

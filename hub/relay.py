@@ -1,0 +1,93 @@
+"""The model relay: spokes call hub-configured models through the hub, which adds the key.
+
+Spokes use the official SDKs unchanged, pointed at ``/relay/openai/v1`` or
+``/relay/anthropic``, with their session's relay token as the API key and the model *alias*
+as the model name. The hub swaps in the real model name and key and streams the provider's
+answer back byte for byte, so keys never leave the hub.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from collections.abc import Callable
+
+import aiohttp
+from aiohttp import web
+
+from hub.models import ModelsConfig
+from protocol.errors import ErrorCode
+
+log = logging.getLogger("spokehub.hub.relay")
+MAX_RELAY_BODY = 32 * 1024 * 1024
+_HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+
+
+class Relay:
+    def __init__(self, models: Callable[[], ModelsConfig], spoke_for_token: Callable[[str], str | None]) -> None:
+        self._models = models
+        self._spoke_for_token = spoke_for_token
+        self._session: aiohttp.ClientSession | None = None
+
+    def routes(self) -> list[web.RouteDef]:
+        return [
+            web.post("/relay/openai/v1/chat/completions", self.openai),
+            web.post("/relay/anthropic/v1/messages", self.anthropic),
+        ]
+
+    async def close(self) -> None:
+        if self._session is not None:
+            await self._session.close()
+
+    def _error(self, status: int, code: ErrorCode, message: str) -> web.Response:
+        return web.json_response({"error": {"type": code.value, "code": code.value, "message": message}}, status=status)
+
+    async def openai(self, request: web.Request) -> web.StreamResponse:
+        token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return await self._forward(request, "openai", token, "/chat/completions")
+
+    async def anthropic(self, request: web.Request) -> web.StreamResponse:
+        token = request.headers.get("x-api-key", "") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
+        return await self._forward(request, "anthropic", token, "/v1/messages")
+
+    async def _forward(self, request: web.Request, provider: str, token: str, path: str) -> web.StreamResponse:
+        spoke = self._spoke_for_token(token) if token else None
+        if spoke is None:
+            return self._error(401, ErrorCode.DENIED, "relay token is not valid (only connected spokes may use the relay)")
+        raw = await request.content.read(MAX_RELAY_BODY + 1)
+        if len(raw) > MAX_RELAY_BODY:
+            return self._error(413, ErrorCode.INVALID, "request too large")
+        try:
+            body = json.loads(raw)
+            alias = body["model"]
+        except (ValueError, KeyError, TypeError):
+            return self._error(400, ErrorCode.INVALID, "body must be JSON with a 'model' alias")
+        config = self._models().models.get(alias)
+        if config is None or config.provider != provider:
+            return self._error(404, ErrorCode.NOT_FOUND, f"no {provider} model alias {alias!r} at this hub")
+        body["model"] = config.model
+        headers = {"Content-Type": "application/json"}
+        if provider == "openai":
+            if config.api_key:
+                headers["Authorization"] = f"Bearer {config.api_key}"
+        else:
+            headers["x-api-key"] = config.api_key
+            headers["anthropic-version"] = request.headers.get("anthropic-version", "2023-06-01")
+            if "anthropic-beta" in request.headers:
+                headers["anthropic-beta"] = request.headers["anthropic-beta"]
+        if self._session is None:
+            self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=15))
+        try:
+            upstream = await self._session.post(config.url() + (path if provider == "anthropic" else path),
+                                                data=json.dumps(body).encode(), headers=headers)
+        except (aiohttp.ClientError, OSError) as err:
+            log.warning("relay to %s (%s) failed: %s", alias, config.url(), err)
+            return self._error(502, ErrorCode.UNAVAILABLE, f"model endpoint for {alias!r} is unreachable: {err}")
+        async with upstream:
+            response = web.StreamResponse(status=upstream.status, headers={
+                k: v for k, v in upstream.headers.items() if k.lower() not in _HOP_HEADERS})
+            await response.prepare(request)
+            async for chunk in upstream.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response

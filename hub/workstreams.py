@@ -1,0 +1,354 @@
+"""Agent workstreams at the hub: routing, the persisted queue, event log, durable approvals.
+
+The hub never runs an agent. It leases each workstream to a spoke (directed by name or label,
+or generic: a connected spoke with a free slot and the model, least loaded first), records
+every event the spoke streams back, and keeps what must survive anything — the queue, the
+transcript, approvals and their decisions — in SQLite. A lease that the spoke refuses, or
+that fails because the spoke vanished before accepting, goes back to the queue.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import logging
+import secrets
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pydantic import BaseModel
+
+from hub import metrics
+from hub.boxes import new_box_id
+from hub.models import ModelsConfig
+from hub.registry import Registry
+from hub.spoke_link import SpokeLink
+from hub.store import Store
+from hub.ws_store import WorkstreamStore
+from protocol import messages
+from protocol.errors import ErrorCode, RemoteError
+
+log = logging.getLogger("spokehub.hub.workstreams")
+TERMINAL = ("closed",)
+SPOKE_STATES = {"idle", "thinking", "running", "attention", "error"}
+
+
+def new_ws_id() -> str:
+    return "ws_" + secrets.token_hex(8)
+
+
+class WorkstreamService:
+    def __init__(self, store: Store, registry: Registry, models: Callable[[], ModelsConfig]) -> None:
+        self.store, self.registry, self.models = store, registry, models
+        self.db = WorkstreamStore(store)
+        self._waiters: dict[str, asyncio.Event] = {}
+        self._kick = asyncio.Event()
+        self._leasing: set[str] = set()
+        self._refused: dict[tuple[str, str], float] = {}  # (ws, spoke) -> until
+        self._task: asyncio.Task[None] | None = None
+        registry.on_connected.append(self._spoke_connected)
+        registry.on_disconnected.append(self._spoke_disconnected)
+        registry.on_notification["ws.event"] = self._ingest
+
+    # ------------------------------------------------------------- lifecycle
+    def start_scheduler(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self._scheduler())
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+    def kick(self) -> None:
+        self._kick.set()
+
+    # ------------------------------------------------------------ public API
+    async def start(self, message: str, *, spoke: str | None = None, label: str | None = None,
+                    model: str | None = None, image: str | None = None, auto_approve: bool = False,
+                    owner: str = "") -> dict[str, Any]:
+        if not message.strip():
+            raise RemoteError(ErrorCode.INVALID, "message must not be empty")
+        if spoke and label:
+            raise RemoteError(ErrorCode.INVALID, "give a spoke or a label, not both")
+        config = self.models()
+        alias = model or config.default
+        if alias is None:
+            raise RemoteError(ErrorCode.INVALID, "no model given and no default model configured at the hub")
+        if alias not in config.models and not any(alias in link.models for link in self.registry.links.values()):
+            raise RemoteError(ErrorCode.INVALID, f"unknown model {alias!r} (configured: {', '.join(config.models) or 'none'})")
+        if spoke is not None and await self.store.get_spoke(spoke) is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no spoke {spoke!r}")
+        ws_id = new_ws_id()
+        await self.db.create({"id": ws_id, "spoke": None, "want_spoke": spoke, "want_label": label,
+                              "model": alias, "image": image, "auto_approve": int(auto_approve),
+                              "state": "queued", "title": message.strip()[:120], "owner": owner})
+        await self.db.inbox_add(ws_id, message)
+        await self._append(ws_id, "user_message", {"text": message})
+        await self._append(ws_id, "state", {"state": "queued"})
+        self.kick()
+        return await self.get(ws_id)
+
+    async def send(self, ws_id: str, message: str) -> dict[str, Any]:
+        ws = await self._open(ws_id)
+        if not message.strip():
+            raise RemoteError(ErrorCode.INVALID, "message must not be empty")
+        msg_id = await self.db.inbox_add(ws_id, message)
+        await self._append(ws_id, "user_message", {"text": message})
+        link = self.registry.links.get(ws["spoke"] or "")
+        if link is not None and ws["state"] not in ("queued", "starting"):
+            with contextlib.suppress(RemoteError):
+                await link.call("ws.send", {"ws_id": ws_id, "message": message})
+                await self.db.inbox_delivered(msg_id)
+        return await self.get(ws_id)
+
+    async def get(self, ws_id: str) -> dict[str, Any]:
+        ws = await self.db.get(ws_id)
+        if ws is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no workstream {ws_id}")
+        ws["auto_approve"] = bool(ws["auto_approve"])
+        ws["pending_approvals"] = await self.db.approvals(ws_id, "pending")
+        return ws
+
+    async def list(self) -> builtins.list[dict[str, Any]]:
+        return await self.db.recent()
+
+    async def events(self, ws_id: str, after: int = 0, limit: int = 500) -> builtins.list[dict[str, Any]]:
+        await self.get(ws_id)
+        return await self.db.events(ws_id, after, limit)
+
+    async def wait_events(self, ws_id: str, after: int, timeout: float) -> builtins.list[dict[str, Any]]:
+        deadline = time.monotonic() + timeout
+        while True:
+            waiter = self._waiters.setdefault(ws_id, asyncio.Event())
+            found = await self.events(ws_id, after)
+            remaining = deadline - time.monotonic()
+            if found or remaining <= 0:
+                return found
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter.wait(), remaining)
+
+    async def decide(self, ws_id: str, call_id: str, approve: bool, reason: str = "") -> dict[str, Any]:
+        ws = await self._open(ws_id)
+        approval = await self.db.approval_get(ws_id, call_id)
+        if approval is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no approval {call_id} in {ws_id}")
+        if approval["state"] != "pending":
+            raise RemoteError(ErrorCode.INVALID, f"approval {call_id} is already {approval['state']}")
+        state = "approved" if approve else "denied"
+        if not await self.db.approval_decide(ws_id, call_id, state, reason):
+            raise RemoteError(ErrorCode.INVALID, f"approval {call_id} was decided concurrently")
+        await self._append(ws_id, "approval_decided", {"call_id": call_id, "approved": approve, "reason": reason})
+        await self._deliver_approval(ws["spoke"], ws_id, call_id, approve, reason)
+        return {"ws_id": ws_id, "call_id": call_id, "state": state}
+
+    async def cancel(self, ws_id: str) -> dict[str, Any]:
+        ws = await self._open(ws_id)
+        await self._resolve_approvals(ws_id, "cancelled")
+        if ws["state"] == "queued":
+            await self._set_state(ws_id, "closed", "cancelled before it started")
+            return await self.get(ws_id)
+        link = self.registry.links.get(ws["spoke"] or "")
+        if link is not None:
+            with contextlib.suppress(RemoteError):
+                await link.call("ws.cancel", {"ws_id": ws_id})
+        await self._append(ws_id, "cancelled", {})
+        return await self.get(ws_id)
+
+    async def close(self, ws_id: str) -> dict[str, Any]:
+        ws = await self.db.get(ws_id)
+        if ws is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no workstream {ws_id}")
+        if ws["state"] == "closed":
+            return await self.get(ws_id)
+        await self._resolve_approvals(ws_id, "closed")
+        link = self.registry.links.get(ws["spoke"] or "")
+        if link is not None:
+            with contextlib.suppress(RemoteError):
+                await link.call("ws.close", {"ws_id": ws_id})
+        if ws["box_id"]:
+            await self.store.set_box_state(ws["box_id"], "destroyed" if link else "closing")
+        await self._set_state(ws_id, "closed")
+        self.kick()
+        return await self.get(ws_id)
+
+    # -------------------------------------------------------------- internals
+    async def _open(self, ws_id: str) -> dict[str, Any]:
+        ws = await self.db.get(ws_id)
+        if ws is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no workstream {ws_id}")
+        if ws["state"] == "closed":
+            raise RemoteError(ErrorCode.INVALID, f"workstream {ws_id} is closed")
+        return ws
+
+    async def _append(self, ws_id: str, kind: str, data: dict[str, Any], sseq: int | None = None) -> dict[str, Any] | None:
+        event = await self.db.append(ws_id, kind, data, sseq)
+        if event is not None:
+            metrics.WS_EVENTS.labels(kind if kind in metrics.KNOWN_EVENT_KINDS else "other").inc()
+            waiter = self._waiters.pop(ws_id, None)
+            if waiter is not None:
+                waiter.set()
+        return event
+
+    async def _set_state(self, ws_id: str, state: str, error: str | None = None) -> None:
+        fields: dict[str, Any] = {"state": state}
+        if error is not None:
+            fields["error"] = error
+        await self.db.update(ws_id, **fields)
+        await self._append(ws_id, "state", {"state": state, **({"error": error} if error else {})})
+
+    async def _resolve_approvals(self, ws_id: str, why: str) -> None:
+        for approval in await self.db.approvals(ws_id, "pending"):
+            if await self.db.approval_decide(ws_id, approval["call_id"], "resolved", why):
+                await self._append(ws_id, "approval_resolved_by_hub",
+                                   {"call_id": approval["call_id"], "approved": False, "reason": why})
+
+    async def _deliver_approval(self, spoke: str | None, ws_id: str, call_id: str, approve: bool, reason: str) -> None:
+        link = self.registry.links.get(spoke or "")
+        if link is None:
+            return  # delivered when the spoke reconnects
+        try:
+            await link.call("ws.approve", {"ws_id": ws_id, "call_id": call_id, "approved": approve, "reason": reason})
+            await self.db.approval_delivered(ws_id, call_id)
+        except RemoteError as err:
+            log.info("approval %s for %s not delivered yet: %s", call_id, ws_id, err)
+
+    async def _ingest(self, link: SpokeLink, params: BaseModel) -> None:
+        assert isinstance(params, messages.WsEvent)
+        ws = await self.db.get(params.ws_id)
+        if ws is not None and ws["spoke"] == link.name and params.kind != "user_message":
+            event = await self._append(params.ws_id, params.kind, params.data, params.sseq)
+            if event is not None:
+                await self._apply(link, ws, params.kind, params.data)
+        elif ws is not None and ws["spoke"] == link.name:
+            await self.db.update(params.ws_id, spoke_seq=max(ws["spoke_seq"], params.sseq))
+        link.conn.notify("ws.ack", messages.WsEventAck(ws_id=params.ws_id, sseq=params.sseq))
+        await link.flush()
+
+    async def _apply(self, link: SpokeLink, ws: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
+        ws_id = ws["id"]
+        if kind == "state" and data.get("state") in SPOKE_STATES and ws["state"] != "closed":
+            await self.db.update(ws_id, state=data["state"])
+        elif kind == "approval_requested":
+            await self.db.approval_add(ws_id, str(data.get("call_id")), str(data.get("tool")), data.get("args"))
+        elif kind == "approval_resolved":
+            state = "approved" if data.get("approved") else "denied"
+            await self.db.approval_decide(ws_id, str(data.get("call_id")), state, str(data.get("reason", "")))
+        elif kind == "usage":
+            await self.db.usage_add(ws_id, link.name, str(data.get("model", "")),
+                                    int(data.get("input_tokens", 0)), int(data.get("output_tokens", 0)))
+        elif kind == "error":
+            await self.db.update(ws_id, error=str(data.get("message", ""))[:2000])
+
+    # ------------------------------------------------------------ scheduling
+    async def _scheduler(self) -> None:
+        while True:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._kick.wait(), 2.0)
+            self._kick.clear()
+            try:
+                await self._schedule_once()
+            except Exception:  # the scheduler must outlive any one bad row
+                log.exception("scheduling pass failed")
+
+    async def _schedule_once(self) -> None:
+        queued = [w for w in await self.db.in_state("queued") if w["id"] not in self._leasing]
+        if not queued:
+            return
+        counts = await self.db.active_counts()
+        now = time.monotonic()
+        for ws in queued:
+            link = self._pick(ws, counts, now)
+            if link is None:
+                continue
+            counts[link.name] = counts.get(link.name, 0) + 1
+            self._leasing.add(ws["id"])
+            asyncio.get_running_loop().create_task(self._lease(ws, link))
+
+    def _pick(self, ws: dict[str, Any], counts: dict[str, int], now: float) -> SpokeLink | None:
+        config = self.models()
+        best: tuple[float, int, str] | None = None
+        for name, link in self.registry.links.items():
+            if link.ws.closed or self._refused.get((ws["id"], name), 0) > now:
+                continue
+            if ws["want_spoke"] and name != ws["want_spoke"]:
+                continue
+            if ws["want_label"] and ws["want_label"] not in link.labels:
+                continue
+            if ws["model"] not in config.models and ws["model"] not in link.models:
+                continue
+            capacity, active = link.max_workstreams, counts.get(name, 0)
+            if active >= capacity:
+                continue
+            key = (active / capacity, active, name)
+            if best is None or key < best:
+                best = key
+        return self.registry.links[best[2]] if best else None
+
+    def _model_refs(self, alias: str, link: SpokeLink) -> builtins.list[dict[str, Any]]:
+        config = self.models()
+        refs: builtins.list[dict[str, Any]] = []
+        if alias in link.models:
+            refs.append({"alias": alias, "provider": "openai", "via": "spoke"})
+        for m in config.chain(alias):
+            refs.append({"alias": m.alias, "provider": m.provider, "via": "hub", "context_window": m.context_window})
+        return refs
+
+    async def _lease(self, ws: dict[str, Any], link: SpokeLink) -> None:
+        ws_id = ws["id"]
+        try:
+            pending = await self.db.inbox_pending(ws_id)
+            if not pending:
+                await self._set_state(ws_id, "idle")
+                return
+            box_id = ws["box_id"] or new_box_id()
+            await self.db.update(ws_id, spoke=link.name, state="starting", box_id=box_id)
+            await self._append(ws_id, "assigned", {"spoke": link.name})
+            await self.store.add_box(box_id, link.name, ws["image"] or "", {"workstream": ws_id})
+            try:
+                started = await link.call("ws.start", {
+                    "ws_id": ws_id, "box_id": box_id, "message": pending[0]["message"],
+                    "models": self._model_refs(ws["model"], link), "image": ws["image"],
+                    "auto_approve": bool(ws["auto_approve"]), "seq_base": ws["spoke_seq"]})
+            except RemoteError as err:
+                await self.store.set_box_state(box_id, "failed")
+                self._refused[(ws_id, link.name)] = time.monotonic() + 30.0
+                await self.db.update(ws_id, spoke=None, state="queued", box_id="")
+                await self._append(ws_id, "lease_returned", {"spoke": link.name, "reason": str(err)})
+                return
+            await self.store.set_box_state(box_id, "running")
+            await self.store.db_update_box_image(box_id, getattr(started, "image", ""))
+            await self.db.inbox_delivered(pending[0]["id"])
+            for extra in pending[1:]:
+                await link.call("ws.send", {"ws_id": ws_id, "message": extra["message"]})
+                await self.db.inbox_delivered(extra["id"])
+        finally:
+            self._leasing.discard(ws_id)
+            self.kick()
+
+    async def _spoke_connected(self, link: SpokeLink) -> None:
+        info = await link.call("spoke.info", {})
+        running = set(getattr(info, "workstreams", []))
+        for ws in await self.db.on_spoke(link.name):
+            ws_id = ws["id"]
+            if ws_id in self._leasing:
+                continue
+            if ws_id not in running:
+                await self._resolve_approvals(ws_id, "spoke lost the workstream")
+                await self._set_state(ws_id, "error", f"spoke {link.name} restarted and lost this workstream")
+                continue
+            for message in await self.db.inbox_pending(ws_id):
+                await link.call("ws.send", {"ws_id": ws_id, "message": message["message"]})
+                await self.db.inbox_delivered(message["id"])
+            for approval in await self.db.approvals_undelivered(ws_id):
+                await self._deliver_approval(link.name, ws_id, approval["call_id"],
+                                             approval["state"] == "approved", approval["reason"])
+        closed = {w["id"] for w in await self.db.in_state("closed")}
+        for ws_id in running & closed:
+            await link.call("ws.close", {"ws_id": ws_id})
+        self.kick()
+
+    async def _spoke_disconnected(self, link: SpokeLink) -> None:
+        self.kick()

@@ -1,0 +1,442 @@
+"""The sans-I/O connection between a hub and a spoke.
+
+Like h11 and websockets' protocol module, this class never touches a socket: the I/O layer
+feeds it each received WebSocket message with :meth:`Connection.receive_data`, acts on the
+returned events, and writes whatever :meth:`Connection.data_to_send` hands back. Timers use an
+injected clock, so every rule here (deadlines, staleness, the handshake timeout, flow control)
+is tested without sockets or sleeping.
+
+Frames are JSON-RPC 2.0 objects. Besides requests, results and errors there are three
+stream-control notifications tied to a call id: ``$/chunk`` (sequence-numbered data),
+``$/ack`` (cumulative: the receiver consumed everything up to ``seq``), and ``$/cancel``.
+Each call's stream has its own window, so a slow consumer of one stream holds back only
+that stream's sender, never other calls on the same connection.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import enum
+import json
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+from pydantic import BaseModel, ValidationError
+
+from protocol import events as ev
+from protocol import messages
+from protocol.errors import ErrorCode, RemoteError
+from protocol.verbs import VERBS, Verb, lookup, parse_params, parse_result
+
+
+class Role(enum.Enum):
+    HUB = "hub"
+    SPOKE = "spoke"
+
+
+class State(enum.Enum):
+    HANDSHAKE = "handshake"
+    OPEN = "open"
+    CLOSED = "closed"
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_frame_bytes: int = 1024 * 1024
+    max_calls: int = 256
+    window_chunks: int = 16
+    chunk_bytes: int = 64 * 1024
+    handshake_timeout_s: float = 10.0
+    heartbeat_s: float = 3.0
+    stale_after_s: float = 10.0
+    deadline_grace_s: float = 5.0
+    max_violations: int = 50
+
+
+@dataclass
+class _Call:
+    verb: Verb
+    deadline: float
+    sent_seq: int = -1  # last chunk seq we sent
+    acked_seq: int = -1  # last chunk seq the peer consumed
+    recv_seq: int = -1  # last chunk seq we received
+    our_ack: int = -1  # last chunk seq we told the peer we consumed
+    done_sending: bool = False
+
+
+@dataclass
+class Connection:
+    role: Role
+    clock: Callable[[], float]
+    limits: Limits = field(default_factory=Limits)
+
+    def __post_init__(self) -> None:
+        self.state = State.HANDSHAKE
+        self._out: list[str] = []
+        self._next_id = 1
+        self._outgoing: dict[int, _Call] = {}  # calls we made
+        self._incoming: dict[int, _Call] = {}  # calls the peer made
+        self._auth_call: int | None = None
+        self._started = self.clock()
+        self._last_received = self._started
+        self._violations = 0
+        self._notifications = messages.FROM_HUB if self.role is Role.SPOKE else messages.FROM_SPOKE
+
+    # ------------------------------------------------------------------ output
+    def data_to_send(self) -> list[str]:
+        out, self._out = self._out, []
+        return out
+
+    def _emit(self, frame: dict[str, Any]) -> None:
+        frame["jsonrpc"] = "2.0"
+        self._out.append(json.dumps(frame, separators=(",", ":")))
+
+    # --------------------------------------------------------------- handshake
+    def send_hello(self, challenge: bytes, server: str) -> None:
+        assert self.role is Role.HUB and self.state is State.HANDSHAKE
+        hello = messages.Hello(
+            versions=list(messages.SUPPORTED_VERSIONS),
+            challenge=base64.b64encode(challenge).decode(),
+            server=server,
+            limits={
+                "max_frame_bytes": self.limits.max_frame_bytes,
+                "max_calls": self.limits.max_calls,
+                "heartbeat_s": self.limits.heartbeat_s,
+                "stale_after_s": self.limits.stale_after_s,
+            },
+        )
+        self._emit({"method": "hello", "params": hello.model_dump()})
+
+    def send_auth(self, params: messages.AuthParams) -> None:
+        assert self.role is Role.SPOKE and self.state is State.HANDSHAKE
+        self._auth_call = self._take_id()
+        self._emit({"id": self._auth_call, "method": "auth", "params": params.model_dump()})
+
+    def accept_auth(self, result: messages.AuthResult) -> None:
+        assert self.role is Role.HUB and self._auth_call is not None
+        self._emit({"id": self._auth_call, "result": result.model_dump()})
+        self.state = State.OPEN
+
+    def reject_auth(self, error: RemoteError) -> None:
+        assert self.role is Role.HUB
+        self._emit({"id": self._auth_call, "error": error.to_wire()})
+        self.state = State.CLOSED
+
+    # ------------------------------------------------------------------- calls
+    def send_request(
+        self, verb_name: str, params: BaseModel | dict[str, Any], timeout_s: float | None = None
+    ) -> int:
+        """Validate and queue a request; raises :class:`RemoteError` without sending."""
+        if self.state is not State.OPEN:
+            raise RemoteError(ErrorCode.UNAVAILABLE, "connection is not open")
+        if self.role is not Role.HUB:
+            raise RemoteError(ErrorCode.DENIED, "only the hub issues verbs")
+        verb = lookup(verb_name)
+        model = parse_params(verb, params.model_dump() if isinstance(params, BaseModel) else params)
+        if len(self._outgoing) >= self.limits.max_calls:
+            raise RemoteError(ErrorCode.BUSY, f"{self.limits.max_calls} calls already in flight")
+        timeout = verb.default_timeout_s if timeout_s is None else timeout_s
+        call_id = self._take_id()
+        self._outgoing[call_id] = _Call(verb, self.clock() + timeout + self.limits.deadline_grace_s)
+        self._emit(
+            {
+                "id": call_id,
+                "method": verb.name,
+                "params": model.model_dump(),
+                "timeout_ms": int(timeout * 1000),
+            }
+        )
+        return call_id
+
+    def send_result(self, call_id: int, result: BaseModel | dict[str, Any]) -> None:
+        call = self._incoming.pop(call_id, None)
+        if call is None:
+            return  # cancelled or already answered: nothing to say
+        model = parse_result(
+            call.verb, result.model_dump() if isinstance(result, BaseModel) else result
+        )
+        self._emit({"id": call_id, "result": model.model_dump()})
+
+    def send_error(self, call_id: int | None, error: RemoteError) -> None:
+        if call_id is not None and self._incoming.pop(call_id, None) is None:
+            return
+        self._emit({"id": call_id, "error": error.to_wire()})
+
+    def cancel(self, call_id: int) -> None:
+        """Give up on a call we made: the peer is told, late replies are ignored."""
+        if self._outgoing.pop(call_id, None) is not None and self.state is State.OPEN:
+            self._emit({"method": "$/cancel", "params": {"id": call_id}})
+
+    def notify(self, method: str, params: BaseModel) -> None:
+        if self.state is State.OPEN:
+            self._emit({"method": method, "params": params.model_dump()})
+
+    def in_flight(self) -> int:
+        return len(self._outgoing) + len(self._incoming)
+
+    # ----------------------------------------------------------------- streams
+    def _stream_call(self, call_id: int) -> _Call | None:
+        call = self._incoming.get(call_id)
+        if call is not None and call.verb.stream == "down":
+            return call
+        call = self._outgoing.get(call_id)
+        if call is not None and call.verb.stream == "up":
+            return call
+        return None
+
+    def can_send_chunk(self, call_id: int) -> bool:
+        call = self._stream_call(call_id)
+        return call is not None and call.sent_seq - call.acked_seq < self.limits.window_chunks
+
+    def send_chunk(self, call_id: int, stream: str, data: bytes, eof: bool = False) -> bool:
+        """Queue one chunk. Returns False (sending nothing) while the window is full or the
+        call is gone; the caller waits for :class:`WindowOpened` and tries again."""
+        if len(data) > self.limits.chunk_bytes:
+            raise ValueError(f"chunk of {len(data)} bytes exceeds {self.limits.chunk_bytes}")
+        call = self._stream_call(call_id)
+        if call is None or not self.can_send_chunk(call_id) or call.done_sending:
+            return False
+        call.sent_seq += 1
+        call.done_sending = eof
+        params = {
+            "id": call_id,
+            "seq": call.sent_seq,
+            "stream": stream,
+            "data": base64.b64encode(data).decode(),
+            "eof": eof,
+        }
+        self._emit({"method": "$/chunk", "params": params})
+        return True
+
+    def ack(self, call_id: int, seq: int) -> None:
+        """Tell the peer we consumed chunks up to ``seq`` of this call's stream."""
+        call = self._outgoing.get(call_id) or self._incoming.get(call_id)
+        if call is not None and seq > call.our_ack:
+            call.our_ack = seq
+            self._emit({"method": "$/ack", "params": {"id": call_id, "seq": seq}})
+
+    # ------------------------------------------------------------------ timers
+    def check_timers(self) -> list[ev.Event]:
+        now = self.clock()
+        out: list[ev.Event] = []
+        if self.state is State.HANDSHAKE and now - self._started > self.limits.handshake_timeout_s:
+            self.state = State.CLOSED
+            return [ev.HandshakeTimedOut()]
+        if self.state is not State.OPEN:
+            return out
+        for call_id, call in list(self._outgoing.items()):
+            if now >= call.deadline:
+                self.cancel(call_id)
+                out.append(
+                    ev.CallFailed(
+                        call_id,
+                        RemoteError(ErrorCode.TIMEOUT, f"{call.verb.name}: deadline exceeded"),
+                    )
+                )
+        silent = now - self._last_received
+        if silent > self.limits.stale_after_s:
+            out.append(ev.PeerStale(silent))
+        return out
+
+    def connection_lost(self, reason: str) -> list[ev.Event]:
+        """The transport closed: every outstanding call of ours fails as ``unavailable``."""
+        self.state = State.CLOSED
+        failed = [
+            ev.CallFailed(
+                cid,
+                RemoteError(ErrorCode.UNAVAILABLE, f"{c.verb.name}: connection lost ({reason})"),
+            )
+            for cid, c in self._outgoing.items()
+        ]
+        self._outgoing.clear()
+        self._incoming.clear()
+        return list(failed)
+
+    # ----------------------------------------------------------------- receive
+    def receive_data(self, data: str | bytes) -> list[ev.Event]:
+        self._last_received = self.clock()
+        if len(data) > self.limits.max_frame_bytes:
+            return self._violation(
+                None,
+                f"frame of {len(data)} bytes exceeds the limit of {self.limits.max_frame_bytes}",
+            )
+        try:
+            frame = json.loads(data)
+        except (ValueError, UnicodeDecodeError):
+            return self._violation(None, "malformed frame: not JSON")
+        if not isinstance(frame, dict) or frame.get("jsonrpc") != "2.0":
+            return self._violation(None, "malformed frame: not a JSON-RPC 2.0 object")
+        raw_id = frame.get("id")
+        if raw_id is not None and (not isinstance(raw_id, int) or isinstance(raw_id, bool)):
+            return self._violation(None, "malformed frame: id must be an integer")
+        method = frame.get("method")
+        if method is not None:
+            if not isinstance(method, str):
+                return self._violation(raw_id, "malformed frame: method must be a string")
+            if raw_id is None:
+                return self._on_notification(method, frame.get("params"))
+            return self._on_request(raw_id, method, frame)
+        if raw_id is None:
+            return self._violation(None, "malformed frame: a reply without an id")
+        if "error" in frame:
+            return self._on_error(raw_id, frame["error"])
+        if "result" in frame:
+            return self._on_result(raw_id, frame["result"])
+        return self._violation(raw_id, "malformed frame: neither method, result nor error")
+
+    def _violation(self, call_id: int | None, message: str) -> list[ev.Event]:
+        self._violations += 1
+        fatal = self.state is State.HANDSHAKE or self._violations > self.limits.max_violations
+        if self.state is not State.CLOSED:
+            self._emit({"id": call_id, "error": RemoteError(ErrorCode.INVALID, message).to_wire()})
+        return [ev.ProtocolViolation(message, fatal=fatal)]
+
+    def _on_request(self, call_id: int, method: str, frame: dict[str, Any]) -> list[ev.Event]:
+        if self.state is State.HANDSHAKE:
+            if self.role is not Role.HUB or method != "auth" or self._auth_call is not None:
+                return self._violation(call_id, "expected an auth request first")
+            try:
+                params = messages.AuthParams.model_validate(frame.get("params"))
+            except ValidationError as err:
+                return self._violation(call_id, f"bad auth request: {err.errors()[0].get('msg')}")
+            self._auth_call = call_id
+            return [ev.AuthRequested(call_id, params)]
+        if self.state is not State.OPEN:
+            return []
+        if self.role is not Role.SPOKE:
+            self._emit(
+                {
+                    "id": call_id,
+                    "error": RemoteError(
+                        ErrorCode.DENIED, f"the hub serves no verbs ({method!r})"
+                    ).to_wire(),
+                }
+            )
+            return [ev.ProtocolViolation(f"spoke sent request {method!r}")]
+        if call_id in self._incoming:
+            return self._violation(call_id, f"call id {call_id} is already in flight")
+        try:
+            verb = lookup(method)
+            request_params = parse_params(verb, frame.get("params"))
+        except RemoteError as err:
+            self._emit({"id": call_id, "error": err.to_wire()})
+            return [ev.ProtocolViolation(str(err))]
+        if len(self._incoming) >= self.limits.max_calls:
+            self._emit(
+                {
+                    "id": call_id,
+                    "error": RemoteError(
+                        ErrorCode.BUSY, f"{self.limits.max_calls} calls already in flight"
+                    ).to_wire(),
+                }
+            )
+            return []
+        timeout_ms = frame.get("timeout_ms")
+        if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or timeout_ms <= 0:
+            timeout_ms = int(verb.default_timeout_s * 1000)
+        deadline = self.clock() + timeout_ms / 1000
+        self._incoming[call_id] = _Call(verb, deadline)
+        return [ev.RequestReceived(call_id, verb.name, request_params, deadline)]
+
+    def _on_result(self, call_id: int, result: Any) -> list[ev.Event]:
+        if self.state is State.HANDSHAKE and self.role is Role.SPOKE and call_id == self._auth_call:
+            try:
+                model = messages.AuthResult.model_validate(result)
+            except ValidationError:
+                self.state = State.CLOSED
+                return [ev.AuthRejected(RemoteError(ErrorCode.INTERNAL, "malformed auth result"))]
+            self.state = State.OPEN
+            return [ev.Authenticated(model)]
+        call = self._outgoing.pop(call_id, None)
+        if call is None:
+            return []  # late reply to a cancelled or timed-out call
+        try:
+            return [ev.ResponseReceived(call_id, parse_result(call.verb, result))]
+        except RemoteError as err:
+            return [ev.CallFailed(call_id, err)]
+
+    def _on_error(self, call_id: int, error: Any) -> list[ev.Event]:
+        remote = RemoteError.from_wire(error)
+        if self.state is State.HANDSHAKE and self.role is Role.SPOKE and call_id == self._auth_call:
+            self.state = State.CLOSED
+            return [ev.AuthRejected(remote)]
+        if self._outgoing.pop(call_id, None) is None:
+            return []
+        return [ev.CallFailed(call_id, remote)]
+
+    def _on_notification(self, method: str, params: Any) -> list[ev.Event]:
+        if self.state is State.HANDSHAKE:
+            if self.role is Role.SPOKE and method == "hello":
+                try:
+                    hello = messages.Hello.model_validate(params)
+                    challenge = base64.b64decode(hello.challenge, validate=True)
+                except (ValidationError, binascii.Error):
+                    return self._violation(None, "malformed hello")
+                return [ev.HelloReceived(tuple(hello.versions), challenge, dict(hello.limits))]
+            return self._violation(None, f"unexpected {method!r} during the handshake")
+        if not isinstance(params, dict):
+            return self._violation(None, f"{method}: params must be an object")
+        if method == "$/chunk":
+            return self._on_chunk(params)
+        if method == "$/ack":
+            return self._on_ack(params)
+        if method == "$/cancel":
+            call_id = params.get("id")
+            if isinstance(call_id, int) and call_id in self._incoming:
+                return [ev.CancelReceived(call_id)]
+            return []
+        model_type = self._notifications.get(method)
+        if model_type is None:
+            return self._violation(None, f"notification {method!r} is not on the allowlist")
+        try:
+            return [ev.NotificationReceived(method, model_type.model_validate(params))]
+        except ValidationError as err:
+            return self._violation(None, f"{method}: {err.errors()[0].get('msg')}")
+
+    def _on_chunk(self, params: dict[str, Any]) -> list[ev.Event]:
+        call_id, seq = params.get("id"), params.get("seq")
+        if not isinstance(call_id, int) or not isinstance(seq, int):
+            return self._violation(None, "$/chunk: id and seq must be integers")
+        call = self._outgoing.get(call_id)
+        if call is None or call.verb.stream != "down":
+            call = self._incoming.get(call_id)
+            if call is None or call.verb.stream != "up":
+                return []  # a straggler of a finished or cancelled call
+        if seq != call.recv_seq + 1:
+            return self._violation(
+                None, f"$/chunk: call {call_id} expected seq {call.recv_seq + 1}, got {seq}"
+            )
+        if seq - call.our_ack > self.limits.window_chunks:
+            return self._violation(None, f"$/chunk: call {call_id} overran its flow-control window")
+        try:
+            data = base64.b64decode(params.get("data", ""), validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            return self._violation(None, "$/chunk: data is not base64")
+        call.recv_seq = seq
+        return [
+            ev.ChunkReceived(
+                call_id, seq, str(params.get("stream", "")), data, bool(params.get("eof"))
+            )
+        ]
+
+    def _on_ack(self, params: dict[str, Any]) -> list[ev.Event]:
+        call_id, seq = params.get("id"), params.get("seq")
+        if not isinstance(call_id, int) or not isinstance(seq, int):
+            return self._violation(None, "$/ack: id and seq must be integers")
+        call = self._stream_call(call_id)
+        if call is None or seq <= call.acked_seq:
+            return []
+        if seq > call.sent_seq:
+            return self._violation(None, f"$/ack: call {call_id} acked seq {seq} never sent")
+        call.acked_seq = seq
+        return [ev.WindowOpened(call_id)]
+
+    def _take_id(self) -> int:
+        call_id = self._next_id
+        self._next_id += 1
+        return call_id
+
+
+__all__ = ["Connection", "Limits", "Role", "State", "VERBS"]

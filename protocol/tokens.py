@@ -1,0 +1,95 @@
+"""Join tokens and the bytes a spoke signs to prove its identity.
+
+A join token is one opaque string that carries everything ``spoke join`` needs: the hub's
+URL, the SHA-256 pin of the hub's TLS certificate, the token id and a high-entropy secret
+(the kubeadm idea of folding the CA hash into the token). Only a hash of the secret is kept
+at the hub. Pure functions: no I/O.
+"""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import json
+import re
+import secrets
+from dataclasses import dataclass
+
+TOKEN_PREFIX = "shj1."
+PIN_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
+AUTH_CONTEXT = b"spokehub-auth-v1"
+
+
+class TokenError(ValueError):
+    """The token string cannot be used; the message says why in one line."""
+
+
+@dataclass(frozen=True)
+class JoinToken:
+    url: str
+    pin: str
+    token_id: str
+    secret: str
+    name: str = ""  # the spoke name the token is bound to
+
+    def encode(self) -> str:
+        body = json.dumps(
+            {"u": self.url, "p": self.pin, "i": self.token_id, "s": self.secret, "n": self.name},
+            separators=(",", ":"),
+        ).encode()
+        return TOKEN_PREFIX + base64.urlsafe_b64encode(body).decode().rstrip("=")
+
+    @classmethod
+    def decode(cls, text: str) -> JoinToken:
+        text = text.strip()
+        if not text.startswith(TOKEN_PREFIX):
+            raise TokenError("not a spokehub join token (it should start with 'shj1.')")
+        raw = text[len(TOKEN_PREFIX) :]
+        try:
+            body = json.loads(base64.urlsafe_b64decode(raw + "=" * (-len(raw) % 4)))
+            token = cls(
+                url=body["u"], pin=body["p"], token_id=body["i"], secret=body["s"], name=body.get("n", "")
+            )
+        except (ValueError, KeyError, TypeError):
+            raise TokenError("join token is corrupted (was it copied completely?)") from None
+        if not all(
+            isinstance(v, str) for v in (token.url, token.pin, token.token_id, token.secret)
+        ):
+            raise TokenError("join token is corrupted (was it copied completely?)")
+        if not token.url.startswith(("https://", "http://")):
+            raise TokenError(f"join token has a bad hub URL: {token.url!r}")
+        if token.url.startswith("https://") and not PIN_RE.match(token.pin):
+            raise TokenError("join token has a malformed certificate pin")
+        return token
+
+
+def new_secret() -> str:
+    return secrets.token_urlsafe(32)
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}_{secrets.token_hex(8)}"
+
+
+def hash_secret(secret: str) -> str:
+    """SHA-256 is right for high-entropy machine secrets (bcrypt is for passwords)."""
+    return hashlib.sha256(secret.encode()).hexdigest()
+
+
+def secret_matches(secret: str, stored_hash: str) -> bool:
+    return hmac.compare_digest(hash_secret(secret), stored_hash)
+
+
+def cert_pin(der: bytes) -> str:
+    return "sha256:" + hashlib.sha256(der).hexdigest()
+
+
+def pins_match(expected: str, der: bytes) -> bool:
+    return hmac.compare_digest(expected.lower(), cert_pin(der))
+
+
+def auth_message(challenge: bytes, spoke_name: str, hub_pin: str) -> bytes:
+    """What the spoke signs: bound to this hub's pin and this name, so a signature can
+    neither be replayed (fresh challenge) nor relayed to another hub."""
+    return b"\n".join([AUTH_CONTEXT, challenge, spoke_name.encode(), hub_pin.encode()])

@@ -1,0 +1,266 @@
+"""The verb table: the single allowlist of what a hub may ask of a spoke.
+
+Both ends validate against this table: the hub before it sends, the spoke when it receives
+(the spoke trusts the hub for nothing more than what is listed here). Each verb names its
+parameter and result models, whether it streams, and which parameter makes a retry of a
+creating verb idempotent.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Annotated, Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from protocol.errors import ErrorCode, RemoteError
+
+BOX_ID_RE = re.compile(r"^bx_[0-9a-f]{16}$")
+SPOKE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+MAX_EXEC_TIMEOUT_S = 24 * 3600.0
+MAX_FILE_BYTES = 256 * 1024 * 1024
+
+BoxId = Annotated[str, Field(pattern=BOX_ID_RE.pattern)]
+AbsPath = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^/")]
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Empty(_Model):
+    pass
+
+
+class BoxCreate(_Model):
+    box_id: BoxId
+    image: str = Field(min_length=1, max_length=512)
+    network: bool = False
+    memory_bytes: int | None = Field(default=None, gt=0)
+    cpus: float | None = Field(default=None, gt=0, le=256)
+    pids: int | None = Field(default=None, gt=0, le=1_000_000)
+    env: dict[str, str] = Field(default_factory=dict)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key):
+                raise ValueError(f"bad environment variable name {key!r}")
+        return value
+
+
+class BoxInfoModel(_Model):
+    box_id: str
+    image: str
+    state: str
+    created_at: float
+    network: bool = False
+
+
+class BoxRef(_Model):
+    box_id: BoxId
+
+
+class BoxList(_Model):
+    boxes: list[BoxInfoModel]
+
+
+class BoxExec(_Model):
+    box_id: BoxId
+    cmd: list[str] = Field(min_length=1, max_length=4096)
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: AbsPath | None = None
+    timeout_s: float | None = Field(default=None, gt=0, le=MAX_EXEC_TIMEOUT_S)
+
+
+class ExecDone(_Model):
+    exit_code: int
+    timed_out: bool = False
+    cancelled: bool = False
+
+
+class BoxLogs(_Model):
+    box_id: BoxId
+    tail: int = Field(default=200, ge=1, le=100_000)
+
+
+class LogsResult(_Model):
+    data: str  # base64
+
+
+class Destroyed(_Model):
+    existed: bool
+
+
+class PutFile(_Model):
+    box_id: BoxId
+    path: AbsPath
+    size: int = Field(ge=0, le=MAX_FILE_BYTES)
+    mode: int = Field(default=0o644, ge=0, le=0o7777)
+
+
+class GetFile(_Model):
+    box_id: BoxId
+    path: AbsPath
+    max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=MAX_FILE_BYTES)
+
+
+class FileDone(_Model):
+    size: int
+
+
+class StatsResult(_Model):
+    memory_bytes: int = 0
+    cpu_percent: float = 0.0
+    pids: int = 0
+
+
+class Reap(_Model):
+    keep: list[BoxId] = Field(max_length=100_000)
+
+
+class Reaped(_Model):
+    removed: list[str]
+
+
+class SpokeInfo(_Model):
+    name: str
+    version: str
+    boxes: list[BoxInfoModel]
+    labels: list[str] = Field(default_factory=list)
+    policy: dict[str, Any] = Field(default_factory=dict)
+    capacity: dict[str, Any] = Field(default_factory=dict)
+    workstreams: list[str] = Field(default_factory=list)
+
+
+WsId = Annotated[str, Field(pattern=r"^ws_[0-9a-f]{16}$")]
+MAX_MESSAGE_CHARS = 200_000
+
+
+class ModelRef(_Model):
+    """A model the spoke may call: ``via`` hub (the hub's relay holds the key) or spoke (its own)."""
+
+    alias: str = Field(min_length=1, max_length=100)
+    provider: Literal["openai", "anthropic"]
+    via: Literal["hub", "spoke"] = "hub"
+    context_window: int = Field(default=128_000, gt=0)
+
+
+class WsStart(_Model):
+    ws_id: WsId
+    box_id: BoxId  # chosen by the hub: a retried start never makes a second box
+    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    models: list[ModelRef] = Field(min_length=1, max_length=10)
+    image: str | None = Field(default=None, max_length=512)
+    auto_approve: bool = False
+    seq_base: int = Field(default=0, ge=0)
+
+
+class WsStarted(_Model):
+    box_id: str
+    image: str
+
+
+class WsSend(_Model):
+    ws_id: WsId
+    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+
+
+class WsApprove(_Model):
+    ws_id: WsId
+    call_id: str = Field(min_length=1, max_length=200)
+    approved: bool
+    reason: str = Field(default="", max_length=2000)
+
+
+class WsRef(_Model):
+    ws_id: WsId
+
+
+class WsAck(_Model):
+    known: bool = True
+
+
+Stream = Literal["none", "down", "up"]
+
+
+@dataclass(frozen=True)
+class Verb:
+    """One allowlisted verb.
+
+    ``stream`` says which way chunk frames flow during the call: ``down`` from spoke to
+    hub (exec output, file download), ``up`` from hub to spoke (file upload).
+    ``idempotency_field`` names the hub-chosen id that makes a retried create a no-op.
+    """
+
+    name: str
+    params: type[_Model]
+    result: type[_Model]
+    stream: Stream = "none"
+    default_timeout_s: float = 30.0
+    idempotency_field: str | None = None
+
+
+VERBS: dict[str, Verb] = {
+    v.name: v
+    for v in (
+        Verb(
+            "box.create",
+            BoxCreate,
+            BoxInfoModel,
+            default_timeout_s=120.0,
+            idempotency_field="box_id",
+        ),
+        Verb("box.list", Empty, BoxList),
+        Verb("box.exec", BoxExec, ExecDone, stream="down", default_timeout_s=3600.0),
+        Verb("box.logs", BoxLogs, LogsResult),
+        Verb("box.destroy", BoxRef, Destroyed, default_timeout_s=60.0),
+        Verb("box.put_file", PutFile, FileDone, stream="up", default_timeout_s=300.0),
+        Verb("box.get_file", GetFile, FileDone, stream="down", default_timeout_s=300.0),
+        Verb("box.stats", BoxRef, StatsResult),
+        Verb("box.reap", Reap, Reaped, default_timeout_s=120.0),
+        Verb("ws.start", WsStart, WsStarted, default_timeout_s=180.0, idempotency_field="ws_id"),
+        Verb("ws.send", WsSend, WsAck),
+        Verb("ws.approve", WsApprove, WsAck),
+        Verb("ws.cancel", WsRef, WsAck),
+        Verb("ws.close", WsRef, WsAck, default_timeout_s=60.0),
+        Verb("spoke.info", Empty, SpokeInfo),
+        Verb("spoke.ping", Empty, Empty, default_timeout_s=10.0),
+    )
+}
+
+
+def _explain(err: ValidationError) -> str:
+    parts = []
+    for item in err.errors()[:3]:
+        where = ".".join(str(p) for p in item.get("loc", ())) or "params"
+        parts.append(f"{where}: {item.get('msg', 'invalid')}")
+    return "; ".join(parts)
+
+
+def lookup(name: str) -> Verb:
+    """Return the verb or raise a typed ``denied`` error: unknown verbs are refused."""
+    verb = VERBS.get(name)
+    if verb is None:
+        raise RemoteError(ErrorCode.DENIED, f"verb {name!r} is not on the allowlist")
+    return verb
+
+
+def parse_params(verb: Verb, params: Any) -> _Model:
+    if params is None:
+        params = {}
+    if not isinstance(params, dict):
+        raise RemoteError(ErrorCode.INVALID, f"{verb.name}: params must be an object")
+    try:
+        return verb.params.model_validate(params)
+    except ValidationError as err:
+        raise RemoteError(ErrorCode.INVALID, f"{verb.name}: {_explain(err)}") from None
+
+
+def parse_result(verb: Verb, result: Any) -> _Model:
+    try:
+        return verb.result.model_validate(result)
+    except ValidationError as err:
+        raise RemoteError(ErrorCode.INTERNAL, f"{verb.name} result: {_explain(err)}") from None

@@ -1,0 +1,212 @@
+"""Pure helpers for the Docker manager: names, labels, error mapping, tar and stats.
+
+Kept free of I/O so they are cheap to test and so ``docker_boxes`` stays readable.
+"""
+
+from __future__ import annotations
+
+import calendar
+import hashlib
+import io
+import re
+import tarfile
+import time
+from typing import Any
+
+import docker.errors
+import requests.exceptions
+
+from spoke.boxes.base import BoxError, BoxInfo, BoxInvalid, BoxNotFound
+
+LABEL_MANAGED = "spokehub.managed"
+LABEL_SPOKE = "spokehub.spoke"
+LABEL_BOX = "spokehub.box"
+LABEL_CREATED = "spokehub.created_at"
+
+# The box's main process: keeps the container alive with no entrypoint help, and exits
+# promptly on SIGTERM (docker-init forwards it) so `docker stop` is not a 10 s wait.
+KEEPALIVE_CMD = ["/bin/sh", "-c", "trap 'exit 0' TERM; while :; do sleep 3600 & wait $!; done"]
+TMPFS = {
+    "/tmp": "rw,nosuid,nodev,size=64m,mode=1777",
+    "/run": "rw,nosuid,nodev,size=8m",
+}
+WORKSPACE = "/workspace"
+
+_NAME_BAD = re.compile(r"[^a-zA-Z0-9_.-]+")
+_GO_DIR_BIT = 1 << 31
+_GO_SYMLINK_BIT = 1 << 27
+
+
+def sanitize_spoke_name(spoke_name: str) -> str:
+    """A Docker-safe rendering of the spoke name. If anything had to change, a short hash
+    of the original is appended so two different spokes never share container names."""
+    cleaned = _NAME_BAD.sub("-", spoke_name).strip("-._")[:40]
+    if cleaned != spoke_name or not cleaned:
+        digest = hashlib.sha256(spoke_name.encode()).hexdigest()[:8]
+        cleaned = f"{cleaned}-{digest}" if cleaned else digest
+    return cleaned
+
+
+def own_filters(spoke_name: str, box_id: str | None = None) -> dict[str, list[str]]:
+    labels = [f"{LABEL_MANAGED}=1", f"{LABEL_SPOKE}={spoke_name}"]
+    if box_id is not None:
+        labels.append(f"{LABEL_BOX}={box_id}")
+    return {"label": labels}
+
+
+def is_own(labels: dict[str, str] | None, spoke_name: str) -> bool:
+    labels = labels or {}
+    return labels.get(LABEL_MANAGED) == "1" and labels.get(LABEL_SPOKE) == spoke_name
+
+
+def _parse_docker_time(text: str) -> float:
+    """Docker's RFC 3339 with nanoseconds -> unix seconds (0.0 if unparseable)."""
+    m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$", text or "")
+    if not m:
+        return 0.0
+    base = calendar.timegm(time.strptime(m.group(1), "%Y-%m-%dT%H:%M:%S"))
+    return base + (float(m.group(2)) if m.group(2) else 0.0)
+
+
+def info_from_inspect(data: dict[str, Any]) -> BoxInfo:
+    labels = data.get("Config", {}).get("Labels") or {}
+    created = labels.get(LABEL_CREATED)
+    return BoxInfo(
+        id=labels.get(LABEL_BOX, ""),
+        image=data.get("Config", {}).get("Image", ""),
+        state=data.get("State", {}).get("Status", "unknown"),
+        created_at=float(created) if created else _parse_docker_time(data.get("Created", "")),
+        network=data.get("HostConfig", {}).get("NetworkMode", "none") != "none",
+        container_id=data.get("Id", ""),
+    )
+
+
+def info_from_summary(data: dict[str, Any]) -> BoxInfo:
+    labels = data.get("Labels") or {}
+    created = labels.get(LABEL_CREATED)
+    return BoxInfo(
+        id=labels.get(LABEL_BOX, ""),
+        image=data.get("Image", ""),
+        state=data.get("State", "unknown"),
+        created_at=float(created) if created else float(data.get("Created", 0)),
+        network=(data.get("HostConfig") or {}).get("NetworkMode", "none") != "none",
+        container_id=data.get("Id", ""),
+    )
+
+
+def one_line(text: object, limit: int = 300) -> str:
+    flat = " ".join(str(text).split())
+    return flat if len(flat) <= limit else flat[: limit - 1] + "…"
+
+
+def map_docker_error(exc: BaseException, what: str) -> BoxError:
+    """Translate a docker SDK / transport exception into a BoxError with a one-line message.
+
+    ``what`` names the operation ("exec in box bx_…"), so messages read as sentences."""
+    if isinstance(exc, BoxError):
+        return exc
+    if isinstance(exc, docker.errors.ImageNotFound):
+        return BoxInvalid(f"{what}: {one_line(exc.explanation or exc)}")
+    if isinstance(exc, docker.errors.NotFound):
+        return BoxNotFound(f"{what}: not found ({one_line(exc.explanation or exc)})")
+    if isinstance(exc, docker.errors.APIError):
+        status = exc.status_code or 500
+        text = one_line(exc.explanation or exc)
+        lowered = text.lower()
+        if "read-only" in lowered:
+            return BoxError(f"{what}: read-only file system (write under /workspace)", "denied")
+        if "not a directory" in lowered or "cannot overwrite" in lowered:
+            return BoxInvalid(f"{what}: {text}")
+        if status == 409:
+            return BoxError(f"{what}: conflict: {text}", "busy")
+        if status in (400, 422):
+            return BoxInvalid(f"{what}: {text}")
+        if status in (401, 403):
+            return BoxError(f"{what}: refused by Docker: {text}", "denied")
+        if status in (502, 503, 504):
+            return BoxError(f"{what}: Docker engine unavailable: {text}", "unavailable")
+        return BoxError(f"{what}: Docker error {status}: {text}", "internal")
+    if isinstance(exc, requests.exceptions.Timeout):
+        return BoxError(f"{what}: the Docker engine did not answer in time", "timeout")
+    if isinstance(exc, requests.exceptions.ConnectionError | ConnectionError | FileNotFoundError):
+        return BoxError(f"{what}: the Docker engine is unreachable ({one_line(exc)})",
+                        "unavailable")
+    if isinstance(exc, docker.errors.DockerException):
+        lowered = str(exc).lower()
+        code = "unavailable" if "connection" in lowered or "version" in lowered else "internal"
+        return BoxError(f"{what}: {one_line(exc)}", code)
+    return BoxError(f"{what}: {type(exc).__name__}: {one_line(exc)}", "internal")
+
+
+def single_file_tar(name: str, data: bytes, mode: int, uid: int, gid: int) -> bytes:
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        info = tarfile.TarInfo(name)
+        info.size = len(data)
+        info.mode = mode & 0o7777
+        info.uid, info.gid = uid, gid
+        info.mtime = int(time.time())
+        tar.addfile(info, io.BytesIO(data))
+    return buf.getvalue()
+
+
+def stat_kind(stat: dict[str, Any]) -> str:
+    """"dir", "symlink" or "file" from the Go FileMode bits docker's archive stat returns."""
+    mode = int(stat.get("mode", 0))
+    if mode & _GO_DIR_BIT:
+        return "dir"
+    if mode & _GO_SYMLINK_BIT or stat.get("linkTarget"):
+        return "symlink"
+    return "file"
+
+
+def file_from_tar(blob: bytes, path: str) -> bytes:
+    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
+        for member in tar:
+            if member.isfile():
+                fh = tar.extractfile(member)
+                assert fh is not None
+                return fh.read()
+            if member.isdir():
+                raise BoxInvalid(f"{path} is a directory, not a file")
+    raise BoxInvalid(f"{path} is not a regular file")
+
+
+def parse_user(user: str) -> tuple[str, str]:
+    """Split Docker's ``user[:group]`` (names or numbers; empty means root)."""
+    name, _, group = (user or "0").partition(":")
+    return name or "0", group
+
+
+def lookup_id(table: str, key: str) -> tuple[int, int] | None:
+    """Find ``key`` (a name) in passwd/group text; return (id, primary gid-or-id)."""
+    for line in table.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 3 and fields[0] == key and fields[2].isdigit():
+            gid = int(fields[3]) if len(fields) > 3 and fields[3].isdigit() else int(fields[2])
+            return int(fields[2]), gid
+    return None
+
+
+def stats_from_docker(raw: dict[str, Any]) -> dict[str, float | int]:
+    """Map ``container.stats(stream=False)`` to the small dict the hub shows."""
+    mem = raw.get("memory_stats") or {}
+    detail = mem.get("stats") or {}
+    usage = int(mem.get("usage") or 0)
+    # Page cache is reclaimable; `docker stats` subtracts it too (v1: cache, v2: inactive_file).
+    cache = int(detail.get("total_inactive_file") or detail.get("inactive_file")
+                or detail.get("cache") or 0)
+    cpu = raw.get("cpu_stats") or {}
+    pre = raw.get("precpu_stats") or {}
+    cpu_delta = int((cpu.get("cpu_usage") or {}).get("total_usage") or 0) - int(
+        (pre.get("cpu_usage") or {}).get("total_usage") or 0)
+    sys_delta = int(cpu.get("system_cpu_usage") or 0) - int(pre.get("system_cpu_usage") or 0)
+    online = int(cpu.get("online_cpus") or len((cpu.get("cpu_usage") or {})
+                                               .get("percpu_usage") or []) or 1)
+    cpu_percent = cpu_delta / sys_delta * online * 100.0 if sys_delta > 0 and cpu_delta > 0 else 0.0
+    return {
+        "memory_bytes": max(0, usage - cache),
+        "memory_limit_bytes": int(mem.get("limit") or 0),
+        "cpu_percent": round(cpu_percent, 3),
+        "pids": int((raw.get("pids_stats") or {}).get("current") or 0),
+    }

@@ -1,0 +1,287 @@
+"""A Docker-free BoxManager for fast tests of the layers above (verbs, hub, SDK).
+
+Commands run as real local subprocesses in a per-box temporary directory, so pipes,
+exit codes, streaming, timeouts and kills behave like the real thing. This is a test
+double, **not** a sandbox: there is no isolation at all. ``/workspace`` in file paths,
+arguments and the working directory is mapped to the box's directory (a plain textual
+substitution, good enough for tests). Paths outside ``/workspace`` behave like Docker's
+read-only root filesystem: writes are denied and reads find nothing.
+
+The same conformance suite (tests/boxes) runs against this and the Docker manager.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import builtins
+import contextlib
+import os
+import shutil
+import signal
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from spoke.boxes.base import (
+    BoxError,
+    BoxInfo,
+    BoxInvalid,
+    BoxNotFound,
+    BoxSpec,
+    ExecHandle,
+    validate_box_id,
+    validate_box_path,
+    validate_env,
+    validate_spec,
+)
+from spoke.boxes.streaming import QueueExecHandle
+
+WORKSPACE = "/workspace"
+READ_SIZE = 64 * 1024
+
+
+@dataclass
+class _FakeBox:
+    info: BoxInfo
+    spec: BoxSpec
+    root: Path
+    execs: set[LocalExecHandle] = field(default_factory=set)
+
+    @property
+    def workspace(self) -> Path:
+        return self.root / "workspace"
+
+
+class LocalExecHandle(QueueExecHandle):
+    """A local subprocess in its own session, so a kill reaches its whole process group."""
+
+    def __init__(self, proc: asyncio.subprocess.Process, *, timeout: float | None,
+                 max_buffered: int = 64) -> None:
+        super().__init__(max_buffered=max_buffered, timeout=timeout)
+        self.proc = proc
+
+    async def _pump(self) -> None:
+        async def read(stream: asyncio.StreamReader | None, name: str) -> None:
+            if stream is None:
+                return
+            while True:
+                data = await stream.read(READ_SIZE)
+                if not data:
+                    return
+                await self._put(name, data)
+
+        await asyncio.gather(read(self.proc.stdout, "stdout"), read(self.proc.stderr, "stderr"))
+
+    async def _exit_code(self) -> int:
+        code = await self.proc.wait()
+        return 128 - code if code < 0 else code
+
+    async def _kill_process(self) -> None:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.proc.pid, signal.SIGKILL)
+
+    def _abort_stream(self) -> None:
+        def feed_eof() -> None:
+            for stream in (self.proc.stdout, self.proc.stderr):
+                if stream is not None:
+                    stream.feed_eof()
+
+        self._loop.call_soon_threadsafe(feed_eof)
+
+
+class FakeBoxManager:
+    """In-process :class:`~spoke.boxes.base.BoxManager` with the Docker manager's semantics.
+
+    ``images`` (if given) is the set of image names "present on this spoke"; creating a box
+    from any other image fails the same way the Docker manager does.
+    """
+
+    def __init__(self, spoke_name: str = "fake", *, images: set[str] | None = None,
+                 root: Path | None = None) -> None:
+        self.spoke_name = spoke_name
+        self._images = images
+        self._own_root = root is None
+        self._root = root or Path(tempfile.mkdtemp(prefix=f"spokehub-fake-{spoke_name[:20]}-"))
+        self._boxes: dict[str, _FakeBox] = {}
+        self._lock = asyncio.Lock()
+        self._closed = False
+
+    def _box(self, box_id: str) -> _FakeBox:
+        validate_box_id(box_id)
+        if self._closed:
+            raise BoxError("the box manager is closed", "unavailable")
+        box = self._boxes.get(box_id)
+        if box is None:
+            raise BoxNotFound(f"box {box_id} does not exist on spoke {self.spoke_name}")
+        return box
+
+    def _host_path(self, box: _FakeBox, path: str) -> Path | None:
+        """Where a box path lives on the host, or None if outside the workspace."""
+        path = validate_box_path(path)
+        if path == WORKSPACE or path.startswith(WORKSPACE + "/"):
+            return box.workspace / path[len(WORKSPACE):].lstrip("/")
+        return None
+
+    def _map(self, box: _FakeBox, text: str) -> str:
+        return text.replace(WORKSPACE, str(box.workspace))
+
+    async def create(self, box_id: str, spec: BoxSpec) -> BoxInfo:
+        validate_box_id(box_id)
+        validate_spec(spec)
+        async with self._lock:
+            if box_id in self._boxes:
+                return self._boxes[box_id].info
+            if self._images is not None and spec.image not in self._images:
+                raise BoxInvalid(f"image {spec.image} is not present on this spoke")
+            root = self._root / box_id
+            await asyncio.to_thread((root / "workspace").mkdir, parents=True, exist_ok=True)
+            info = BoxInfo(id=box_id, image=spec.image, state="running",
+                           created_at=time.time(), network=spec.network,
+                           container_id=f"fake-{box_id}")
+            self._boxes[box_id] = _FakeBox(info=info, spec=spec, root=root)
+            return info
+
+    async def list(self) -> list[BoxInfo]:
+        return sorted((b.info for b in self._boxes.values()), key=lambda i: i.created_at)
+
+    async def get(self, box_id: str) -> BoxInfo:
+        return self._box(box_id).info
+
+    async def exec(
+        self,
+        box_id: str,
+        cmd: builtins.list[str],
+        *,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+        timeout: float | None = None,
+    ) -> ExecHandle:
+        box = self._box(box_id)
+        if not cmd or not all(isinstance(a, str) and "\x00" not in a for a in cmd):
+            raise BoxInvalid("exec needs a non-empty list of strings without NUL bytes")
+        if timeout is not None and timeout <= 0:
+            raise BoxInvalid(f"exec timeout must be positive, got {timeout}")
+        if workdir is not None and not workdir.startswith("/"):
+            raise BoxInvalid(f"exec workdir must be absolute, got {workdir!r:.100}")
+        validate_env(env or {})
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+                    "HOME": str(box.workspace)}
+        full_env.update({k: self._map(box, v) for k, v in box.spec.env.items()})
+        full_env.update({k: self._map(box, v) for k, v in (env or {}).items()})
+        wanted = workdir or box.spec.workdir
+        cwd = self._map(box, wanted)
+        argv = ["/bin/sh", "-c", 'exec "$@"', "sh", *[self._map(box, a) for a in cmd]]
+        if not await asyncio.to_thread(os.path.isdir, cwd):
+            # What Docker does for a missing working directory: exit 126 with a message.
+            cwd = str(box.workspace)
+            argv = ["/bin/sh", "-c", 'echo "chdir to cwd ($0) failed: no such file or '
+                    'directory" >&2; exit 126', wanted]
+        # Through sh, like the Docker manager's wrapper: a missing command is exit 127.
+        proc = await asyncio.create_subprocess_exec(
+            *argv, cwd=cwd, env=full_env,
+            stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE, start_new_session=True,
+        )
+        handle = LocalExecHandle(proc, timeout=timeout)
+        box.execs = {h for h in box.execs if not h.done}
+        box.execs.add(handle)
+        handle.start()
+        return handle
+
+    async def logs(self, box_id: str, tail: int = 200) -> bytes:
+        if tail < 0:
+            raise BoxInvalid(f"tail must be >= 0, got {tail}")
+        self._box(box_id)
+        return b""  # the box's main process (a sleep loop) never prints anything
+
+    async def destroy(self, box_id: str) -> bool:
+        validate_box_id(box_id)
+        box = self._boxes.pop(box_id, None)
+        if box is None:
+            return False
+        for handle in list(box.execs):
+            if not handle.done:
+                handle.discard()
+                await handle.kill()
+        await asyncio.to_thread(shutil.rmtree, box.root, True)
+        return True
+
+    async def put_file(self, box_id: str, path: str, data: bytes, mode: int = 0o644) -> None:
+        box = self._box(box_id)
+        target = self._host_path(box, path)
+        if target is None:
+            raise BoxError(f"writing {path} in box {box_id}: read-only file system "
+                           "(write under /workspace)", "denied")
+        parent = os.path.dirname(validate_box_path(path))
+
+        def write(target: Path) -> None:
+            if not target.parent.is_dir():
+                raise BoxInvalid(f"cannot write {path} in box {box_id}: parent directory "
+                                 f"{parent} does not exist")
+            if target.is_dir():
+                raise BoxInvalid(f"cannot write {path} in box {box_id}: it is a directory")
+            target.write_bytes(data)
+            target.chmod(mode & 0o7777)
+
+        await asyncio.to_thread(write, target)
+
+    async def get_file(self, box_id: str, path: str, max_bytes: int) -> bytes:
+        box = self._box(box_id)
+        if max_bytes < 0:
+            raise BoxInvalid(f"max_bytes must be >= 0, got {max_bytes}")
+        target = self._host_path(box, path)
+        if target is None:
+            raise BoxNotFound(f"no such file {path} in box {box_id}")
+
+        def read(target: Path) -> bytes:
+            if not target.exists():
+                raise BoxNotFound(f"no such file {path} in box {box_id}")
+            if target.is_dir():
+                raise BoxInvalid(f"{path} in box {box_id} is a directory, not a file")
+            size = target.stat().st_size
+            if size > max_bytes:
+                raise BoxInvalid(f"{path} in box {box_id} is {size} bytes, more than the "
+                                 f"{max_bytes}-byte limit")
+            with target.open("rb") as fh:
+                data = fh.read(max_bytes + 1)
+            if len(data) > max_bytes:
+                raise BoxInvalid(f"{path} in box {box_id} grew past the {max_bytes}-byte limit")
+            return data
+
+        return await asyncio.to_thread(read, target)
+
+    async def stats(self, box_id: str) -> dict[str, float | int]:
+        box = self._box(box_id)
+        running = [h for h in box.execs if not h.done]
+        rss = await asyncio.to_thread(_rss_bytes, [h.proc.pid for h in running])
+        return {"memory_bytes": rss, "memory_limit_bytes": box.spec.memory_bytes,
+                "cpu_percent": 0.0, "pids": 1 + len(running)}
+
+    async def reap(self, keep: set[str]) -> builtins.list[str]:
+        removed = []
+        for box_id in list(self._boxes):
+            if box_id not in keep and await self.destroy(box_id):
+                removed.append(box_id)
+        return removed
+
+    async def close(self) -> None:
+        if self._closed:
+            return
+        for box in self._boxes.values():
+            for handle in list(box.execs):
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(handle.abandon(), timeout=10)
+        self._closed = True
+        if self._own_root:
+            await asyncio.to_thread(shutil.rmtree, self._root, True)
+
+
+def _rss_bytes(pids: builtins.list[int]) -> int:
+    """Resident memory of the box's running commands (what a container would account)."""
+    total = 0
+    for pid in pids:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            fields = Path(f"/proc/{pid}/statm").read_text().split()
+            total += int(fields[1]) * os.sysconf("SC_PAGE_SIZE")
+    return total

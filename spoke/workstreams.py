@@ -1,0 +1,229 @@
+"""Workstreams on the spoke: one agent loop per workstream, its box, and an event outbox.
+
+Events are numbered per workstream (``sseq``) and kept until the hub acknowledges them; after
+a reconnect everything unacknowledged is sent again, and the hub drops what it already has.
+So a hub restart or a cut connection loses no event and duplicates none.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from protocol import messages
+from protocol.errors import ErrorCode, RemoteError
+from spoke.boxes.base import BoxManager, BoxSpec
+from spoke.policy import Policy
+
+if TYPE_CHECKING:  # the agent stack (SDKs) loads only when a workstream starts
+    from spoke.agent.loop import AgentLoop
+    from spoke.agent.models import ModelClient, ModelSpec, ToolCall
+
+log = logging.getLogger("spokehub.spoke.ws")
+Notify = Callable[[str, Any], Awaitable[None]]
+
+
+@dataclass
+class HubAccess:
+    """How this spoke reaches hub-held models: the relay URL, session token and CA file."""
+
+    hub_url: str = ""
+    relay_token: str = ""
+    ca_file: str | None = None
+
+
+@dataclass
+class _Workstream:
+    ws_id: str
+    box_id: str
+    loop: AgentLoop
+    inbox: asyncio.Queue[str] = field(default_factory=asyncio.Queue)
+    worker: asyncio.Task[None] | None = None
+    current: asyncio.Task[str] | None = None
+    approvals: dict[str, asyncio.Future[tuple[bool, str]]] = field(default_factory=dict)
+    sseq: int = 0
+    outbox: list[messages.WsEvent] = field(default_factory=list)
+
+
+class WorkstreamRunner:
+    def __init__(self, boxes: BoxManager, policy: Policy, *, default_image: str | None,
+                 max_workstreams: int, local_models: dict[str, ModelSpec] | None = None) -> None:
+        self.boxes, self.policy = boxes, policy
+        self.default_image = default_image or (policy.allowed_images[0] if policy.allowed_images else None)
+        self.max_workstreams = max_workstreams
+        self.local_models = local_models or {}
+        self.hub = HubAccess()
+        self._ws: dict[str, _Workstream] = {}
+        self._notify: Notify | None = None
+
+    # ------------------------------------------------------------- link state
+    async def attach(self, notify: Notify | None, hub: HubAccess | None = None) -> None:
+        """Called on every (re)connect with a way to send; resends the unacknowledged."""
+        self._notify = notify
+        if hub is not None:
+            self.hub = hub
+        if notify is not None:
+            for ws in list(self._ws.values()):
+                for event in list(ws.outbox):
+                    await notify("ws.event", event)
+
+    def acked(self, ack: messages.WsEventAck) -> None:
+        ws = self._ws.get(ack.ws_id)
+        if ws is not None:
+            ws.outbox = [e for e in ws.outbox if e.sseq > ack.sseq]
+
+    def active(self) -> list[str]:
+        return list(self._ws)
+
+    # ------------------------------------------------------------------ verbs
+    async def start(self, p: Any) -> dict[str, Any]:
+        existing = self._ws.get(p.ws_id)
+        if existing is not None:  # a retried start after a reconnect: same answer, no second box
+            return {"box_id": existing.box_id, "image": (await self.boxes.get(existing.box_id)).image}
+        if len(self._ws) >= self.max_workstreams:
+            raise RemoteError(ErrorCode.BUSY, f"this spoke already runs {self.max_workstreams} workstreams")
+        image = p.image or self.default_image
+        if not image:
+            raise RemoteError(ErrorCode.INVALID, "no image given and this spoke has no default image")
+        from spoke.agent.loop import AgentLoop
+        from spoke.agent.tools import BoxSandbox
+
+        limits = self.policy.check_create(_CreateView(image), len(await self.boxes.list()))
+        client = self._client(p.models)
+        await self.boxes.create(p.box_id, BoxSpec(image=image, memory_bytes=limits["memory_bytes"],
+                                                  cpus=limits["cpus"], pids=limits["pids"]))
+        ws = _Workstream(p.ws_id, p.box_id, loop=None)  # type: ignore[arg-type]
+        ws.sseq = p.seq_base
+        ws.loop = AgentLoop(client=client, sandbox=BoxSandbox(self.boxes, p.box_id),
+                            emit=lambda kind, data: self._emit(ws, kind, data),
+                            ask=lambda call: self._ask(ws, call), auto_approve=p.auto_approve)
+        self._ws[p.ws_id] = ws
+        ws.inbox.put_nowait(p.message)
+        ws.worker = asyncio.get_running_loop().create_task(self._work(ws))
+        return {"box_id": p.box_id, "image": image}
+
+    async def send(self, p: Any) -> dict[str, Any]:
+        self._get(p.ws_id).inbox.put_nowait(p.message)
+        return {"known": True}
+
+    async def approve(self, p: Any) -> dict[str, Any]:
+        future = self._get(p.ws_id).approvals.get(p.call_id)
+        if future is None or future.done():
+            return {"known": False}
+        future.set_result((p.approved, p.reason))
+        return {"known": True}
+
+    async def cancel(self, p: Any) -> dict[str, Any]:
+        ws = self._get(p.ws_id)
+        if ws.current is not None and not ws.current.done():
+            ws.current.cancel()
+        return {"known": True}
+
+    async def close(self, p: Any) -> dict[str, Any]:
+        ws = self._ws.get(p.ws_id)
+        if ws is None:
+            return {"known": False}
+        if ws.worker is not None:
+            ws.worker.cancel()
+            with contextlib.suppress(asyncio.CancelledError, Exception):
+                await ws.worker
+        await self.boxes.destroy(ws.box_id)
+        await self._emit(ws, "state", {"state": "closed"})
+        self._ws.pop(p.ws_id, None)
+        return {"known": True}
+
+    async def shutdown(self) -> None:
+        for ws in list(self._ws.values()):
+            if ws.worker is not None:
+                ws.worker.cancel()
+
+    # -------------------------------------------------------------- internals
+    def _get(self, ws_id: str) -> _Workstream:
+        ws = self._ws.get(ws_id)
+        if ws is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"workstream {ws_id} is not running on this spoke")
+        return ws
+
+    def _client(self, refs: list[Any]) -> ModelClient:
+        from spoke.agent.models import FallbackClient, ModelSpec, make_client
+
+        clients: list[ModelClient] = []
+        for ref in refs:
+            if ref.via == "spoke":
+                spec = self.local_models.get(ref.alias)
+                if spec is None:
+                    continue
+            else:
+                base = self.hub.hub_url.rstrip("/") + ("/relay/openai/v1" if ref.provider == "openai" else "/relay/anthropic")
+                spec = ModelSpec(alias=ref.alias, provider=ref.provider, base_url=base,
+                                 api_key=self.hub.relay_token, model=ref.alias,
+                                 context_window=ref.context_window, ca_file=self.hub.ca_file)
+            clients.append(make_client(spec))
+        if not clients:
+            raise RemoteError(ErrorCode.INVALID, "none of the requested models is available on this spoke")
+        return clients[0] if len(clients) == 1 else FallbackClient(clients)
+
+    async def _emit(self, ws: _Workstream, kind: str, data: dict[str, Any]) -> None:
+        ws.sseq += 1
+        event = messages.WsEvent(ws_id=ws.ws_id, sseq=ws.sseq, kind=kind, data=data)
+        ws.outbox.append(event)
+        if self._notify is not None:
+            with contextlib.suppress(Exception):  # a dead link: the outbox resends on reconnect
+                await self._notify("ws.event", event)
+
+    async def _ask(self, ws: _Workstream, call: ToolCall) -> tuple[bool, str]:
+        future: asyncio.Future[tuple[bool, str]] = asyncio.get_running_loop().create_future()
+        ws.approvals[call.id] = future
+        try:
+            return await future  # as long as it takes: approvals never time out by themselves
+        finally:
+            ws.approvals.pop(call.id, None)
+
+    async def _work(self, ws: _Workstream) -> None:
+        while True:
+            message = await ws.inbox.get()
+            ws.current = asyncio.get_running_loop().create_task(ws.loop.handle_message(message))
+            try:
+                await ws.current
+            except asyncio.CancelledError:
+                task = asyncio.current_task()
+                if task is not None and task.cancelling():
+                    raise  # the worker itself is being cancelled (close)
+                await self._emit(ws, "state", {"state": "idle"})
+            except Exception as err:  # the loop already reported it as an error event
+                log.info("workstream %s: %s", ws.ws_id, err)
+            finally:
+                ws.current = None
+
+
+@dataclass
+class _CreateView:
+    """The fields of a box create that the policy checks, for a workstream's own box."""
+
+    image: str
+    network: bool = False
+    memory_bytes: int | None = None
+    cpus: float | None = None
+    pids: int | None = None
+
+
+def load_local_models(path: Path | None) -> dict[str, ModelSpec]:
+    """Spoke-local models (e.g. a GPU endpoint on this machine), same TOML shape as the hub's."""
+    if path is None:
+        return {}
+    import tomllib
+
+    from spoke.agent.models import ModelSpec
+
+    doc = tomllib.loads(path.read_text())
+    out: dict[str, ModelSpec] = {}
+    for alias, raw in (doc.get("models") or {}).items():
+        out[alias] = ModelSpec(alias=alias, provider=raw.get("provider", "openai"), base_url=raw["base_url"],
+                               api_key=raw.get("api_key", "none"), model=raw["model"],
+                               context_window=int(raw.get("context_window", 128_000)))
+    return out

@@ -1,0 +1,61 @@
+"""Fixtures for end-to-end tests: the sandbox image, a real hub, real spokes."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+
+import docker
+import pytest
+
+from tests.cluster import Hub, Spoke
+
+
+def _docker_ok() -> str | None:
+    try:
+        docker.from_env().ping()
+        return None
+    except Exception as err:  # pragma: no cover - only where no engine exists
+        return f"no Docker engine reachable: {err}"
+
+
+@pytest.fixture(scope="session")
+def sandbox_image() -> str:
+    reason = _docker_ok()
+    if reason:
+        pytest.skip(f"!!! SKIPPING DOCKER TESTS: {reason}")
+    from spoke.boxes.image import DEFAULT_IMAGE, ensure_sandbox_image
+
+    ensure_sandbox_image(DEFAULT_IMAGE, progress=lambda line: print(f"[sandbox image] {line}"))
+    return DEFAULT_IMAGE
+
+
+@pytest.fixture
+def hub(tmp_path: Path, sandbox_image: str) -> Iterator[Hub]:
+    h = Hub(tmp_path)
+    h.start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def spokes(tmp_path: Path, hub: Hub) -> Iterator[list[Spoke]]:
+    """Spokes started by a test; all stopped and their boxes removed afterwards."""
+    started: list[Spoke] = []
+    yield started
+    for s in started:
+        s.stop()
+    client = docker.from_env()
+    for s in started:
+        for c in client.containers.list(all=True, filters={"label": f"spokehub.spoke={s.name}"}):
+            c.remove(force=True)
+        for v in client.volumes.list(filters={"label": f"spokehub.spoke={s.name}"}):
+            v.remove(force=True)
+
+
+@pytest.fixture
+def spoke(tmp_path: Path, hub: Hub, spokes: list[Spoke]) -> Spoke:
+    s = Spoke(tmp_path, hub)
+    spokes.append(s)
+    s.join()
+    return s
