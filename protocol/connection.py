@@ -151,12 +151,15 @@ class Connection:
         return call_id
 
     def send_result(self, call_id: int, result: BaseModel | dict[str, Any]) -> None:
-        call = self._incoming.pop(call_id, None)
+        call = self._incoming.get(call_id)
         if call is None:
             return  # cancelled or already answered: nothing to say
+        # Validate before forgetting the call, so a bad result can still be answered with
+        # send_error instead of leaving the peer waiting for its deadline.
         model = parse_result(
             call.verb, result.model_dump() if isinstance(result, BaseModel) else result
         )
+        del self._incoming[call_id]
         self._emit({"id": call_id, "result": model.model_dump()})
 
     def send_error(self, call_id: int | None, error: RemoteError) -> None:
@@ -257,10 +260,11 @@ class Connection:
     # ----------------------------------------------------------------- receive
     def receive_data(self, data: str | bytes) -> list[ev.Event]:
         self._last_received = self.clock()
-        if len(data) > self.limits.max_frame_bytes:
+        size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+        if size > self.limits.max_frame_bytes:
             return self._violation(
                 None,
-                f"frame of {len(data)} bytes exceeds the limit of {self.limits.max_frame_bytes}",
+                f"frame of {size} bytes exceeds the limit of {self.limits.max_frame_bytes}",
             )
         try:
             frame = json.loads(data)
@@ -279,6 +283,16 @@ class Connection:
                 return self._on_notification(method, frame.get("params"))
             return self._on_request(raw_id, method, frame)
         if raw_id is None:
+            if "error" in frame:
+                # The peer could not tie its complaint to a call (JSON-RPC allows id null).
+                # Never answer it: our reply would be a violation to the peer in turn, and the
+                # two sides would echo error frames back and forth.
+                remote = RemoteError.from_wire(frame["error"])
+                return [
+                    ev.ProtocolViolation(
+                        f"peer reported an error: {remote}", fatal=self.state is State.HANDSHAKE
+                    )
+                ]
             return self._violation(None, "malformed frame: a reply without an id")
         if "error" in frame:
             return self._on_error(raw_id, frame["error"])

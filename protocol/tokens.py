@@ -54,7 +54,8 @@ class JoinToken:
         except (ValueError, KeyError, TypeError):
             raise TokenError("join token is corrupted (was it copied completely?)") from None
         if not all(
-            isinstance(v, str) for v in (token.url, token.pin, token.token_id, token.secret)
+            isinstance(v, str)
+            for v in (token.url, token.pin, token.token_id, token.secret, token.name)
         ):
             raise TokenError("join token is corrupted (was it copied completely?)")
         if not token.url.startswith(("https://", "http://")):
@@ -86,7 +87,8 @@ def cert_pin(der: bytes) -> str:
 
 
 def pins_match(expected: str, der: bytes) -> bool:
-    return hmac.compare_digest(expected.lower(), cert_pin(der))
+    # bytes: compare_digest raises TypeError on non-ASCII str, and a bad pin is a mismatch
+    return hmac.compare_digest(expected.lower().encode(), cert_pin(der).encode())
 
 
 def auth_message(challenge: bytes, spoke_name: str, hub_pin: str) -> bytes:
