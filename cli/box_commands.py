@@ -1,8 +1,11 @@
-"""``hub box …``: boxes on spokes, with exec output streamed as it comes."""
+"""``hub box …``: boxes on spokes, with exec output streamed as it comes.
+
+``hub box exec`` usually never gets here: :func:`cli.hub_cli.main` runs it without loading
+click. This command is the general path (help, unusual argument forms) and does the same
+through :func:`cli.common.stream_exec`."""
 
 from __future__ import annotations
 
-import base64
 import os
 import sys
 from pathlib import Path
@@ -10,7 +13,7 @@ from typing import Any
 
 import click
 
-from cli.common import data_dir_option, emit, fail, json_option, table
+from cli.common import data_dir_option, emit, fail, json_option, stream_exec, table
 
 hub_dir = data_dir_option("hub", "SPOKEHUB_HUB_DIR")
 
@@ -125,31 +128,7 @@ def box_exec(
 ) -> None:
     """Run CMD in the box, streaming its output; exits with its exit code."""
     env_map = dict(item.partition("=")[::2] for item in env)
-    out, err = sys.stdout.buffer, sys.stderr.buffer
-    code = 1
-
-    def run() -> None:
-        nonlocal code
-        for event in _client(data_dir).exec_stream(box_id, list(cmd), timeout, env_map, workdir):
-            kind = event.get("t")
-            if kind in ("stdout", "stderr"):
-                target = out if kind == "stdout" else err
-                target.write(base64.b64decode(event["d"]))
-                target.flush()
-            elif kind == "exit":
-                code = int(event["exit_code"])
-                if event.get("timed_out"):
-                    click.echo(
-                        f"error: command timed out after {timeout}s and was killed", err=True
-                    )
-                    code = 124 if code == 0 else code
-            elif kind == "error":
-                click.echo(f"error: {event.get('message')} ({event.get('code')})", err=True)
-                code = 1
-
-    _guard(run)
-    sys.stdout.flush()
-    sys.exit(code)
+    sys.exit(stream_exec(data_dir, box_id, list(cmd), timeout, env_map, workdir))
 
 
 @box.command("cp")

@@ -1,15 +1,20 @@
-"""Options and output shared by the ``hub`` and ``spoke`` commands (kept import-light)."""
+"""Options and output shared by the ``hub`` and ``spoke`` commands (kept import-light).
+
+Nothing here imports click (or anything else beyond the standard library) at module level:
+``hub box exec``'s fast path in :mod:`cli.hub_cli` uses :func:`default_dir` and
+:func:`stream_exec` without ever loading click, which would cost tens of milliseconds on a
+command meant to be about as quick as ``docker exec``. The click helpers import it on use.
+"""
 
 from __future__ import annotations
 
+import base64
 import json
 import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
-
-import click
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -20,6 +25,8 @@ def default_dir(kind: str) -> Path:
 
 
 def data_dir_option(kind: str, env: str) -> Callable[[F], F]:
+    import click
+
     return click.option(
         "--data-dir",
         type=click.Path(file_okay=False, path_type=Path),
@@ -30,12 +37,18 @@ def data_dir_option(kind: str, env: str) -> Callable[[F], F]:
     )
 
 
-json_option = click.option(
-    "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
-)
+def json_option(fn: F) -> F:
+    """The ``--json`` flag, as a decorator (a function so click loads only when used)."""
+    import click
+
+    return click.option(
+        "--json", "as_json", is_flag=True, help="Print one JSON document on stdout."
+    )(fn)
 
 
 def emit(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
+    import click
+
     if as_json:
         click.echo(json.dumps(data, indent=2, sort_keys=True))
     else:
@@ -43,6 +56,8 @@ def emit(data: Any, as_json: bool, human: Callable[[Any], None]) -> None:
 
 
 def table(rows: list[dict[str, Any]], columns: list[str]) -> None:
+    import click
+
     if not rows:
         click.echo("(none)", err=True)
         return
@@ -66,5 +81,56 @@ def _cell(value: Any) -> str:
 
 
 def fail(message: str, code: int = 1) -> None:
+    import click
+
     click.echo(f"error: {message}", err=True)
     sys.exit(code)
+
+
+def _say(message: str) -> None:
+    """One line on stderr, flushed (what ``click.echo(..., err=True)`` does for it)."""
+    sys.stderr.write(message + "\n")
+    sys.stderr.flush()
+
+
+def stream_exec(
+    data_dir: Path,
+    box_id: str,
+    cmd: list[str],
+    timeout: float | None,
+    env: dict[str, str],
+    workdir: str | None,
+) -> int:
+    """Run ``cmd`` in a box through the hub, copying its output to ours as it arrives.
+
+    Returns the exit status ``hub box exec`` ends with: the command's own, 124 when it timed
+    out with status 0, 1 on an error from the hub and 2 when the request itself was refused
+    (invalid, not found, denied). Shared by the click command and the click-free fast path
+    in :mod:`cli.hub_cli`, so both behave the same; standard library only for that reason.
+    """
+    from client.http_client import HubClient
+    from protocol.errors import RemoteError
+
+    out, err = sys.stdout.buffer, sys.stderr.buffer
+    code = 1
+    try:
+        client = HubClient.from_data_dir(data_dir)
+        for event in client.exec_once(box_id, cmd, timeout, env, workdir):
+            kind = event.get("t")
+            if kind in ("stdout", "stderr"):
+                target = out if kind == "stdout" else err
+                target.write(base64.b64decode(event["d"]))
+                target.flush()
+            elif kind == "exit":
+                code = int(event["exit_code"])
+                if event.get("timed_out"):
+                    _say(f"error: command timed out after {timeout}s and was killed")
+                    code = 124 if code == 0 else code
+            elif kind == "error":
+                _say(f"error: {event.get('message')} ({event.get('code')})")
+                code = 1
+    except RemoteError as exc:
+        _say(f"error: {exc.message} ({exc.code.value})")
+        return 2 if exc.code.value in ("invalid", "not_found", "denied") else 1
+    sys.stdout.flush()
+    return code

@@ -1,224 +1,162 @@
-"""``hub``: serve the hub, and the admin commands (thin: they go through ``client``)."""
+"""``hub``: serve the hub, and the admin commands (thin: they go through ``client``).
+
+This module is the console script's entry point and deliberately imports nothing but the
+standard library: ``hub box exec ID -- CMD`` is meant to cost about as much as
+``docker exec``, and loading click plus every command module would add tens of milliseconds
+to each run. So :func:`main` recognises the plain forms of ``box exec`` itself and runs them
+through :func:`cli.common.stream_exec`, the same code the click command uses; anything else
+(other commands, ``--help``, argument forms it does not fully understand, values click would
+reject) goes to the click tree in :mod:`cli.hub_commands`, which then behaves exactly as
+before, error messages included.
+"""
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import os
 import sys
-from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
-import click
-
-from cli.common import data_dir_option, emit, fail, json_option, table
-
-hub_dir = data_dir_option("hub", "SPOKEHUB_HUB_DIR")
+_VALUE_OPTIONS = ("--data-dir", "--timeout", "--env", "--workdir")
 
 
-def _client(data_dir: Path) -> Any:
-    from client.http_client import HubClient
+class _ExecArgs:
+    """``hub box exec`` arguments as the click command would have received them.
 
-    return HubClient.from_data_dir(data_dir)
+    A plain class, not a dataclass: importing :mod:`dataclasses` alone costs ~5 ms."""
+
+    def __init__(self, box_id: str, cmd: list[str], env: list[str]) -> None:
+        self.box_id, self.cmd, self.env = box_id, cmd, env
+        self.data_dir: str | None = None
+        self.timeout: float | None = None
+        self.workdir: str | None = None
 
 
-def _call(fn: Callable[[], Any]) -> Any:
-    from protocol.errors import RemoteError
+def _parse_box_exec(args: list[str]) -> _ExecArgs | None:
+    """Parse ``box exec [OPTIONS] BOX_ID [--] CMD...``, or return None to let click do it.
 
+    Only forms whose meaning is beyond doubt are accepted: known options (with their value as
+    the next word or after ``=``) before BOX_ID, then either ``--`` and any words, or words
+    none of which starts with ``-`` (click would read options among them). Anything else
+    (``--help``, unknown options, a missing command, a bad ``--timeout``) is click's job."""
+    if args[:2] != ["box", "exec"]:
+        return None
+    rest = args[2:]
+    opts: dict[str, list[str]] = {name: [] for name in _VALUE_OPTIONS}
+    i = 0
+    while i < len(rest):
+        word = rest[i]
+        if not word.startswith("-"):
+            break
+        name, eq, value = word.partition("=")
+        if name not in opts:
+            return None  # "--" before BOX_ID, -h/--help, unknown options: click decides
+        if not eq:
+            if i + 1 >= len(rest):
+                return None
+            value = rest[i + 1]
+            i += 1
+        if not value or value.startswith("-"):
+            return None
+        opts[name].append(value)
+        i += 1
+    if i >= len(rest):
+        return None
+    box_id, cmd = rest[i], rest[i + 1 :]
+    if cmd[:1] == ["--"]:
+        cmd = cmd[1:]
+    elif any(word.startswith("-") for word in cmd):
+        return None
+    if not cmd:
+        return None
+    parsed = _ExecArgs(box_id, cmd, opts["--env"])
+    if opts["--timeout"]:
+        try:
+            parsed.timeout = float(opts["--timeout"][-1])
+        except ValueError:
+            return None
+        if not parsed.timeout >= 0.001:  # click's FloatRange(min=0.001); also refuses NaN
+            return None
+    if opts["--workdir"]:
+        parsed.workdir = opts["--workdir"][-1]
+    if opts["--data-dir"]:
+        parsed.data_dir = opts["--data-dir"][-1]
+    return parsed
+
+
+def _data_dir(given: str | None) -> Path | None:
+    """The hub data dir as click would resolve it (option, then non-empty env, then the
+    default), or None when click would reject it (not a readable directory)."""
+    from cli.common import default_dir
+
+    path = Path(given or os.environ.get("SPOKEHUB_HUB_DIR") or default_dir("hub"))
+    if path.exists() and not (path.is_dir() and os.access(path, os.R_OK)):
+        return None
+    return path
+
+
+def _fast_box_exec(args: list[str]) -> int | None:
+    """Run ``hub box exec`` without click; None when the arguments need click."""
+    parsed = _parse_box_exec(args)
+    if parsed is None:
+        return None
+    data_dir = _data_dir(parsed.data_dir)
+    if data_dir is None:
+        return None
+    from cli.common import stream_exec
+
+    env = dict(item.partition("=")[::2] for item in parsed.env)
     try:
-        return fn()
-    except RemoteError as err:
-        fail(
-            f"{err.message} ({err.code.value})",
-            2 if err.code.value in ("invalid", "not_found", "denied") else 1,
-        )
+        return stream_exec(data_dir, parsed.box_id, parsed.cmd, parsed.timeout, env,
+                           parsed.workdir)
+    except KeyboardInterrupt:  # what click's standalone mode prints and returns
+        sys.stderr.write("\nAborted!\n")
+        return 1
+    except OSError as exc:
+        if exc.errno != errno.EPIPE:
+            raise
+        # Our reader went away (``hub box exec … | head``): quietly, like click.
+        devnull = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(devnull, sys.stdout.fileno())
+        return 1
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
-def main() -> None:
-    """spokehub hub: run the hub and administer spokes, tokens, keys and boxes."""
+def _exit_now(code: int) -> None:
+    """Flush our output and end the process without interpreter finalisation.
 
-
-@main.command()
-@hub_dir
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8443, show_default=True, type=click.IntRange(0, 65535))
-@click.option("--public-url", help="URL spokes and clients use to reach this hub.")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--insecure-http", is_flag=True, help="Serve plain HTTP (only behind a TLS proxy).")
-@click.option("--log-level", default="INFO", show_default=True)
-@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Model configuration TOML (default: hub.toml in the data dir).")
-@click.option("--default-model", default=None, help="Default model alias (over env and file).")
-@click.option("--fallback-model", "fallback_models", multiple=True, help="Fallback alias, in order (repeatable).")
-def serve(
-    data_dir: Path,
-    host: str,
-    port: int,
-    public_url: str | None,
-    tls_cert: Path | None,
-    tls_key: Path | None,
-    insecure_http: bool,
-    log_level: str,
-    config_file: Path | None,
-    default_model: str | None,
-    fallback_models: tuple[str, ...],
-) -> None:
-    """Serve HTTPS + wss (self-signed certificate made in the data dir on first start)."""
-    import asyncio
-    import logging
-
-    from hub.app import HubConfig
-    from hub.app import serve as run
-
-    if bool(tls_cert) != bool(tls_key):
-        fail("--tls-cert and --tls-key go together", 2)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
-    config = HubConfig(
-        data_dir=data_dir,
-        host=host,
-        port=port,
-        public_url=public_url,
-        tls_cert=tls_cert,
-        tls_key=tls_key,
-        insecure_http=insecure_http,
-        config_file=config_file,
-        default_model=default_model,
-        fallback_models=fallback_models,
-    )
-    from hub.models import ConfigError
-
+    Tearing down the interpreter (modules, GC, the ssl and socket machinery) costs ~6 ms
+    that nobody waits for usefully; the fast path holds nothing else needing cleanup (its
+    connection is closed, no atexit handlers, no threads), so flushing is all that matters."""
     try:
-        asyncio.run(run(config))
-    except ConfigError as err:
-        fail(f"model configuration: {err}", 2)
+        sys.stdout.flush()
+    except OSError as exc:  # stdout's reader went away: what click reports, quietly
+        if exc.errno != errno.EPIPE:
+            raise
+        code = 1
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
+    os._exit(code)
 
 
-# ------------------------------------------------------------------- tokens
-@main.group()
-def token() -> None:
-    """Join tokens for enrolling spokes."""
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``hub`` console script.
 
+    Given ``argv`` (a caller in this process), it ends with :class:`SystemExit` as click
+    commands do; as the script itself, the fast path ends the process directly."""
+    args = sys.argv[1:] if argv is None else list(argv)
+    code = _fast_box_exec(args)
+    if code is not None:
+        if argv is None:
+            _exit_now(code)
+        sys.exit(code)
+    from cli.hub_commands import hub
 
-@token.command("create")
-@hub_dir
-@json_option
-@click.option("--name", required=True, help="The spoke name this token enrolls.")
-@click.option("--ttl", default="1h", show_default=True, help="Lifetime, e.g. 30m, 1h, 7d.")
-def token_create(data_dir: Path, as_json: bool, name: str, ttl: str) -> None:
-    data = _call(
-        lambda: _client(data_dir).request("POST", "/api/tokens", {"name": name, "ttl": ttl})
-    )
+    if argv is None:
+        hub()
+    else:
+        hub.main(args=args)
 
-    def human(d: dict[str, Any]) -> None:
-        click.echo(
-            f"join token for spoke {d['name']!r} (id {d['id']}); on the spoke machine run:",
-            err=True,
-        )
-        click.echo(f"  spoke join {d['token']}", err=True)
-        click.echo(d["token"])
-
-    emit(data, as_json, human)
-
-
-@token.command("list")
-@hub_dir
-@json_option
-def token_list(data_dir: Path, as_json: bool) -> None:
-    data = _call(lambda: _client(data_dir).request("GET", "/api/tokens"))
-    emit(data, as_json, lambda d: table(d, ["id", "name", "state", "expires_at"]))
-
-
-@token.command("revoke")
-@hub_dir
-@json_option
-@click.argument("token_id")
-def token_revoke(data_dir: Path, as_json: bool, token_id: str) -> None:
-    data = _call(lambda: _client(data_dir).request("DELETE", f"/api/tokens/{token_id}"))
-    emit(data, as_json, lambda d: click.echo(f"token {token_id} revoked"))
-
-
-# ----------------------------------------------------------------- api keys
-@main.group()
-def apikey() -> None:
-    """API keys for the CLI, SDK and MCP clients."""
-
-
-@apikey.command("create")
-@hub_dir
-@json_option
-@click.option("--name", required=True)
-def apikey_create(data_dir: Path, as_json: bool, name: str) -> None:
-    data = _call(lambda: _client(data_dir).request("POST", "/api/apikeys", {"name": name}))
-
-    def human(d: dict[str, Any]) -> None:
-        click.echo(f"API key {d['id']} ({d['name']}); it is shown only once:", err=True)
-        click.echo(d["key"])
-
-    emit(data, as_json, human)
-
-
-@apikey.command("list")
-@hub_dir
-@json_option
-def apikey_list(data_dir: Path, as_json: bool) -> None:
-    data = _call(lambda: _client(data_dir).request("GET", "/api/apikeys"))
-    emit(data, as_json, lambda d: table(d, ["id", "name", "created_at", "revoked_at"]))
-
-
-@apikey.command("revoke")
-@hub_dir
-@json_option
-@click.argument("key_id")
-def apikey_revoke(data_dir: Path, as_json: bool, key_id: str) -> None:
-    data = _call(lambda: _client(data_dir).request("DELETE", f"/api/apikeys/{key_id}"))
-    emit(data, as_json, lambda d: click.echo(f"API key {key_id} revoked"))
-
-
-# ------------------------------------------------------------------- spokes
-@main.group("spoke")
-def spoke_group() -> None:
-    """Enrolled spokes."""
-
-
-@spoke_group.command("list")
-@hub_dir
-@json_option
-def spoke_list(data_dir: Path, as_json: bool) -> None:
-    data = _call(lambda: _client(data_dir).request("GET", "/api/spokes"))
-    emit(
-        data,
-        as_json,
-        lambda d: table(
-            d, ["name", "connected", "boxes", "labels", "last_seen", "disconnect_reason"]
-        ),
-    )
-
-
-@spoke_group.command("revoke")
-@hub_dir
-@json_option
-@click.argument("name")
-def spoke_revoke(data_dir: Path, as_json: bool, name: str) -> None:
-    data = _call(lambda: _client(data_dir).request("DELETE", f"/api/spokes/{name}"))
-    emit(data, as_json, lambda d: click.echo(f"spoke {name} revoked"))
-
-
-from cli.box_commands import box  # noqa: E402
-
-main.add_command(box)
-
-from cli.up_command import up  # noqa: E402
-from cli.ws_commands import ws  # noqa: E402
-
-main.add_command(ws)
-
-main.add_command(up)
-
-from cli.mcp_command import mcp_stdio  # noqa: E402
-
-main.add_command(mcp_stdio)
 
 if __name__ == "__main__":
-    sys.exit(main())
+    main()

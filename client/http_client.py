@@ -4,22 +4,31 @@ It is what the CLI uses, so it imports nothing heavy (no aiohttp, no pydantic): 
 should start about as fast as ``docker exec``. It pins the hub's certificate the same way
 spokes do: the TLS handshake accepts any certificate, then the SHA-256 of the one presented
 must equal the pin before a request (and the API key in it) is sent.
+
+:mod:`http.client` (which drags in the :mod:`email` package, ~10 ms) is imported on first
+use only: :meth:`HubClient.exec_once` speaks the one HTTP exchange ``hub box exec`` needs
+over a plain socket, so that command never loads it.
 """
 
 from __future__ import annotations
 
 import hashlib
 import hmac
-import http.client
 import json
 import os
+import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
 from protocol.errors import ErrorCode, RemoteError
+
+if TYPE_CHECKING:
+    import http.client
+
+_MAX_LINE = 65536  # longest status or header line accepted from the hub
 
 
 class ApiError(RemoteError):
@@ -108,39 +117,51 @@ class HubClient(WorkstreamMixin):
         )
 
     # ------------------------------------------------------------- transport
+    def _ssl_context(self) -> ssl.SSLContext:
+        if self.pin:
+            # Trust comes from the pin; loading the system CA bundle would only cost time.
+            ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+            ctx.check_hostname = False
+            ctx.verify_mode = ssl.CERT_NONE
+            return ctx
+        return ssl.create_default_context()
+
+    def _unreachable(self, err: OSError) -> RemoteError:
+        return RemoteError(ErrorCode.UNAVAILABLE, f"cannot reach the hub at {self.url}: {err}")
+
+    def _check_pin(self, sock: Any) -> None:
+        """Refuse (before anything is sent) a hub whose certificate is not the pinned one."""
+        if not (self._https and self.pin):
+            return
+        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        got = "sha256:" + hashlib.sha256(der or b"").hexdigest()
+        if not hmac.compare_digest(got, self.pin.lower()):
+            raise RemoteError(
+                ErrorCode.DENIED,
+                f"the hub's certificate does not match the pin (got {got[:23]}…)",
+            )
+
     def _connection(self) -> http.client.HTTPConnection:
+        import http.client
+
         if self._conn is not None:
             return self._conn
         conn: http.client.HTTPConnection
         if self._https:
-            if self.pin:
-                # Trust comes from the pin; loading the system CA bundle would only cost time.
-                ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
-                ctx.check_hostname = False
-                ctx.verify_mode = ssl.CERT_NONE
-            else:
-                ctx = ssl.create_default_context()
             conn = http.client.HTTPSConnection(
-                self._host, self._port, timeout=self.timeout, context=ctx
+                self._host, self._port, timeout=self.timeout, context=self._ssl_context()
             )
         else:
             conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
         try:
             conn.connect()
         except OSError as err:
-            raise RemoteError(
-                ErrorCode.UNAVAILABLE, f"cannot reach the hub at {self.url}: {err}"
-            ) from None
-        if self._https and self.pin:
-            sock = conn.sock
-            der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-            got = "sha256:" + hashlib.sha256(der or b"").hexdigest()
-            if not hmac.compare_digest(got, self.pin.lower()):
-                conn.close()
-                raise RemoteError(
-                    ErrorCode.DENIED,
-                    f"the hub's certificate does not match the pin (got {got[:23]}…)",
-                )
+            raise self._unreachable(err) from None
+        try:
+            self._check_pin(conn.sock)
+        except RemoteError:
+            conn.close()
+            raise
         self._conn = conn
         return conn
 
@@ -156,6 +177,8 @@ class HubClient(WorkstreamMixin):
         body: bytes | BinaryIO | None = None,
         headers: dict[str, str] | None = None,
     ) -> http.client.HTTPResponse:
+        import http.client
+
         hdrs = {"Authorization": f"Bearer {self.api_key}", **(headers or {})}
         for attempt in (0, 1):
             conn = self._connection()
@@ -172,14 +195,15 @@ class HubClient(WorkstreamMixin):
     def _raise_for(resp: http.client.HTTPResponse) -> None:
         if resp.status < 400:
             return
-        raw = resp.read()
+        HubClient._raise_error(resp.status, resp.read())
+
+    @staticmethod
+    def _raise_error(status: int, raw: bytes) -> None:
         try:
             err = json.loads(raw)["error"]
-            raise ApiError(err.get("code", "internal"), err.get("message", ""), resp.status)
+            raise ApiError(err.get("code", "internal"), err.get("message", ""), status)
         except (ValueError, KeyError, TypeError):
-            raise ApiError(
-                ErrorCode.INTERNAL, f"HTTP {resp.status}: {raw[:200]!r}", resp.status
-            ) from None
+            raise ApiError(ErrorCode.INTERNAL, f"HTTP {status}: {raw[:200]!r}", status) from None
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -214,6 +238,73 @@ class HubClient(WorkstreamMixin):
                 return
             yield json.loads(line)
 
+    def exec_once(
+        self,
+        box_id: str,
+        cmd: list[str],
+        timeout_s: float | None = None,
+        env: dict[str, str] | None = None,
+        workdir: str | None = None,
+    ) -> Iterator[dict[str, Any]]:
+        """:meth:`exec_stream` for a process that makes this one call and exits.
+
+        Same request, events and errors, but on a connection of its own (closed afterwards)
+        and without :mod:`http.client`, whose import would cost ``hub box exec`` about as
+        much as the rest of its start-up. Keep using :meth:`exec_stream` for repeated calls:
+        it reuses the kept-alive connection instead of a TLS handshake per call."""
+        body = json.dumps(
+            {"cmd": cmd, "timeout_s": timeout_s, "env": env or {}, "workdir": workdir}
+        ).encode()
+        host = self._host if ":" not in self._host else f"[{self._host}]"
+        default_port = 443 if self._https else 80
+        head = (
+            f"POST /api/boxes/{quote(box_id)}/exec HTTP/1.1\r\n"
+            f"Host: {host}{'' if self._port == default_port else f':{self._port}'}\r\n"
+            f"Authorization: Bearer {self.api_key}\r\n"
+            "Content-Type: application/json\r\n"
+            f"Content-Length: {len(body)}\r\n"
+            "Accept-Encoding: identity\r\n"
+            "Connection: close\r\n\r\n"
+        ).encode()
+        sock = self._open_socket()
+        try:
+            sock.sendall(head + body)  # one write: no Nagle / delayed-ACK stall
+            with sock.makefile("rb") as reader:
+                status, body_chunks = _read_response(reader)
+                if status >= 400:
+                    self._raise_error(status, b"".join(body_chunks))
+                pending = b""
+                for piece in body_chunks:
+                    pending += piece
+                    *lines, pending = pending.split(b"\n")
+                    for line in lines:
+                        if line.strip():
+                            yield json.loads(line)
+                if pending.strip():
+                    yield json.loads(pending)
+        finally:
+            sock.close()
+
+    def _open_socket(self) -> socket.socket:
+        """A new connection to the hub, TLS-wrapped and pin-checked when https."""
+        try:
+            sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
+        except OSError as err:
+            raise self._unreachable(err) from None
+        try:
+            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._https:
+                sock = self._ssl_context().wrap_socket(sock, server_hostname=self._host)
+        except OSError as err:
+            sock.close()
+            raise self._unreachable(err) from None
+        try:
+            self._check_pin(sock)
+        except RemoteError:
+            sock.close()
+            raise
+        return sock
+
     def put_file(self, box_id: str, path: str, data: BinaryIO, size: int, mode: int = 0o644) -> Any:
         resp = self._send(
             "PUT",
@@ -235,3 +326,61 @@ class HubClient(WorkstreamMixin):
         self._raise_for(resp)
         return resp.read()
 
+
+
+def _read_response(reader: Any) -> tuple[int, Iterator[bytes]]:
+    """Read an HTTP/1.1 status line and headers from ``reader`` (a binary file); return the
+    status and an iterator over the body as it arrives (chunked, sized or to EOF).
+
+    Just what :meth:`HubClient.exec_once` needs from the hub (aiohttp), not a general
+    client: no informational responses, no compressed bodies (it asks for identity)."""
+    line = reader.readline(_MAX_LINE + 1)
+    parts = line.split(None, 2)
+    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
+        raise RemoteError(ErrorCode.UNAVAILABLE, f"bad HTTP status line from the hub: {line[:100]!r}")
+    status = int(parts[1])
+    headers: dict[bytes, bytes] = {}
+    while True:
+        line = reader.readline(_MAX_LINE + 1)
+        if line in (b"\r\n", b"\n", b""):
+            break
+        name, _, value = line.partition(b":")
+        headers[name.strip().lower()] = value.strip()
+    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
+        return status, _chunked(reader)
+    length = headers.get(b"content-length")
+    if length is not None and length.isdigit():
+        return status, _sized(reader, int(length))
+    return status, iter(lambda: reader.read1(65536), b"")
+
+
+def _sized(reader: Any, length: int) -> Iterator[bytes]:
+    while length > 0:
+        piece = reader.read1(min(length, 65536))
+        if not piece:
+            raise RemoteError(ErrorCode.UNAVAILABLE, "the hub closed the connection mid-response")
+        length -= len(piece)
+        yield piece
+
+
+def _chunked(reader: Any) -> Iterator[bytes]:
+    """Decode ``Transfer-Encoding: chunked``, yielding each chunk as soon as it is read."""
+    while True:
+        line = reader.readline(_MAX_LINE + 1)
+        if not line:
+            raise RemoteError(ErrorCode.UNAVAILABLE, "the hub closed the connection mid-response")
+        try:
+            size = int(line.split(b";", 1)[0].strip(), 16)
+        except ValueError:
+            raise RemoteError(
+                ErrorCode.UNAVAILABLE, f"bad chunk header from the hub: {line[:100]!r}"
+            ) from None
+        if size == 0:
+            while reader.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
+                pass  # trailers
+            return
+        data = reader.read(size)
+        if len(data) < size:
+            raise RemoteError(ErrorCode.UNAVAILABLE, "the hub closed the connection mid-response")
+        reader.read(2)  # the CRLF after each chunk
+        yield data

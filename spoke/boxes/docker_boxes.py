@@ -37,7 +37,12 @@ from spoke.boxes.base import (
     validate_box_path,
     validate_spec,
 )
-from spoke.boxes.docker_exec import DockerExecHandle, make_pidfile_path, wrap_command
+from spoke.boxes.docker_exec import (
+    DockerExecHandle,
+    make_pidfile_path,
+    start_exec,
+    wrap_command,
+)
 
 T = TypeVar("T")
 
@@ -69,6 +74,11 @@ class DockerBoxManager:
         self._max_execs = max_concurrent_execs
         self._execs: dict[str, set[DockerExecHandle]] = {}
         self._owners: dict[str, tuple[int, int]] = {}
+        # box id -> id of the container an earlier exec verified as ours. Labels of a
+        # container id never change and ids are never reused, so exec can skip the inspect
+        # round trip; Docker itself refuses an exec in a stopped (409) or removed (404)
+        # container, and then exec falls back to the full check for the usual errors.
+        self._exec_targets: dict[str, str] = {}
         self._create_locks: dict[str, asyncio.Lock] = {}
         self._closed = False
 
@@ -222,6 +232,7 @@ class DockerBoxManager:
             data = await self._inspect_own(box_id)
         except BoxNotFound:
             existed = False
+        self._exec_targets.pop(box_id, None)
         for handle in list(self._execs.pop(box_id, ())):
             handle.discard()  # removing the container kills it; just unblock its reader
         if existed:
@@ -296,24 +307,37 @@ class DockerBoxManager:
             raise BoxInvalid(f"exec timeout must be positive, got {timeout}")
         if workdir is not None and not workdir.startswith("/"):
             raise BoxInvalid(f"exec workdir must be absolute, got {workdir!r:.100}")
-        container_id = await self._running_id(box_id)
+        validate_box_id(box_id)
+        cached_id = self._exec_targets.get(box_id)
+        container_id = cached_id or await self._running_id(box_id)
         if sum(len(s) for s in self._execs.values()) >= self._max_execs:
             raise BoxError(f"too many concurrent execs on spoke {self.spoke_name} "
                            f"(limit {self._max_execs})", "busy")
         api = await self._api()
         pidfile = make_pidfile_path()
 
-        def start() -> tuple[str, Any]:
-            created = api.exec_create(container_id, wrap_command(pidfile, cmd), stdout=True,
-                                      stderr=True, stdin=False, tty=False,
-                                      environment=env or None, workdir=workdir)
-            sock = api.exec_start(created["Id"], socket=True)
-            for s in (sock, getattr(sock, "_sock", None)):  # no read timeout: commands
-                if s is not None and hasattr(s, "settimeout"):  # may be quiet for hours
-                    s.settimeout(None)
-            return created["Id"], sock
+        def start(container_id: str) -> tuple[str, Any]:
+            return start_exec(api, container_id, wrap_command(pidfile, cmd), env=env,
+                              workdir=workdir)
 
-        exec_id, sock = await self._run(f"exec in box {box_id}", start)
+        what = f"exec in box {box_id}"
+        try:
+            exec_id, sock = await self._call(start, container_id)
+        except BoxError:
+            raise
+        except Exception as exc:
+            stale = cached_id is not None and (
+                isinstance(exc, docker.errors.NotFound)
+                or (isinstance(exc, docker.errors.APIError) and exc.status_code == 409)
+            )
+            if not stale:
+                raise du.map_docker_error(exc, what) from exc
+            # The cached container was removed or stopped since: the full check answers
+            # with the usual error, or finds the box's current container.
+            self._exec_targets.pop(box_id, None)
+            container_id = await self._running_id(box_id)
+            exec_id, sock = await self._run(what, start, container_id)
+        self._exec_targets[box_id] = container_id
         handle = DockerExecHandle(
             api=api, container_id=container_id, exec_id=exec_id, sock=sock, pidfile=pidfile,
             stream_pool=self._stream_pool, api_call=self._call,

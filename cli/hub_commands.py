@@ -1,0 +1,225 @@
+"""The ``hub`` click command tree: serve the hub, and the admin commands (thin: they go
+through ``client``).
+
+The console script enters through :func:`cli.hub_cli.main`, which answers ``hub box exec``
+without importing this module (click and every command module cost more start-up time than
+the command itself should take) and hands everything else to :data:`hub`."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import click
+
+from cli.common import data_dir_option, emit, fail, json_option, table
+
+hub_dir = data_dir_option("hub", "SPOKEHUB_HUB_DIR")
+
+
+def _client(data_dir: Path) -> Any:
+    from client.http_client import HubClient
+
+    return HubClient.from_data_dir(data_dir)
+
+
+def _call(fn: Callable[[], Any]) -> Any:
+    from protocol.errors import RemoteError
+
+    try:
+        return fn()
+    except RemoteError as err:
+        fail(
+            f"{err.message} ({err.code.value})",
+            2 if err.code.value in ("invalid", "not_found", "denied") else 1,
+        )
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+def hub() -> None:
+    """spokehub hub: run the hub and administer spokes, tokens, keys and boxes."""
+
+
+@hub.command()
+@hub_dir
+@click.option("--host", default="127.0.0.1", show_default=True)
+@click.option("--port", default=8443, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--public-url", help="URL spokes and clients use to reach this hub.")
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--insecure-http", is_flag=True, help="Serve plain HTTP (only behind a TLS proxy).")
+@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
+              help="Model configuration TOML (default: hub.toml in the data dir).")
+@click.option("--default-model", default=None, help="Default model alias (over env and file).")
+@click.option("--fallback-model", "fallback_models", multiple=True, help="Fallback alias, in order (repeatable).")
+def serve(
+    data_dir: Path,
+    host: str,
+    port: int,
+    public_url: str | None,
+    tls_cert: Path | None,
+    tls_key: Path | None,
+    insecure_http: bool,
+    log_level: str,
+    config_file: Path | None,
+    default_model: str | None,
+    fallback_models: tuple[str, ...],
+) -> None:
+    """Serve HTTPS + wss (self-signed certificate made in the data dir on first start)."""
+    import asyncio
+    import logging
+
+    from hub.app import HubConfig
+    from hub.app import serve as run
+
+    if bool(tls_cert) != bool(tls_key):
+        fail("--tls-cert and --tls-key go together", 2)
+    logging.basicConfig(
+        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
+    )
+    config = HubConfig(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        public_url=public_url,
+        tls_cert=tls_cert,
+        tls_key=tls_key,
+        insecure_http=insecure_http,
+        config_file=config_file,
+        default_model=default_model,
+        fallback_models=fallback_models,
+    )
+    from hub.models import ConfigError
+
+    try:
+        asyncio.run(run(config))
+    except ConfigError as err:
+        fail(f"model configuration: {err}", 2)
+
+
+# ------------------------------------------------------------------- tokens
+@hub.group()
+def token() -> None:
+    """Join tokens for enrolling spokes."""
+
+
+@token.command("create")
+@hub_dir
+@json_option
+@click.option("--name", required=True, help="The spoke name this token enrolls.")
+@click.option("--ttl", default="1h", show_default=True, help="Lifetime, e.g. 30m, 1h, 7d.")
+def token_create(data_dir: Path, as_json: bool, name: str, ttl: str) -> None:
+    data = _call(
+        lambda: _client(data_dir).request("POST", "/api/tokens", {"name": name, "ttl": ttl})
+    )
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(
+            f"join token for spoke {d['name']!r} (id {d['id']}); on the spoke machine run:",
+            err=True,
+        )
+        click.echo(f"  spoke join {d['token']}", err=True)
+        click.echo(d["token"])
+
+    emit(data, as_json, human)
+
+
+@token.command("list")
+@hub_dir
+@json_option
+def token_list(data_dir: Path, as_json: bool) -> None:
+    data = _call(lambda: _client(data_dir).request("GET", "/api/tokens"))
+    emit(data, as_json, lambda d: table(d, ["id", "name", "state", "expires_at"]))
+
+
+@token.command("revoke")
+@hub_dir
+@json_option
+@click.argument("token_id")
+def token_revoke(data_dir: Path, as_json: bool, token_id: str) -> None:
+    data = _call(lambda: _client(data_dir).request("DELETE", f"/api/tokens/{token_id}"))
+    emit(data, as_json, lambda d: click.echo(f"token {token_id} revoked"))
+
+
+# ----------------------------------------------------------------- api keys
+@hub.group()
+def apikey() -> None:
+    """API keys for the CLI, SDK and MCP clients."""
+
+
+@apikey.command("create")
+@hub_dir
+@json_option
+@click.option("--name", required=True)
+def apikey_create(data_dir: Path, as_json: bool, name: str) -> None:
+    data = _call(lambda: _client(data_dir).request("POST", "/api/apikeys", {"name": name}))
+
+    def human(d: dict[str, Any]) -> None:
+        click.echo(f"API key {d['id']} ({d['name']}); it is shown only once:", err=True)
+        click.echo(d["key"])
+
+    emit(data, as_json, human)
+
+
+@apikey.command("list")
+@hub_dir
+@json_option
+def apikey_list(data_dir: Path, as_json: bool) -> None:
+    data = _call(lambda: _client(data_dir).request("GET", "/api/apikeys"))
+    emit(data, as_json, lambda d: table(d, ["id", "name", "created_at", "revoked_at"]))
+
+
+@apikey.command("revoke")
+@hub_dir
+@json_option
+@click.argument("key_id")
+def apikey_revoke(data_dir: Path, as_json: bool, key_id: str) -> None:
+    data = _call(lambda: _client(data_dir).request("DELETE", f"/api/apikeys/{key_id}"))
+    emit(data, as_json, lambda d: click.echo(f"API key {key_id} revoked"))
+
+
+# ------------------------------------------------------------------- spokes
+@hub.group("spoke")
+def spoke_group() -> None:
+    """Enrolled spokes."""
+
+
+@spoke_group.command("list")
+@hub_dir
+@json_option
+def spoke_list(data_dir: Path, as_json: bool) -> None:
+    data = _call(lambda: _client(data_dir).request("GET", "/api/spokes"))
+    emit(
+        data,
+        as_json,
+        lambda d: table(
+            d, ["name", "connected", "boxes", "labels", "last_seen", "disconnect_reason"]
+        ),
+    )
+
+
+@spoke_group.command("revoke")
+@hub_dir
+@json_option
+@click.argument("name")
+def spoke_revoke(data_dir: Path, as_json: bool, name: str) -> None:
+    data = _call(lambda: _client(data_dir).request("DELETE", f"/api/spokes/{name}"))
+    emit(data, as_json, lambda d: click.echo(f"spoke {name} revoked"))
+
+
+from cli.box_commands import box  # noqa: E402
+
+hub.add_command(box)
+
+from cli.up_command import up  # noqa: E402
+from cli.ws_commands import ws  # noqa: E402
+
+hub.add_command(ws)
+
+hub.add_command(up)
+
+from cli.mcp_command import mcp_stdio  # noqa: E402
+
+hub.add_command(mcp_stdio)
