@@ -111,6 +111,7 @@ class Registry:
                 protocol=messages.PROTOCOL_VERSION,
                 heartbeat_s=self.limits.heartbeat_s,
                 stale_after_s=self.limits.stale_after_s,
+                relay_token=relay_token,
             )
         )
         await link.flush()

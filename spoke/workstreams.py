@@ -48,6 +48,7 @@ class _Workstream:
     approvals: dict[str, asyncio.Future[tuple[bool, str]]] = field(default_factory=dict)
     sseq: int = 0
     outbox: list[messages.WsEvent] = field(default_factory=list)
+    models: list[Any] = field(default_factory=list)  # the model refs, to rebuild the client
 
 
 class WorkstreamRunner:
@@ -65,8 +66,11 @@ class WorkstreamRunner:
     async def attach(self, notify: Notify | None, hub: HubAccess | None = None) -> None:
         """Called on every (re)connect with a way to send; resends the unacknowledged."""
         self._notify = notify
-        if hub is not None:
+        if hub is not None and hub != self.hub:
             self.hub = hub
+            for ws in self._ws.values():  # the relay token is per session: rebuild clients
+                with contextlib.suppress(RemoteError):
+                    ws.loop.client = self._client(ws.models)
         if notify is not None:
             for ws in list(self._ws.values()):
                 for event in list(ws.outbox):
@@ -99,6 +103,7 @@ class WorkstreamRunner:
                                                   cpus=limits["cpus"], pids=limits["pids"]))
         ws = _Workstream(p.ws_id, p.box_id, loop=None)  # type: ignore[arg-type]
         ws.sseq = p.seq_base
+        ws.models = list(p.models)
         ws.loop = AgentLoop(client=client, sandbox=BoxSandbox(self.boxes, p.box_id),
                             emit=lambda kind, data: self._emit(ws, kind, data),
                             ask=lambda call: self._ask(ws, call), auto_approve=p.auto_approve)

@@ -9,6 +9,7 @@ import docker
 import pytest
 
 from tests.cluster import Hub, Spoke
+from tests.ws_helpers import ThreadedLLM, write_hub_models
 
 
 def _docker_ok() -> str | None:
@@ -39,7 +40,7 @@ def hub(tmp_path: Path, sandbox_image: str) -> Iterator[Hub]:
 
 
 @pytest.fixture
-def spokes(tmp_path: Path, hub: Hub) -> Iterator[list[Spoke]]:
+def spokes(tmp_path: Path) -> Iterator[list[Spoke]]:
     """Spokes started by a test; all stopped and their boxes removed afterwards."""
     started: list[Spoke] = []
     yield started
@@ -56,6 +57,33 @@ def spokes(tmp_path: Path, hub: Hub) -> Iterator[list[Spoke]]:
 @pytest.fixture
 def spoke(tmp_path: Path, hub: Hub, spokes: list[Spoke]) -> Spoke:
     s = Spoke(tmp_path, hub)
+    spokes.append(s)
+    s.join()
+    return s
+
+
+@pytest.fixture
+def llm() -> Iterator[ThreadedLLM]:
+    """The scripted LLM (the only stand-in), reachable by the hub's model configuration."""
+    server = ThreadedLLM().start()
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def model_hub(tmp_path: Path, sandbox_image: str, llm: ThreadedLLM) -> Iterator[Hub]:
+    """A real hub whose ``hub.toml`` points its models at the scripted LLM."""
+    h = Hub(tmp_path)
+    write_hub_models(h.dir, llm)
+    h.start()
+    yield h
+    h.stop()
+
+
+@pytest.fixture
+def model_spoke(tmp_path: Path, model_hub: Hub, spokes: list[Spoke]) -> Spoke:
+    """A spoke joined to :func:`model_hub` (the ``spoke`` fixture joins the plain ``hub``)."""
+    s = Spoke(tmp_path, model_hub)
     spokes.append(s)
     s.join()
     return s
