@@ -124,12 +124,15 @@ class Registry:
             if self.links.get(name) is link:
                 del self.links[name]
                 metrics.SPOKES_CONNECTED.set(len(self.links))
-                spoke = await self.store.get_spoke(name)
-                if spoke is not None and spoke["revoked_at"] is None:
-                    await self.store.mark_spoke(name, connected=False, reason=link.close_reason)
-                await self.store.audit("spoke.disconnected", name, link.close_reason)
-                for hook in self.on_disconnected:
-                    await hook(link)
+                try:
+                    spoke = await self.store.get_spoke(name)
+                    if spoke is not None and spoke["revoked_at"] is None:
+                        await self.store.mark_spoke(name, connected=False, reason=link.close_reason)
+                    await self.store.audit("spoke.disconnected", name, link.close_reason)
+                    for hook in self.on_disconnected:
+                        await hook(link)
+                except RemoteError as err:  # the hub is shutting down: startup marks all disconnected
+                    log.debug("disconnect of %s not recorded: %s", name, err)
         return ws
 
     async def _authenticate(

@@ -18,6 +18,8 @@ from typing import Any, TypeVar
 
 import sqlite_utils
 
+from protocol.errors import ErrorCode, RemoteError
+
 T = TypeVar("T")
 
 MIGRATIONS: list[str] = [
@@ -93,13 +95,17 @@ class Store:
         self.clock = clock
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-store")
         self._db: sqlite_utils.Database | None = None
+        self._closed = False
 
     async def open(self) -> None:
         await self._run(self._open)
 
     async def close(self) -> None:
+        if self._closed:
+            return
         if self._db is not None:
             await self._run(lambda: self.db.conn.close())
+        self._closed = True
         self._pool.shutdown(wait=True)
 
     @property
@@ -108,6 +114,10 @@ class Store:
         return self._db
 
     async def _run(self, fn: Callable[[], T]) -> T:
+        # Requests and spoke links still draining during shutdown get a clear, typed error
+        # instead of a traceback from a closed database or executor.
+        if self._closed:
+            raise RemoteError(ErrorCode.UNAVAILABLE, "the hub is shutting down")
         return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
 
     def _open(self) -> None:

@@ -113,7 +113,10 @@ class WorkstreamService:
         return ws
 
     async def list(self) -> builtins.list[dict[str, Any]]:
-        return await self.db.recent()
+        rows = await self.db.recent()
+        for row in rows:
+            row["auto_approve"] = bool(row["auto_approve"])
+        return rows
 
     async def events(self, ws_id: str, after: int = 0, limit: int = 500) -> builtins.list[dict[str, Any]]:
         await self.get(ws_id)

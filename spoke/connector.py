@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import os
 import ssl
 import time
 from collections.abc import AsyncIterator
@@ -84,11 +85,25 @@ async def run(rt: SpokeRuntime, stop: asyncio.Event) -> None:
 async def _session(rt: SpokeRuntime, stop: asyncio.Event) -> bool:
     url = _ws_url(rt.state.hub_url)
     ctx: ssl.SSLContext | None = None
-    if url.startswith("wss://"):
+    pinned = url.startswith("wss://") and bool(rt.state.pin)
+    if pinned:
         # Trust comes from the pin, not from a CA: verification is done by hand below.
         ctx = ssl.create_default_context()
         ctx.check_hostname = False
         ctx.verify_mode = ssl.CERT_NONE
+    elif url.startswith("wss://"):
+        # No pin: a hub behind a TLS proxy with a CA-issued certificate (full verification,
+        # hostname included; SSL_CERT_FILE adds a private CA).
+        ctx = ssl.create_default_context()
+    try:
+        return await _connected_session(rt, stop, url, ctx, pinned)
+    except ssl.SSLCertVerificationError as err:
+        raise Fatal(f"the hub's TLS certificate is not trusted ({err.verify_message}); its join "
+                    "token has no pin, so it must carry a certificate your CAs accept") from None
+
+
+async def _connected_session(rt: SpokeRuntime, stop: asyncio.Event, url: str,
+                             ctx: ssl.SSLContext | None, pinned: bool) -> bool:
     async with websockets.connect(
         url,
         ssl=ctx,
@@ -98,7 +113,7 @@ async def _session(rt: SpokeRuntime, stop: asyncio.Event) -> bool:
         close_timeout=2,
         compression=None,
     ) as ws:
-        if ctx is not None:
+        if pinned:
             der = ws.transport.get_extra_info("ssl_object").getpeercert(binary_form=True)
             if not pins_match(rt.state.pin, der or b""):
                 raise Fatal(
@@ -190,9 +205,13 @@ class _Session:
                 log.info("connected to %s as %s", self.rt.state.hub_url, self.rt.state.name)
                 if self.rt.workstreams is not None:
                     cert = self.rt.identity.data_dir / "hub-cert.pem"
+                    if self.rt.state.pin and cert.exists():
+                        ca_file: str | None = str(cert)
+                    else:  # a CA-verified hub: the same trust as the wss connection
+                        ca_file = os.environ.get("SSL_CERT_FILE") or None
                     access = HubAccess(hub_url=self.rt.state.hub_url,
                                        relay_token=str(getattr(event.result, "relay_token", "")),
-                                       ca_file=str(cert) if cert.exists() else None)
+                                       ca_file=ca_file)
                     await self.rt.workstreams.attach(self._notify, access)
                 if self.rt.on_connected:
                     self.rt.on_connected(self.rt.state.hub_url)

@@ -22,6 +22,8 @@ from mcp.client.streamable_http import streamable_http_client
 
 from cli.mcp_command import pinned_context
 from tests.cluster import Hub, Spoke
+from tests.llm_server import Call, Echo
+from tests.ws_helpers import ThreadedLLM
 
 IMAGE = "spokehub-sandbox:bookworm"
 CLUSTER_TOOLS = {
@@ -295,3 +297,51 @@ async def test_a_cancelled_exec_call_kills_its_process(hub: Hub, spoke: Spoke, m
             await asyncio.sleep(0.1)
         else:
             raise AssertionError("the abandoned exec is still running in the box")
+
+
+async def _wait_ws(session: Any, ws_id: str, cursor: int, states: tuple[str, ...],
+                   events: list[dict[str, Any]]) -> tuple[dict[str, Any], int]:
+    """get_workstream in cursor steps (long-polling) until the workstream is in ``states``;
+    every event read is appended to ``events`` exactly once."""
+    for _ in range(200):
+        out = await call(session, "get_workstream", workstream=ws_id, cursor=cursor, wait_s=5)
+        assert out["cursor"] >= cursor
+        events += out["events"]
+        cursor = out["cursor"]
+        if out["workstream"]["state"] in states and not out["more"]:
+            return out["workstream"], cursor
+    raise AssertionError(f"{ws_id} never reached {states}: {[e['kind'] for e in events]}")
+
+
+async def test_workstream_with_an_approval_round_trip(model_hub: Hub, model_spoke: Spoke,
+                                                      llm: ThreadedLLM) -> None:
+    marker = llm.script("mcp-approve", [Call("bash", {"command": "echo from-mcp-agent"}),
+                                        Echo("the command printed {last_tool_result}"),
+                                        Call("bash", {"command": "echo second"})])
+    async with mcp_session(model_hub) as s:
+        names = {t.name for t in (await s.list_tools()).tools}
+        assert {"start_workstream", "send_message", "get_workstream", "approve_call", "deny_call",
+                "cancel_workstream"} <= names
+        ws = await call(s, "start_workstream", message=f"{marker} run it", spoke=model_spoke.name)
+        events: list[dict[str, Any]] = []
+        row, cursor = await _wait_ws(s, ws["id"], 0, ("attention",), events)
+        [pending] = row["pending_approvals"]
+        assert pending["tool"] == "bash"
+        decided = await call(s, "approve_call", workstream=ws["id"], call_id=pending["call_id"])
+        assert decided["state"] == "approved"
+        assert "already" in await call_error(s, "approve_call", workstream=ws["id"], call_id=pending["call_id"])
+        row, cursor = await _wait_ws(s, ws["id"], cursor, ("idle",), events)
+        seen = [e["kind"] for e in events]
+        assert {"approval_requested", "approval_decided", "tool_result", "assistant_message"} <= set(seen)
+        assert [e["seq"] for e in events] == list(range(1, len(events) + 1)), "no gaps, no repeats"
+        answer = [e for e in events if e["kind"] == "assistant_message"][-1]["data"]["text"]
+        assert "from-mcp-agent" in answer
+        # A follow-up, then a cancel while the next tool call waits for approval.
+        await call(s, "send_message", workstream=ws["id"], message="and again")
+        row, cursor = await _wait_ws(s, ws["id"], cursor, ("attention",), events)
+        assert len(row["pending_approvals"]) == 1
+        cancelled = await call(s, "cancel_workstream", workstream=ws["id"])
+        assert cancelled["pending_approvals"] == []
+        row, cursor = await _wait_ws(s, ws["id"], cursor, ("idle",), events)
+        assert "approval_resolved_by_hub" in [e["kind"] for e in events]
+        assert "not_found" in await call_error(s, "get_workstream", workstream="ws_0000000000000000")

@@ -99,10 +99,16 @@ def test_bad_url(url: str) -> None:
         JoinToken.decode(_raw({"u": url, "p": PIN, "i": "t", "s": "x"}))
 
 
-@pytest.mark.parametrize("pin", ["", "sha256:abc", "md5:" + "0" * 64, PIN.upper(), PIN + "0"])
+@pytest.mark.parametrize("pin", ["sha256:abc", "md5:" + "0" * 64, PIN.upper(), PIN + "0"])
 def test_https_needs_a_well_formed_pin(pin: str) -> None:
     with pytest.raises(TokenError, match="malformed certificate pin"):
         JoinToken.decode(_raw({"u": "https://hub", "p": pin, "i": "t", "s": "x"}))
+
+
+def test_https_without_a_pin_means_ca_verification() -> None:
+    """A hub behind a TLS proxy issues tokens with no pin; the spoke then verifies by CA."""
+    token = JoinToken.decode(_raw({"u": "https://hub.example", "p": "", "i": "t", "s": "x"}))
+    assert token.pin == "" and token.url == "https://hub.example"
 
 
 def test_token_error_is_a_value_error() -> None:
