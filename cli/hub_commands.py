@@ -54,6 +54,8 @@ def hub() -> None:
               help="Model configuration TOML (default: hub.toml in the data dir).")
 @click.option("--default-model", default=None, help="Default model alias (over env and file).")
 @click.option("--fallback-model", "fallback_models", multiple=True, help="Fallback alias, in order (repeatable).")
+@click.option("--approval-timeout", default=None, metavar="DURATION",
+              help="Deny tool approvals left unanswered this long (e.g. 30m). Default: wait forever.")
 def serve(
     data_dir: Path,
     host: str,
@@ -66,6 +68,7 @@ def serve(
     config_file: Path | None,
     default_model: str | None,
     fallback_models: tuple[str, ...],
+    approval_timeout: str | None,
 ) -> None:
     """Serve HTTPS + wss (self-signed certificate made in the data dir on first start)."""
     import asyncio
@@ -76,6 +79,15 @@ def serve(
 
     if bool(tls_cert) != bool(tls_key):
         fail("--tls-cert and --tls-key go together", 2)
+    approval_timeout_s: float | None = None
+    if approval_timeout is not None:
+        from hub.api import parse_ttl
+        from protocol.errors import RemoteError
+
+        try:
+            approval_timeout_s = parse_ttl(approval_timeout)
+        except RemoteError:
+            fail(f"--approval-timeout: bad duration {approval_timeout!r} (use e.g. 90s, 30m, 1h)", 2)
     logging.basicConfig(
         level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
     )
@@ -90,6 +102,7 @@ def serve(
         config_file=config_file,
         default_model=default_model,
         fallback_models=fallback_models,
+        approval_timeout_s=approval_timeout_s,
     )
     from hub.models import ConfigError
 

@@ -46,6 +46,7 @@ class HubConfig:
     config_file: Path | None = None  # default: hub.toml in the data dir
     default_model: str | None = None
     fallback_models: tuple[str, ...] = ()
+    approval_timeout_s: float | None = None  # None: approvals wait until answered
 
     def url(self) -> str:
         if self.public_url:
@@ -75,7 +76,8 @@ class Hub:
         self.registry = Registry(self.store, self.pin, config.limits, VERSION)
         self.boxes = BoxService(self.store, self.registry)
         self.api = Api(self.store, self.registry, self.boxes, config.url(), self.pin)
-        self.workstreams = WorkstreamService(self.store, self.registry, lambda: self.models)
+        self.workstreams = WorkstreamService(self.store, self.registry, lambda: self.models,
+                                            approval_timeout_s=config.approval_timeout_s)
         self.relay = Relay(lambda: self.models, self.registry.spoke_for_relay_token)
 
     def make_app(self) -> web.Application:

@@ -40,8 +40,10 @@ def new_ws_id() -> str:
 
 
 class WorkstreamService:
-    def __init__(self, store: Store, registry: Registry, models: Callable[[], ModelsConfig]) -> None:
+    def __init__(self, store: Store, registry: Registry, models: Callable[[], ModelsConfig], *,
+                 approval_timeout_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
         self.store, self.registry, self.models = store, registry, models
+        self.approval_timeout_s, self.clock = approval_timeout_s, clock
         self.db = WorkstreamStore(store)
         self._waiters: dict[str, asyncio.Event] = {}
         self._kick = asyncio.Event()
@@ -202,6 +204,17 @@ class WorkstreamService:
         await self.db.update(ws_id, **fields)
         await self._append(ws_id, "state", {"state": state, **({"error": error} if error else {})})
 
+    async def _expire_approvals(self) -> None:
+        """With a configured deadline, an unanswered approval counts as a denial (the model is
+        told why); without one, approvals wait as long as it takes."""
+        if not self.approval_timeout_s:
+            return
+        limit = self.approval_timeout_s
+        for approval in await self.db.approvals_pending_before(self.clock() - limit):
+            with contextlib.suppress(RemoteError):  # answered or closed meanwhile
+                await self.decide(approval["ws_id"], approval["call_id"], False,
+                                  f"no answer within the approval deadline ({limit:g} s)")
+
     async def _resolve_approvals(self, ws_id: str, why: str) -> None:
         for approval in await self.db.approvals(ws_id, "pending"):
             if await self.db.approval_decide(ws_id, approval["call_id"], "resolved", why):
@@ -252,6 +265,7 @@ class WorkstreamService:
                 await asyncio.wait_for(self._kick.wait(), 2.0)
             self._kick.clear()
             try:
+                await self._expire_approvals()
                 await self._schedule_once()
             except Exception:  # the scheduler must outlive any one bad row
                 log.exception("scheduling pass failed")

@@ -99,6 +99,11 @@ class WorkstreamStore:
                "state": "pending", "created_at": self.s.clock(), "decided_at": None, "reason": "", "delivered": 0}
         await self.s._run(lambda: self.s.db.table("approvals").upsert(row, pk=("ws_id", "call_id")))
 
+    async def approvals_pending_before(self, ts: float) -> list[dict[str, Any]]:
+        return await self.s._run(lambda: self.s._rows(
+            "SELECT ws_id, call_id FROM approvals WHERE state='pending' AND created_at<? ORDER BY created_at",
+            (ts,)))
+
     async def approval_get(self, ws_id: str, call_id: str) -> dict[str, Any] | None:
         return await self.s._run(lambda: self.s._one(
             "SELECT * FROM approvals WHERE ws_id=? AND call_id=?", (ws_id, call_id)))

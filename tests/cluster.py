@@ -73,10 +73,11 @@ class Hub:
         self.port = free_port()
         self.proc: Proc | None = None
         self.url = f"https://127.0.0.1:{self.port}"
+        self.extra: list[str] = []  # more `hub serve` flags
 
     def start(self) -> None:
         self.proc = Proc([HUB, "serve", "--data-dir", str(self.dir), "--port", str(self.port),
-                          "--log-level", "DEBUG"], self.dir.parent / f"hub-{self.port}.log")
+                          "--log-level", "DEBUG", *self.extra], self.dir.parent / f"hub-{self.port}.log")
 
         def ready() -> bool:
             assert self.proc is not None and self.proc.alive(), f"hub died:\n{self.proc.output() if self.proc else ''}"

@@ -237,3 +237,49 @@ def test_async_client_streams_events_and_resumes(model_hub: Hub, model_spoke: Sp
             assert follow["state"] == "idle" and follow["answer"] == "done now"
 
     asyncio.run(scenario())
+
+
+def test_an_unanswered_approval_is_denied_at_the_configured_deadline(
+        model_hub: Hub, model_spoke: Spoke, llm: ThreadedLLM) -> None:
+    bad = model_hub.cli("serve", "--approval-timeout", "soon", "--port", "0")
+    assert bad.returncode == 2 and "--approval-timeout" in bad.stderr
+    model_hub.stop()
+    model_hub.extra = ["--approval-timeout", "2s"]
+    model_hub.start()
+    model_spoke.wait_connected()
+    marker = llm.script("deadline", [Call("bash", {"command": "echo should-not-run"}),
+                                     Echo("tool said: {last_tool_result}")])
+    ws_id = start_ws(model_hub, f"{marker} go")
+    wait_state(model_hub, ws_id, "attention")
+    wait_state(model_hub, ws_id, "idle")
+    events = ws_events(model_hub, ws_id)
+    decided = next(e for e in events if e["kind"] == "approval_decided")
+    assert decided["data"]["approved"] is False and "deadline" in decided["data"]["reason"]
+    result = next(e for e in events if e["kind"] == "tool_result")
+    assert result["data"]["is_error"] and "should-not-run" not in result["data"]["output"]
+
+
+def test_a_spoke_declared_model_is_routed_to_that_spoke(
+        model_hub: Hub, spokes: list[Spoke], tmp_path: Path, llm: ThreadedLLM) -> None:
+    models = tmp_path / "gpu-models.toml"
+    models.write_text(f"""
+[models.gpu-local]
+provider = "openai"
+base_url = "{llm.server.openai_url}"
+model = "m-local-gpu"
+api_key = "spoke-local-key"
+""")
+    plain = Spoke(tmp_path, model_hub)
+    gpu = Spoke(tmp_path, model_hub, extra=["--models-file", str(models)])
+    spokes += [plain, gpu]
+    plain.join()
+    gpu.join()
+    marker = llm.script("local-model", [Say("from the spoke's own GPU")])
+    for _ in range(2):  # whatever the load, only the spoke that has the model can take it
+        result = model_hub.client().send_and_wait(f"{marker} hi", model="gpu-local")
+        assert result["answer"] == "from the spoke's own GPU"
+        assert ws_row(model_hub, result["id"])["spoke"] == gpu.name
+    hits = [r for r in llm.requests() if "[script:local-model]" in json.dumps(r.body)]
+    assert {r.model for r in hits} == {"m-local-gpu"} and {r.auth for r in hits} == {"Bearer spoke-local-key"}
+    unknown = model_hub.cli("ws", "new", "--model", "nobody-has-this", "--no-wait", "hi")
+    assert unknown.returncode == 2 and "unknown model" in unknown.stderr
