@@ -9,31 +9,18 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
-from typing import Any
 
 import click
 
 from cli.common import data_dir_option, emit, fail, json_option, stream_exec, table
+from cli.common import guarded as _guard
+from cli.common import hub_client as _client
 
 hub_dir = data_dir_option("hub", "SPOKEHUB_HUB_DIR")
 
 
-def _client(data_dir: Path) -> Any:
-    from client.http_client import HubClient
-
-    return HubClient.from_data_dir(data_dir)
 
 
-def _guard(fn: Any) -> Any:
-    from protocol.errors import RemoteError
-
-    try:
-        return fn()
-    except RemoteError as err:
-        fail(
-            f"{err.message} ({err.code.value})",
-            2 if err.code.value in ("invalid", "not_found", "denied") else 1,
-        )
 
 
 @click.group()

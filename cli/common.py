@@ -80,6 +80,25 @@ def _cell(value: Any) -> str:
     return str(value)
 
 
+def hub_client(data_dir: Path) -> Any:
+    """The admin client for the hub whose data dir this is (see ``admin.json``)."""
+    from client.http_client import HubClient
+
+    return HubClient.from_data_dir(data_dir)
+
+
+def guarded(fn: Callable[[], Any]) -> Any:
+    """Run a hub call; a typed error becomes a one-line message and the CLI's exit code
+    (2 for the caller's mistakes: invalid, not_found, denied; 1 otherwise)."""
+    from protocol.errors import RemoteError
+
+    try:
+        return fn()
+    except RemoteError as err:
+        fail(f"{err.message} ({err.code.value})",
+             2 if err.code.value in ("invalid", "not_found", "denied") else 1)
+
+
 def fail(message: str, code: int = 1) -> None:
     import click
 

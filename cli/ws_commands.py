@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import sys
 from pathlib import Path
@@ -10,23 +11,14 @@ from typing import Any
 import click
 
 from cli.common import data_dir_option, emit, fail, json_option, table
+from cli.common import guarded as _guard
+from cli.common import hub_client as _client
 
 hub_dir = data_dir_option("hub", "SPOKEHUB_HUB_DIR")
 
 
-def _client(data_dir: Path) -> Any:
-    from client.http_client import HubClient
-
-    return HubClient.from_data_dir(data_dir)
 
 
-def _guard(fn: Any) -> Any:
-    from protocol.errors import RemoteError
-
-    try:
-        return fn()
-    except RemoteError as err:
-        fail(f"{err.message} ({err.code.value})", 2 if err.code.value in ("invalid", "not_found", "denied") else 1)
 
 
 class _Printer:
@@ -162,7 +154,7 @@ def ws_show(data_dir: Path, as_json: bool, ws_id: str) -> None:
     while True:
         after = events[-1]["seq"] if events else 0
         path = f"/api/ws/{ws_id}/events?after={after}"
-        page = _guard(lambda p=path: client.request("GET", p))
+        page = _guard(functools.partial(client.request, "GET", path))
         if not page:
             break
         events.extend(page)

@@ -9,7 +9,6 @@ does not hold the hub's key.
 from __future__ import annotations
 
 import json
-import os
 from collections.abc import AsyncIterator
 from pathlib import Path
 from types import TracebackType
@@ -18,6 +17,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from client.http_client import admin_credentials
 from client.turns import Turn, last_user_seq
 from protocol.errors import ErrorCode, RemoteError
 
@@ -30,13 +30,7 @@ class AsyncHubClient:
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> AsyncHubClient:
         """Use what ``hub serve`` wrote for the local admin (``admin.json``)."""
-        path = data_dir / "admin.json"
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise RemoteError(ErrorCode.UNAVAILABLE, f"no hub in {data_dir} ({path} is missing)") from None
-        return cls(os.environ.get("SPOKEHUB_URL") or doc["url"],
-                   os.environ.get("SPOKEHUB_API_KEY") or doc["api_key"], doc.get("pin") or None)
+        return cls(*admin_credentials(data_dir))
 
     async def __aenter__(self) -> AsyncHubClient:
         return self

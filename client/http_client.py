@@ -37,6 +37,21 @@ class ApiError(RemoteError):
         self.status = status
 
 
+def admin_credentials(data_dir: Path) -> tuple[str, str, str | None]:
+    """(url, api key, pin) from the hub's ``admin.json``; ``SPOKEHUB_URL`` and
+    ``SPOKEHUB_API_KEY`` override the first two (e.g. a remote hub)."""
+    path = data_dir / "admin.json"
+    try:
+        doc = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise RemoteError(
+            ErrorCode.UNAVAILABLE,
+            f"no hub in {data_dir} ({path} is missing): start one with 'hub serve'",
+        ) from None
+    return (os.environ.get("SPOKEHUB_URL") or doc["url"],
+            os.environ.get("SPOKEHUB_API_KEY") or doc["api_key"], doc.get("pin") or None)
+
+
 class WorkstreamMixin:
     """Workstream calls on the synchronous client (kept apart to keep the core small)."""
 
@@ -103,18 +118,7 @@ class HubClient(WorkstreamMixin):
     @classmethod
     def from_data_dir(cls, data_dir: Path) -> HubClient:
         """Use what ``hub serve`` wrote for the local admin (``admin.json``, mode 0600)."""
-        path = data_dir / "admin.json"
-        try:
-            doc = json.loads(path.read_text())
-        except FileNotFoundError:
-            raise RemoteError(
-                ErrorCode.UNAVAILABLE,
-                f"no hub in {data_dir} ({path} is missing): start one with 'hub serve'",
-            ) from None
-        url = os.environ.get("SPOKEHUB_URL") or doc["url"]
-        return cls(
-            url, os.environ.get("SPOKEHUB_API_KEY") or doc["api_key"], doc.get("pin") or None
-        )
+        return cls(*admin_credentials(data_dir))
 
     # ------------------------------------------------------------- transport
     def _ssl_context(self) -> ssl.SSLContext:
