@@ -89,7 +89,9 @@ Try, in another terminal:
   {env_hint}hub box create --spoke {spoke_name} --image {DEFAULT_IMAGE}
   {env_hint}hub box exec BOX_ID -- sh -c 'echo hello from $(hostname)'
   {env_hint}hub token create --name another-machine   # then 'spoke join TOKEN' there
-Press Ctrl-C to stop.""")
+Agents: put models in {data_dir / "hub.toml"} (see docs/agents.md), restart, then
+  {env_hint}hub ws new --spoke {spoke_name} "what is in /etc/os-release?"
+Press Ctrl-C to stop.""", soft_wrap=True)
         while all(p.poll() is None for p in procs):
             time.sleep(0.5)
     except KeyboardInterrupt:
