@@ -23,11 +23,24 @@ def error_response(code: ErrorCode, message: str) -> web.Response:
     )
 
 
+async def read_limited(request: web.Request, limit: int) -> bytes | None:
+    """The whole body, or None past ``limit`` bytes. (``content.read(n)`` returns what has
+    arrived so far, not n bytes, so a single read truncates large bodies.)"""
+    chunks: list[bytes] = []
+    size = 0
+    while chunk := await request.content.read(64 * 1024):
+        size += len(chunk)
+        if size > limit:
+            return None
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
 async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
         raise RemoteError(ErrorCode.INVALID, f"body larger than {MAX_JSON_BODY} bytes")
-    raw = await request.content.read(MAX_JSON_BODY + 1)
-    if len(raw) > MAX_JSON_BODY:
+    raw = await read_limited(request, MAX_JSON_BODY)
+    if raw is None:
         raise RemoteError(ErrorCode.INVALID, f"body larger than {MAX_JSON_BODY} bytes")
     if not raw:
         return {}

@@ -15,6 +15,7 @@ from collections.abc import Callable
 import aiohttp
 from aiohttp import web
 
+from hub.http_util import read_limited
 from hub.models import ModelsConfig
 from protocol.errors import ErrorCode
 
@@ -54,8 +55,8 @@ class Relay:
         spoke = self._spoke_for_token(token) if token else None
         if spoke is None:
             return self._error(401, ErrorCode.DENIED, "relay token is not valid (only connected spokes may use the relay)")
-        raw = await request.content.read(MAX_RELAY_BODY + 1)
-        if len(raw) > MAX_RELAY_BODY:
+        raw = await read_limited(request, MAX_RELAY_BODY)
+        if raw is None:
             return self._error(413, ErrorCode.INVALID, "request too large")
         try:
             body = json.loads(raw)

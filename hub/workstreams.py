@@ -29,10 +29,19 @@ from hub.store import Store
 from hub.ws_store import WorkstreamStore
 from protocol import messages
 from protocol.errors import ErrorCode, RemoteError
+from protocol.verbs import MAX_MESSAGE_CHARS
 
 log = logging.getLogger("spokehub.hub.workstreams")
 TERMINAL = ("closed",)
 SPOKE_STATES = {"idle", "thinking", "running", "attention", "error"}
+
+
+def _check_message(message: str) -> None:
+    """Refuse at the door what the ws.start/ws.send verbs could never carry to a spoke."""
+    if not message.strip():
+        raise RemoteError(ErrorCode.INVALID, "message must not be empty")
+    if len(message) > MAX_MESSAGE_CHARS:
+        raise RemoteError(ErrorCode.INVALID, f"message is {len(message)} characters; the limit is {MAX_MESSAGE_CHARS}")
 
 
 def new_ws_id() -> str:
@@ -71,8 +80,7 @@ class WorkstreamService:
     async def start(self, message: str, *, spoke: str | None = None, label: str | None = None,
                     model: str | None = None, image: str | None = None, auto_approve: bool = False,
                     owner: str = "") -> dict[str, Any]:
-        if not message.strip():
-            raise RemoteError(ErrorCode.INVALID, "message must not be empty")
+        _check_message(message)
         if spoke and label:
             raise RemoteError(ErrorCode.INVALID, "give a spoke or a label, not both")
         config = self.models()
@@ -95,8 +103,7 @@ class WorkstreamService:
 
     async def send(self, ws_id: str, message: str) -> dict[str, Any]:
         ws = await self._open(ws_id)
-        if not message.strip():
-            raise RemoteError(ErrorCode.INVALID, "message must not be empty")
+        _check_message(message)
         msg_id = await self.db.inbox_add(ws_id, message)
         await self._append(ws_id, "user_message", {"text": message})
         link = self.registry.links.get(ws["spoke"] or "")

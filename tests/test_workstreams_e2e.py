@@ -283,3 +283,43 @@ api_key = "spoke-local-key"
     assert {r.model for r in hits} == {"m-local-gpu"} and {r.auth for r in hits} == {"Bearer spoke-local-key"}
     unknown = model_hub.cli("ws", "new", "--model", "nobody-has-this", "--no-wait", "hi")
     assert unknown.returncode == 2 and "unknown model" in unknown.stderr
+
+
+def test_bad_workstream_requests_get_clear_errors_and_lose_nothing(model_hub: Hub) -> None:
+    from client.http_client import ApiError
+
+    client = model_hub.client()
+    cases = [
+        ({"message": ""}, "empty"),
+        ({"message": "x" * 200_001}, "limit"),
+        ({"message": "hi", "spoke": "a", "label": "b"}, "not both"),
+        ({"message": "hi", "model": "nope"}, "unknown model"),
+        ({"message": 42}, "message"),
+        ({}, "message"),
+    ]
+    for body, needle in cases:
+        try:
+            client.request("POST", "/api/ws", body)
+        except ApiError as err:
+            assert err.status == 400 and err.code.value == "invalid" and needle in err.message, (body, err)
+        else:
+            raise AssertionError(f"{body!r:.80} was accepted")
+    for path, status in [("/api/ws/ws_0000000000000000", 404), ("/api/ws/ws_0000000000000000/events?after=x", 400)]:
+        try:
+            client.request("GET", path)
+        except ApiError as err:
+            assert err.status == status, (path, err)
+        else:
+            raise AssertionError(f"{path} succeeded")
+    assert client.request("GET", "/api/ws") == [], "no workstream was created by a bad request"
+    ws_id = start_ws(model_hub, "queued while no spoke is here")
+    assert ws_row(model_hub, ws_id)["state"] == "queued"
+
+
+def test_a_large_prompt_crosses_the_relay_whole(model_hub: Hub, model_spoke: Spoke, llm: ThreadedLLM) -> None:
+    marker = llm.script("large", [Say("read it all")])
+    big = f"{marker} " + "0123456789abcdef" * 10_000  # 160 KB: many TCP reads at the relay
+    result = model_hub.client().send_and_wait(big)
+    assert result["state"] == "idle" and result["answer"] == "read it all", result["error"]
+    [hit] = [r for r in llm.requests() if "[script:large]" in json.dumps(r.body)]
+    assert any(m.get("content") == big for m in hit.body["messages"] if m.get("role") == "user")
