@@ -8,9 +8,12 @@ answer back byte for byte, so keys never leave the hub.
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import json
 import logging
 from collections.abc import Callable
+from typing import Any
 
 import aiohttp
 from aiohttp import web
@@ -78,11 +81,27 @@ class Relay:
                 headers["anthropic-beta"] = request.headers["anthropic-beta"]
         if self._session is None:
             self._session = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=None, sock_connect=15))
+        # A spoke that cancels a turn hangs up on us; aiohttp does not cancel the handler for
+        # that, so watch the connection and drop the upstream request too (a model that is
+        # still generating costs tokens and holds a slot at the provider).
+        work = asyncio.ensure_future(self._relay(request, config.url() + path, body, headers, alias))
+        while not work.done():
+            await asyncio.wait([work], timeout=0.5)
+            if not work.done() and (request.transport is None or request.transport.is_closing()):
+                work.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await work
+                log.info("relay to %s abandoned: the spoke hung up", alias)
+                return web.Response(status=499)
+        return work.result()
+
+    async def _relay(self, request: web.Request, url: str, body: dict[str, Any], headers: dict[str, str],
+                     alias: str) -> web.StreamResponse:
+        assert self._session is not None
         try:
-            upstream = await self._session.post(config.url() + (path if provider == "anthropic" else path),
-                                                data=json.dumps(body).encode(), headers=headers)
+            upstream = await self._session.post(url, data=json.dumps(body).encode(), headers=headers)
         except (aiohttp.ClientError, OSError) as err:
-            log.warning("relay to %s (%s) failed: %s", alias, config.url(), err)
+            log.warning("relay to %s (%s) failed: %s", alias, url, err)
             return self._error(502, ErrorCode.UNAVAILABLE, f"model endpoint for {alias!r} is unreachable: {err}")
         async with upstream:
             response = web.StreamResponse(status=upstream.status, headers={

@@ -323,3 +323,30 @@ def test_a_large_prompt_crosses_the_relay_whole(model_hub: Hub, model_spoke: Spo
     assert result["state"] == "idle" and result["answer"] == "read it all", result["error"]
     [hit] = [r for r in llm.requests() if "[script:large]" in json.dumps(r.body)]
     assert any(m.get("content") == big for m in hit.body["messages"] if m.get("role") == "user")
+
+
+def test_cancel_while_thinking_and_close_with_a_pending_approval(
+        model_hub: Hub, model_spoke: Spoke, llm: ThreadedLLM) -> None:
+    marker = llm.script("think", [Hang("let me think about "), Say("after the cancel")])
+    ws_id = start_ws(model_hub, f"{marker} ponder")
+    wait_until(lambda: any(e["kind"] == "text_delta" for e in ws_events(model_hub, ws_id)),
+               what="the answer to start streaming")
+    assert llm.hanging == 1
+    model_hub.cli("ws", "cancel", ws_id, check=True)
+    wait_state(model_hub, ws_id, "idle")
+    wait_until(lambda: llm.hanging == 0, what="the model request to be abandoned")
+    follow = model_hub.client().send_and_wait("go on", ws_id=ws_id)
+    assert follow["answer"] == "after the cancel"
+
+    marker = llm.script("close-pending", [Call("edit_file", {"path": "x", "old": "a", "new": "b"})])
+    ws2 = start_ws(model_hub, f"{marker} edit")
+    wait_state(model_hub, ws2, "attention")
+    box = ws_row(model_hub, ws2)["box_id"]
+    closed = model_hub.cli_json("ws", "close", ws2)
+    assert closed["state"] == "closed" and closed["pending_approvals"] == []
+    resolved = [e for e in ws_events(model_hub, ws2) if e["kind"] == "approval_resolved_by_hub"]
+    assert len(resolved) == 1 and resolved[0]["data"]["approved"] is False
+    wait_until(lambda: not docker.from_env().containers.list(
+        all=True, filters={"label": f"spokehub.box={box}"}), what="the closed workstream's box to go")
+    again = model_hub.cli("ws", "send", "--no-wait", ws2, "hello?")
+    assert again.returncode == 2 and "closed" in again.stderr
