@@ -118,6 +118,7 @@ def auth_middleware(store: Store, open_paths: tuple[str, ...], own_auth_prefixes
                 cache.pop(key_hash, None)
             else:
                 cache[key_hash] = (now, row)
+                await store.touch_api_key(row["id"])  # at most every 2 s per key: the cache
         if row is None:
             return web.json_response(
                 {"error": {"code": "denied", "message": "invalid or revoked API key"}},

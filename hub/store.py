@@ -202,6 +202,9 @@ class Store:
             )
         )
 
+    async def touch_api_key(self, key_id: str) -> None:
+        await self._run(lambda: self._exec("UPDATE api_keys SET last_used=? WHERE id=?", (self.clock(), key_id)))
+
     async def list_api_keys(self) -> list[dict[str, Any]]:
         return await self._run(
             lambda: self._rows(
