@@ -338,6 +338,13 @@ class WorkstreamService:
                     "auto_approve": bool(ws["auto_approve"]), "seq_base": ws["spoke_seq"]})
             except RemoteError as err:
                 await self.store.set_box_state(box_id, "failed")
+                if ws["want_spoke"] and err.code in (ErrorCode.DENIED, ErrorCode.INVALID):
+                    # The one spoke it may run on refuses it by policy: waiting cannot help.
+                    await self.db.update(ws_id, box_id="", spoke=None)
+                    await self._append(ws_id, "error", {"message": f"spoke {link.name} refused it: {err.message}"})
+                    await self.db.update(ws_id, error=f"spoke {link.name} refused it: {err.message}"[:2000])
+                    await self._set_state(ws_id, "error")
+                    return
                 self._refused[(ws_id, link.name)] = time.monotonic() + 30.0
                 await self.db.update(ws_id, spoke=None, state="queued", box_id="")
                 await self._append(ws_id, "lease_returned", {"spoke": link.name, "reason": str(err)})

@@ -350,3 +350,12 @@ def test_cancel_while_thinking_and_close_with_a_pending_approval(
         all=True, filters={"label": f"spokehub.box={box}"}), what="the closed workstream's box to go")
     again = model_hub.cli("ws", "send", "--no-wait", ws2, "hello?")
     assert again.returncode == 2 and "closed" in again.stderr
+
+
+def test_a_directed_workstream_the_spoke_refuses_by_policy_fails_clearly(
+        model_hub: Hub, model_spoke: Spoke, llm: ThreadedLLM) -> None:
+    res = model_hub.cli("ws", "new", "--spoke", model_spoke.name, "--image", "not-allowed:latest", "hi")
+    assert res.returncode == 1 and "not allowed" in res.stderr, res.stderr
+    [row] = [w for w in model_hub.client().request("GET", "/api/ws")]
+    assert row["state"] == "error" and "not allowed" in row["error"]
+    assert not [r for r in llm.requests()], "the model was never called"
