@@ -6,7 +6,10 @@ through :func:`cli.common.stream_exec`."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import posixpath
+import re
 import sys
 from pathlib import Path
 
@@ -69,10 +72,20 @@ def box_create(
 @hub_dir
 @json_option
 @click.option("--spoke", default=None)
-def box_ls(data_dir: Path, as_json: bool, spoke: str | None) -> None:
-    path = "/api/boxes" + (f"?spoke={spoke}" if spoke else "")
+@click.option("--all", "everything", is_flag=True,
+              help="Ask each connected spoke what really exists, and show where it and the "
+                   "hub's records disagree.")
+def box_ls(data_dir: Path, as_json: bool, spoke: str | None, everything: bool) -> None:
+    """The hub's live boxes; with --all, merged with what each connected spoke reports."""
+    query = [f"spoke={spoke}"] if spoke else []
+    if everything:
+        query.append("all=1")
+    path = "/api/boxes" + ("?" + "&".join(query) if query else "")
     data = _guard(lambda: _client(data_dir).request("GET", path))
-    emit(data, as_json, lambda d: table(d, ["id", "spoke", "image", "state", "created_at"]))
+    columns = ["id", "spoke", "image", "state", "created_at"]
+    if everything:
+        columns = ["id", "spoke", "image", "state", "on_spoke", "note"]
+    emit(data, as_json, lambda d: table(d, columns))
 
 
 @box.command("rm")
@@ -121,54 +134,117 @@ def box_exec(
 @box.command("cp")
 @hub_dir
 @json_option
+@click.option("-p", "--parents", is_flag=True,
+              help="Create missing parent directories of DST (in the box or here).")
 @click.argument("src")
 @click.argument("dst")
-def box_cp(data_dir: Path, as_json: bool, src: str, dst: str) -> None:
-    """Copy a file into (DST is ID:/path) or out of (SRC is ID:/path) a box."""
+def box_cp(data_dir: Path, as_json: bool, parents: bool, src: str, dst: str) -> None:
+    """Copy one file into (DST is BOX:PATH) or out of (SRC is BOX:PATH) a box.
+
+    PATH is absolute or relative to the box's working directory (/workspace in the sandbox
+    image); BOX: alone is that directory. As in docker cp, a DST that is a directory, or
+    ends in '/', receives the file under its own name. Write a local path containing ':'
+    as ./like:this."""
     src_box, src_path = _split(src)
     dst_box, dst_path = _split(dst)
     if bool(src_box) == bool(dst_box):
-        fail("exactly one of SRC and DST must name a box as ID:/path", 2)
-    client = _client(data_dir)
+        fail("exactly one of SRC and DST must name a box as BOX:PATH", 2)
     if dst_box:
-        local = Path(src_path)
-        if not local.is_file():
-            fail(f"{local} is not a file", 2)
-        mode = local.stat().st_mode & 0o777
-        with local.open("rb") as fh:
-            data = _guard(
-                lambda: client.put_file(dst_box, dst_path, fh, local.stat().st_size, mode)
-            )
-        emit(data, as_json, lambda d: click.echo(f"copied {d['size']} bytes to {dst}", err=True))
-        return
-    target = Path(dst_path)
-    if target.is_dir():
-        target = target / Path(src_path).name
+        _upload(data_dir, as_json, parents, Path(src_path), dst_box, dst_path)
+    else:
+        assert src_box is not None
+        _download(data_dir, as_json, parents, src_box, src_path, dst_path)
+
+
+def _upload(data_dir: Path, as_json: bool, parents: bool, local: Path, box_id: str,
+            path: str) -> None:
+    if local.is_dir():
+        fail(f"{local} is a directory: box cp copies one file", 2)
+    try:
+        fh = local.open("rb")
+    except OSError as err:
+        fail(f"cannot read {local}: {err.strerror or err}", 2)
+    client = _client(data_dir)
+    with fh:
+        info = os.fstat(fh.fileno())
+        data = _guard(lambda: client.put_file(box_id, path, fh, info.st_size, info.st_mode & 0o777,
+                                              parents=parents, into_dir_name=local.name))
+    where = f"{box_id}:{data.get('path') or path}"
+    emit(data, as_json, lambda d: click.echo(f"copied {d['size']} bytes to {where}", err=True))
+
+
+def _download(data_dir: Path, as_json: bool, parents: bool, box_id: str, path: str,
+              dst: str) -> None:
+    """Fetch into ``NAME.part`` beside the target, then rename: a failed copy leaves neither
+    a partial file nor the directories ``-p`` made for it."""
+    name = posixpath.basename(path.rstrip("/"))
+    target, missing = _local_target(Path(dst), dst.endswith(("/", os.sep)), name, parents)
+    client = _client(data_dir)
     tmp = target.with_name(target.name + ".part")
     size = 0
 
     def fetch() -> None:
         nonlocal size
+        for directory in missing:
+            directory.mkdir()
         with tmp.open("wb") as fh:
-            for chunk in client.get_file(src_box, src_path):
+            for chunk in client.get_file(box_id, path):
                 fh.write(chunk)
                 size += len(chunk)
+        os.replace(tmp, target)
+
+    import http.client  # only now: it is slow to import and most commands never need it
 
     try:
         _guard(fetch)
-    except SystemExit:
+    except BaseException as err:
         tmp.unlink(missing_ok=True)
+        for directory in reversed(missing):
+            with contextlib.suppress(OSError):
+                directory.rmdir()
+        if isinstance(err, OSError | http.client.HTTPException):
+            fail(f"copying {box_id}:{path} to {target} failed: {_why(err)}", 1)
         raise
-    os.replace(tmp, target)
-    emit(
-        {"size": size, "path": str(target)},
-        as_json,
-        lambda d: click.echo(f"copied {size} bytes to {target}", err=True),
-    )
+    emit({"size": size, "path": str(target)}, as_json,
+         lambda d: click.echo(f"copied {size} bytes to {target}", err=True))
+
+
+def _local_target(dst: Path, as_dir: bool, name: str, parents: bool) -> tuple[Path, list[Path]]:
+    """Where a download goes and which missing directories ``-p`` must make (outermost
+    first), with docker cp's rules; a one-line usage error (exit 2) for everything else."""
+    if as_dir or dst.is_dir():
+        if not name or name in (".", ".."):
+            fail("SRC must name a file when DST is a directory", 2)
+        folder, target = dst, dst / name
+    else:
+        folder, target = dst.parent, dst
+    missing: list[Path] = []
+    probe = folder
+    while not probe.is_dir():
+        if probe.exists():
+            fail(f"{probe} is not a directory", 2)
+        if not parents:
+            fail(f"local directory {folder} does not exist (use -p to create it)", 2)
+        missing.insert(0, probe)
+        probe = probe.parent
+    if target.is_dir():
+        fail(f"{target} is a directory", 2)
+    return target, missing
+
+
+def _why(err: BaseException) -> str:
+    return (getattr(err, "strerror", None) or str(err) or type(err).__name__).rstrip(".")
+
+
+_BOX_REF = re.compile(r"(bx_[^/:]*):(.*)\Z", re.DOTALL)
 
 
 def _split(arg: str) -> tuple[str | None, str]:
-    head, sep, tail = arg.partition(":")
-    if sep and head.startswith("bx_") and tail.startswith("/"):
-        return head, tail
+    """``BOX:PATH`` → ``(BOX, PATH)``; anything else is a local path. Whatever starts with
+    ``bx_`` before the first ':' (and has no '/') is meant as a box, so a mistyped id gets
+    the hub's "not a box id" rather than "no such local file". ``BOX:`` is the box's
+    working directory, which the spoke resolves (``.``)."""
+    match = _BOX_REF.match(arg)
+    if match:
+        return match.group(1), match.group(2) or "."
     return None, arg

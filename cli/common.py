@@ -10,18 +10,14 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, TypeVar
 
+from client.http_client import default_dir
+
 F = TypeVar("F", bound=Callable[..., Any])
-
-
-def default_dir(kind: str) -> Path:
-    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
-    return Path(base) / "spokehub" / kind
 
 
 def data_dir_option(kind: str, env: str) -> Callable[[F], F]:
@@ -35,6 +31,23 @@ def data_dir_option(kind: str, env: str) -> Callable[[F], F]:
         show_default=f"~/.local/share/spokehub/{kind}",
         help=f"State directory (env {env}).",
     )
+
+
+# HTTP client libraries that log every request at INFO (the model SDKs' clients, each model
+# call through the hub's relay): noise in a ``hub up`` terminal, so shown only at DEBUG.
+CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
+
+
+def setup_logging(level: str) -> None:
+    """Logging for ``hub serve`` and ``spoke run|join``: ``level`` for our own lines, and
+    the HTTP clients' per-request lines only when ``level`` is DEBUG."""
+    import logging
+
+    logging.basicConfig(level=level.upper(),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
+        for name in CHATTY_LOGGERS:
+            logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def json_option(fn: F) -> F:

@@ -59,9 +59,10 @@ def serve(
 ) -> None:
     """Serve HTTPS + wss (self-signed certificate made in the data dir on first start)."""
     import asyncio
-    import logging
 
-    from hub.app import HubConfig
+    from cli.common import setup_logging
+    from cli.runlock import HUB_LOCK, Busy, RunLock, holder
+    from hub.app import HubConfig, ListenError, bind_listener
     from hub.app import serve as run
 
     if bool(tls_cert) != bool(tls_key):
@@ -75,9 +76,17 @@ def serve(
             approval_timeout_s = parse_ttl(approval_timeout)
         except RemoteError:
             fail(f"--approval-timeout: bad duration {approval_timeout!r} (use e.g. 90s, 30m, 1h)", 2)
-    logging.basicConfig(
-        level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
+    # One hub per data dir, and nothing written before the port is ours: check the lock,
+    # bind, then take the lock (which creates the data dir) and only then make files.
+    running = holder(data_dir, HUB_LOCK)
+    if running is not None:
+        fail(_already_running(data_dir, running))
+    try:
+        sock = bind_listener(host, port)
+    except ListenError as err:
+        fail(str(err))
+        return
+    setup_logging(log_level)
     config = HubConfig(
         data_dir=data_dir,
         host=host,
@@ -91,12 +100,27 @@ def serve(
         fallback_models=fallback_models,
         approval_timeout_s=approval_timeout_s,
     )
+    config.port = int(sock.getsockname()[1])
+    lock = RunLock(data_dir, HUB_LOCK)
+    try:
+        lock.acquire(url=config.url(), kind="hub")
+    except Busy as err:  # another hub won the race for this data dir
+        sock.close()
+        fail(_already_running(data_dir, err.holder))
     from hub.models import ConfigError
 
     try:
-        asyncio.run(run(config))
+        asyncio.run(run(config, sock=sock))
     except ConfigError as err:
         fail(f"model configuration: {err}", 2)
+    finally:
+        lock.release()
+
+
+def _already_running(data_dir: Path, running: Any) -> str:
+    where = f" at {running.url}" if running.url else ""
+    return (f"a hub is already running on {data_dir} (pid {running.pid}{where}); "
+            "stop it with `hub down` first")
 
 
 # ------------------------------------------------------------------- tokens
@@ -219,6 +243,10 @@ from cli.ws_commands import ws  # noqa: E402
 hub.add_command(ws)
 
 hub.add_command(up)
+
+from cli.down_command import down  # noqa: E402
+
+hub.add_command(down)
 
 from cli.mcp_command import mcp_stdio  # noqa: E402
 

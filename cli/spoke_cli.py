@@ -60,8 +60,17 @@ def main() -> None:
 @click.argument("token")
 def join(data_dir: Path, token: str, **opts: Any) -> None:
     """Enroll with the hub named in TOKEN, then serve in the foreground."""
+    from cli.runlock import SPOKE_LOCK
     from protocol.tokens import JoinToken, TokenError
-    from spoke.identity import Identity, SpokeState
+    from spoke.identity import (
+        HUB_CERT_FILE,
+        KEY_FILE,
+        STATE_FILE,
+        DirSnapshot,
+        Identity,
+        SpokeState,
+    )
+    from spoke.service import OPTIONS_FILE
 
     try:
         parsed = JoinToken.decode(token)
@@ -70,6 +79,7 @@ def join(data_dir: Path, token: str, **opts: Any) -> None:
         return
     if not parsed.name:
         fail("join token carries no spoke name", 2)
+    _refuse_if_running(data_dir)
     identity = Identity(data_dir)
     existing = identity.load_state()
     if existing is not None and existing.enrolled:
@@ -78,9 +88,23 @@ def join(data_dir: Path, token: str, **opts: Any) -> None:
             "use 'spoke run' (or another --data-dir)",
             2,
         )
+    # A join the hub refuses (token used, revoked, expired; wrong pin) or that is stopped
+    # before it enrolled leaves the data dir exactly as it found it.
+    undo = DirSnapshot(data_dir, [STATE_FILE, KEY_FILE, OPTIONS_FILE, HUB_CERT_FILE, SPOKE_LOCK])
     state = SpokeState(hub_url=parsed.url, pin=parsed.pin, name=parsed.name, enrolled=False)
-    identity.save_state(state)
-    _serve(data_dir, state, parsed, opts)
+    lock = _lock(data_dir, state)
+    code = 1
+    try:
+        identity.save_state(state)
+        code = _serve(data_dir, state, parsed, opts)
+    finally:
+        if not state.enrolled:
+            undo.restore()
+            lock.release(remove=undo.saved[SPOKE_LOCK] is None)
+            undo.remove_dir_if_created()
+        else:
+            lock.release()
+    sys.exit(code)
 
 
 @main.command()
@@ -90,30 +114,59 @@ def run(data_dir: Path, **opts: Any) -> None:
     """Reconnect to the hub with the identity saved by 'spoke join'."""
     from spoke.identity import Identity
 
+    _refuse_if_running(data_dir)
     state = Identity(data_dir).load_state()
     if state is None or not state.enrolled:
         fail(f"no enrolled spoke in {data_dir}: run 'spoke join TOKEN' first", 2)
         return
-    _serve(data_dir, state, None, opts)
+    lock = _lock(data_dir, state)
+    try:
+        code = _serve(data_dir, state, None, opts)
+    finally:
+        lock.release()
+    sys.exit(code)
 
 
-def _serve(data_dir: Path, state: Any, token: Any, opts: dict[str, Any]) -> None:
+def _refuse_if_running(data_dir: Path) -> None:
+    """One spoke process per data dir: a second one with the same identity would replace the
+    first one's connection at the hub, and the two would knock each other off in turn."""
+    from cli.runlock import SPOKE_LOCK, holder
+
+    running = holder(data_dir, SPOKE_LOCK)
+    if running is not None:
+        fail(_running_message(data_dir, running), 2)
+
+
+def _running_message(data_dir: Path, running: Any) -> str:
+    name = f" {running.name!r}" if running.name else ""
+    return (f"spoke{name} is already running on {data_dir} (pid {running.pid}); "
+            "stop it first (`hub down` if `hub up` started it)")
+
+
+def _lock(data_dir: Path, state: Any) -> Any:
+    from cli.runlock import SPOKE_LOCK, Busy, RunLock
+
+    lock = RunLock(data_dir, SPOKE_LOCK)
+    try:
+        lock.acquire(name=state.name, url=state.hub_url, kind="spoke")
+    except Busy as err:  # lost a race with another spoke starting on this data dir
+        fail(_running_message(data_dir, err.holder), 2)
+    return lock
+
+
+def _serve(data_dir: Path, state: Any, token: Any, opts: dict[str, Any]) -> int:
     import asyncio
-    import logging
 
+    from cli.common import setup_logging
     from spoke.service import SpokeOptions, serve
 
-    logging.basicConfig(
-        level=str(opts.pop("log_level")).upper(),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-    )
+    setup_logging(str(opts.pop("log_level")))
     try:
         options = SpokeOptions.from_cli(data_dir, opts)
     except ValueError as err:
         fail(str(err), 2)
-        return
-    code = asyncio.run(serve(state, token, options))
-    sys.exit(code)
+        return 2
+    return int(asyncio.run(serve(state, token, options)))
 
 
 if __name__ == "__main__":

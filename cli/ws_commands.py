@@ -21,12 +21,25 @@ hub_dir = data_dir_option("hub", "SPOKEHUB_HUB_DIR")
 
 
 
+def approval_hint(ws_id: str, call_id: str) -> str:
+    """The commands that answer an approval, exactly as they can be pasted."""
+    return f"hub ws approve {ws_id} {call_id}    or    hub ws deny {ws_id} {call_id}"
+
+
 class _Printer:
     """Human rendering of events: text streams, tool calls and approvals on stderr."""
 
     def __init__(self, ws_id: str) -> None:
         self.ws_id = ws_id
         self.streamed = False
+        self.hinted: set[str] = set()
+
+    def approval(self, call_id: str, tool: str) -> None:
+        if call_id in self.hinted:
+            return
+        self.hinted.add(call_id)
+        click.echo(f"? {tool} needs your approval (call {call_id}); answer with:\n"
+                   f"    {approval_hint(self.ws_id, call_id)}", err=True)
 
     def __call__(self, event: dict[str, Any]) -> None:
         kind, data = event["kind"], event.get("data") or {}
@@ -46,42 +59,54 @@ class _Printer:
             mark = "✗" if data.get("is_error") else "←"
             click.echo(f"{mark} {str(data.get('output', ''))[:300]}", err=True)
         elif kind == "approval_requested":
-            click.echo(f"? approval needed for {data.get('tool')} (call {data.get('call_id')}): "
-                       f"hub ws approve {self.ws_id} {data.get('call_id')}  |  hub ws deny {self.ws_id} {data.get('call_id')}",
-                       err=True)
+            self.approval(str(data.get("call_id")), str(data.get("tool")))
         elif kind == "error":
             click.echo(f"error: {data.get('message')}", err=True)
         elif kind == "assigned":
-            click.echo(f"[{self.ws_id} running on spoke {data.get('spoke')}]", err=True)
+            how = "resumed" if data.get("resumed") else "running"
+            click.echo(f"[{self.ws_id} {how} on spoke {data.get('spoke')}]", err=True)
+        elif kind == "waiting":
+            click.echo(f"[{self.ws_id} {data.get('reason')}]", err=True)
+        elif kind == "notice":
+            click.echo(f"[{self.ws_id}: {data.get('message')}]", err=True)
 
 
-def _converse(data_dir: Path, as_json: bool, wait: bool, message: str, **kw: Any) -> None:
-    client = _client(data_dir)
-    if not wait:
-        if kw.get("ws_id"):
-            row = _guard(lambda: client.request("POST", f"/api/ws/{kw['ws_id']}/messages", {"message": message}))
-        else:
-            body = {"message": message, **{k: v for k, v in kw.items() if k != "ws_id"}}
-            row = _guard(lambda: client.request("POST", "/api/ws", body))
-        emit(row, as_json, lambda d: click.echo(d["id"]))
-        return
-    printer = _Printer(kw.get("ws_id") or "")
+def _follow(client: Any, ws_id: str, after: int | None, as_json: bool, stop_on_approval: bool) -> None:
+    """Print the workstream's events from ``after`` until it answers (or asks, if told to stop
+    there); exit 1 if it ended in error."""
+    printer = _Printer(ws_id)
 
     def on_event(event: dict[str, Any]) -> None:
         if not as_json:
             printer(event)
 
     def run() -> dict[str, Any]:
-        result: dict[str, Any] = client.send_and_wait(message, on_event=on_event, **kw)
+        result: dict[str, Any] = client.wait_reply(ws_id, after=after, on_event=on_event,
+                                                   stop_on_approval=stop_on_approval)
         return result
 
     result = _guard(run)
     if as_json:
         click.echo(json.dumps(result, indent=2))
     else:
+        for approval in result["pending_approvals"]:
+            printer.approval(str(approval["call_id"]), str(approval["tool"]))
         click.echo(f"[{result['id']} {result['state']}]", err=True)
     if result["state"] == "error":
         sys.exit(1)
+
+
+def _converse(data_dir: Path, as_json: bool, wait: bool, message: str, ws_id: str | None = None,
+              **opts: Any) -> None:
+    client = _client(data_dir)
+    if ws_id:
+        row = _guard(lambda: client.send_message(ws_id, message))
+    else:
+        row = _guard(lambda: client.start_workstream(message, **opts))
+    if not wait:
+        emit(row, as_json, lambda d: click.echo(d["id"]))
+        return
+    _follow(client, str(row["id"]), int(row["message_seq"]) - 1, as_json, stop_on_approval=False)
 
 
 @click.group("ws")
@@ -117,9 +142,19 @@ def ws_send(data_dir: Path, as_json: bool, no_wait: bool, ws_id: str, message: s
     _converse(data_dir, as_json, not no_wait, message, ws_id=ws_id)
 
 
-def _decide(data_dir: Path, as_json: bool, ws_id: str, call_id: str, approve: bool, reason: str) -> None:
+def _decide(data_dir: Path, as_json: bool, ws_id: str, call_id: str | None, approve: bool,
+            reason: str) -> None:
+    client = _client(data_dir)
+    if call_id is None:
+        pending = _guard(lambda: client.request("GET", f"/api/ws/{ws_id}"))["pending_approvals"]
+        if not pending:
+            fail(f"{ws_id} has no tool call waiting for approval", 2)
+        if len(pending) > 1:
+            ids = " ".join(str(p["call_id"]) for p in pending)
+            fail(f"{ws_id} has {len(pending)} calls waiting ({ids}): name the one to answer", 2)
+        call_id = str(pending[0]["call_id"])
     body = {"approve": approve, "reason": reason}
-    data = _guard(lambda: _client(data_dir).request("POST", f"/api/ws/{ws_id}/approvals/{call_id}", body))
+    data = _guard(lambda: client.request("POST", f"/api/ws/{ws_id}/approvals/{call_id}", body))
     emit(data, as_json, lambda d: click.echo(f"{call_id}: {d['state']}"))
 
 
@@ -127,19 +162,43 @@ def _decide(data_dir: Path, as_json: bool, ws_id: str, call_id: str, approve: bo
 @hub_dir
 @json_option
 @click.argument("ws_id")
-@click.argument("call_id")
-def ws_approve(data_dir: Path, as_json: bool, ws_id: str, call_id: str) -> None:
+@click.argument("call_id", required=False)
+def ws_approve(data_dir: Path, as_json: bool, ws_id: str, call_id: str | None) -> None:
+    """Let the agent run the tool call CALL_ID (optional when only one waits).
+
+    \b
+    Example:  hub ws approve ws_0123456789abcdef call_1
+    """
     _decide(data_dir, as_json, ws_id, call_id, True, "")
 
 
 @ws.command("deny")
 @hub_dir
 @json_option
-@click.option("--reason", default="", help="Told to the model.")
+@click.option("--reason", default="", help="Why; the model is told, so it can choose another way.")
 @click.argument("ws_id")
-@click.argument("call_id")
-def ws_deny(data_dir: Path, as_json: bool, reason: str, ws_id: str, call_id: str) -> None:
+@click.argument("call_id", required=False)
+def ws_deny(data_dir: Path, as_json: bool, reason: str, ws_id: str, call_id: str | None) -> None:
+    """Refuse the tool call CALL_ID (optional when only one waits); the agent is told why.
+
+    \b
+    Example:  hub ws deny ws_0123456789abcdef call_1 --reason "not in /etc"
+    """
     _decide(data_dir, as_json, ws_id, call_id, False, reason)
+
+
+@ws.command("wait")
+@hub_dir
+@json_option
+@click.argument("ws_id")
+def ws_wait(data_dir: Path, as_json: bool, ws_id: str) -> None:
+    """Follow the current turn of WS_ID: print the agent's work until it answers, or until a
+    tool call waits for approval (printing the commands that answer it).
+
+    \b
+    Example:  hub ws wait ws_0123456789abcdef
+    """
+    _follow(_client(data_dir), ws_id, None, as_json, stop_on_approval=True)
 
 
 @ws.command("show")
@@ -162,6 +221,8 @@ def ws_show(data_dir: Path, as_json: bool, ws_id: str) -> None:
         click.echo(json.dumps({**row, "events": events}, indent=2))
         return
     click.echo(f"{row['id']}  state={row['state']}  spoke={row['spoke'] or '-'}  model={row['model']}", err=True)
+    if row.get("waiting"):
+        click.echo(row["waiting"], err=True)
     printer = _Printer(ws_id)
     for event in events:
         if event["kind"] == "user_message":

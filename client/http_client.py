@@ -37,6 +37,19 @@ class ApiError(RemoteError):
         self.status = status
 
 
+def default_dir(kind: str) -> Path:
+    """Where ``hub serve`` (kind "hub") and ``spoke`` (kind "spoke") keep their state by
+    default: ``$XDG_DATA_HOME/spokehub/KIND``, else ``~/.local/share/spokehub/KIND``."""
+    base = os.environ.get("XDG_DATA_HOME") or str(Path.home() / ".local" / "share")
+    return Path(base) / "spokehub" / kind
+
+
+def local_hub_dir(data_dir: Path | None = None) -> Path:
+    """The data dir of the local hub, as the CLI finds it: the argument, ``SPOKEHUB_HUB_DIR``,
+    or the default."""
+    return data_dir or Path(os.environ.get("SPOKEHUB_HUB_DIR") or default_dir("hub"))
+
+
 def admin_credentials(data_dir: Path) -> tuple[str, str, str | None]:
     """(url, api key, pin) from the hub's ``admin.json``; ``SPOKEHUB_URL`` and
     ``SPOKEHUB_API_KEY`` override the first two (e.g. a remote hub)."""
@@ -53,7 +66,10 @@ def admin_credentials(data_dir: Path) -> tuple[str, str, str | None]:
 
 
 class WorkstreamMixin:
-    """Workstream calls on the synchronous client (kept apart to keep the core small)."""
+    """Workstream calls on the synchronous client (kept apart to keep the core small).
+
+    :class:`client.async_client.AsyncHubClient` has the same calls, as coroutines and async
+    iterators (``tests/test_client_parity.py`` holds the two to one list)."""
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:  # pragma: no cover
         raise NotImplementedError
@@ -62,45 +78,81 @@ class WorkstreamMixin:
               headers: dict[str, str] | None = None) -> http.client.HTTPResponse:  # pragma: no cover
         raise NotImplementedError
 
+    def _another(self) -> HubClient:  # pragma: no cover
+        raise NotImplementedError
+
+    def close(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    def start_workstream(self, message: str, *, spoke: str | None = None, label: str | None = None,
+                         model: str | None = None, image: str | None = None,
+                         auto_approve: bool = False) -> dict[str, Any]:
+        """Start a workstream; the row, with ``message_seq`` (the seq of its first message)."""
+        body = {"message": message, "spoke": spoke, "label": label, "model": model,
+                "auto_approve": auto_approve, "image": image}
+        return dict(self.request("POST", "/api/ws", body))
+
+    def send_message(self, ws_id: str, message: str) -> dict[str, Any]:
+        """Send a follow-up; the row, with ``message_seq`` (the seq of this message's event)."""
+        return dict(self.request("POST", f"/api/ws/{quote(ws_id)}/messages", {"message": message}))
+
     def ws_events(self, ws_id: str, after: int = 0) -> Iterator[dict[str, Any]]:
         """Every event after ``after``, then live ones, forever (the caller stops reading)."""
-        while True:
-            resp = self._send("GET", f"/api/ws/{quote(ws_id)}/stream?after={after}")
-            HubClient._raise_for(resp)
-            while line := resp.readline():
-                event = json.loads(line)
-                if "seq" in event:
-                    after = event["seq"]
-                    yield event
+        # A connection of its own: the stream stays open while the caller makes other
+        # requests on this client (http.client allows one response in flight per connection).
+        stream = self._another()
+        try:
+            while True:
+                resp = stream._send("GET", f"/api/ws/{quote(ws_id)}/stream?after={after}")
+                HubClient._raise_for(resp)
+                while line := resp.readline():
+                    event = json.loads(line)
+                    if "seq" in event:
+                        after = event["seq"]
+                        yield event
+        finally:
+            stream.close()
 
-    def send_and_wait(self, message: str, *, ws_id: str | None = None, spoke: str | None = None,
-                      label: str | None = None, model: str | None = None, auto_approve: bool = False,
-                      image: str | None = None, on_event: Any = None) -> dict[str, Any]:
-        """Start a workstream (or continue ``ws_id``) and wait for the reply to ``message``.
+    events = ws_events
 
-        Returns ``{"id", "answer", "state", "error", "transcript"}``; ``on_event`` sees each
-        event as it arrives (the CLI prints them)."""
-        from client.turns import Turn, last_user_seq
+    def wait_reply(self, ws_id: str, *, after: int | None = None, on_event: Any = None,
+                   stop_on_approval: bool = False) -> dict[str, Any]:
+        """Follow the workstream from seq ``after`` (default: just before its last message)
+        until the agent has answered, or, with ``stop_on_approval``, until it waits for an
+        approval. Returns ``{"id", "answer", "state", "error", "transcript",
+        "pending_approvals"}``; ``on_event`` sees each event as it arrives."""
+        from client.turns import Turn
 
-        if ws_id is None:
-            body = {"message": message, "spoke": spoke, "label": label, "model": model,
-                    "auto_approve": auto_approve, "image": image}
-            ws_id = self.request("POST", "/api/ws", body)["id"]
-        else:
-            self.request("POST", f"/api/ws/{quote(ws_id)}/messages", {"message": message})
-        assert ws_id is not None
-        so_far = self.request("GET", f"/api/ws/{quote(ws_id)}/events")
-        turn = Turn(after_seq=last_user_seq(so_far) - 1 if so_far else 0)
+        if after is None:
+            after = max(int(self.request("GET", f"/api/ws/{quote(ws_id)}")["last_message_seq"]) - 1, 0)
+        turn = Turn(after_seq=after)
         transcript: list[dict[str, Any]] = []
-        for event in self.ws_events(ws_id):
+        pending: list[dict[str, Any]] = []
+        for event in self.ws_events(ws_id, after):
             transcript.append(event)
             turn.feed(event)
             if on_event is not None:
                 on_event(event)
             if turn.done:
                 break
-        return {"id": ws_id, "answer": turn.answer, "state": turn.state, "error": turn.error,
-                "transcript": transcript}
+            if stop_on_approval and event["kind"] == "approval_requested":
+                row = self.request("GET", f"/api/ws/{quote(ws_id)}")
+                if turn.needs_approval(row):
+                    pending = list(row["pending_approvals"])
+                    break
+        return turn.result(ws_id, transcript, pending)
+
+    def send_and_wait(self, message: str, *, ws_id: str | None = None, spoke: str | None = None,
+                      label: str | None = None, model: str | None = None, auto_approve: bool = False,
+                      image: str | None = None, on_event: Any = None) -> dict[str, Any]:
+        """Start a workstream (or continue ``ws_id``) and wait for the reply to ``message``
+        (see :meth:`wait_reply`)."""
+        if ws_id is None:
+            row = self.start_workstream(message, spoke=spoke, label=label, model=model,
+                                        image=image, auto_approve=auto_approve)
+        else:
+            row = self.send_message(ws_id, message)
+        return self.wait_reply(str(row["id"]), after=int(row["message_seq"]) - 1, on_event=on_event)
 
 
 class HubClient(WorkstreamMixin):
@@ -115,10 +167,15 @@ class HubClient(WorkstreamMixin):
         self._host, self._port = parts.hostname, parts.port or (443 if self._https else 80)
         self._conn: http.client.HTTPConnection | None = None
 
+    def _another(self) -> HubClient:
+        """A client with the same hub, key and pin, on its own connection."""
+        return HubClient(self.url, self.api_key, self.pin, self.timeout)
+
     @classmethod
-    def from_data_dir(cls, data_dir: Path) -> HubClient:
-        """Use what ``hub serve`` wrote for the local admin (``admin.json``, mode 0600)."""
-        return cls(*admin_credentials(data_dir))
+    def from_data_dir(cls, data_dir: Path | None = None) -> HubClient:
+        """Use what ``hub serve`` wrote for the local admin (``admin.json``, mode 0600) in
+        ``data_dir`` (default: the local hub's, see :func:`local_hub_dir`)."""
+        return cls(*admin_credentials(local_hub_dir(data_dir)))
 
     # ------------------------------------------------------------- transport
     def _ssl_context(self) -> ssl.SSLContext:
@@ -309,10 +366,19 @@ class HubClient(WorkstreamMixin):
             raise
         return sock
 
-    def put_file(self, box_id: str, path: str, data: BinaryIO, size: int, mode: int = 0o644) -> Any:
+    def put_file(self, box_id: str, path: str, data: BinaryIO, size: int, mode: int = 0o644,
+                 *, parents: bool = False, into_dir_name: str | None = None) -> Any:
+        """Upload ``size`` bytes from ``data``; returns ``{"size", "path"}`` (the absolute path
+        the spoke wrote). ``path`` may be relative to the box's working directory; if it is a
+        directory the file lands in it as ``into_dir_name``; ``parents`` makes missing ones."""
+        query = f"path={quote(path)}&mode={mode:o}"
+        if parents:
+            query += "&parents=1"
+        if into_dir_name is not None:
+            query += f"&into_dir_name={quote(into_dir_name)}"
         resp = self._send(
             "PUT",
-            f"/api/boxes/{quote(box_id)}/file?path={quote(path)}&mode={mode:o}",
+            f"/api/boxes/{quote(box_id)}/file?{query}",
             data,
             {"Content-Length": str(size), "Content-Type": "application/octet-stream"},
         )

@@ -47,7 +47,15 @@ class Turn:
     def answer(self) -> str:
         return self.answer_parts[-1] if self.answer_parts else ""
 
+    def needs_approval(self, row: dict[str, Any]) -> bool:
+        """True when the hub's row (the durable truth, unlike a replayed event) says the
+        workstream waits for an approval."""
+        return row.get("state") == "attention" and bool(row.get("pending_approvals"))
 
-def last_user_seq(events: list[dict[str, Any]]) -> int:
-    seqs = [e["seq"] for e in events if e["kind"] == "user_message"]
-    return seqs[-1] if seqs else 0
+    def result(self, ws_id: str, transcript: list[dict[str, Any]],
+               pending: list[dict[str, Any]]) -> dict[str, Any]:
+        """What ``wait_reply`` returns, the same from the sync and the async client."""
+        state = "attention" if pending and not self.done else self.state
+        return {"id": ws_id, "answer": self.answer, "state": state, "error": self.error,
+                "transcript": transcript, "pending_approvals": pending}
+

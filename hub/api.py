@@ -36,6 +36,14 @@ def parse_ttl(value: Any) -> float:
     return float(int(match.group(1)) * _UNITS[match.group(2)])
 
 
+def _flag(request: web.Request, name: str) -> bool:
+    """A boolean query parameter: absent, ``0``/``false`` or ``1``/``true``."""
+    value = request.query.get(name, "0").lower()
+    if value not in ("0", "1", "false", "true"):
+        raise RemoteError(ErrorCode.INVALID, f"{name} must be 0 or 1, got {value[:20]!r}")
+    return value in ("1", "true")
+
+
 def parse_size(value: Any) -> int:
     """'512m' / '2g' / 1048576 → bytes."""
     if isinstance(value, int) and not isinstance(value, bool) and value > 0:
@@ -226,6 +234,8 @@ class Api:
         return web.json_response(await self.boxes.create(spoke, params), status=201)
 
     async def box_list(self, request: web.Request) -> web.Response:
+        if request.query.get("all", "").lower() in ("1", "true", "yes"):
+            return web.json_response(await self.boxes.inventory(request.query.get("spoke")))
         return web.json_response(await self.boxes.list(request.query.get("spoke")))
 
     async def box_destroy(self, request: web.Request) -> web.Response:
@@ -294,7 +304,11 @@ class Api:
             async for piece in request.content.iter_chunked(64 * 1024):
                 yield piece
 
-        result = await self.boxes.put_file(request.match_info["id"], path, size, mode, source())
+        result = await self.boxes.put_file(
+            request.match_info["id"], path, size, mode, source(),
+            parents=_flag(request, "parents"),
+            into_dir_name=request.query.get("into_dir_name") or None,
+        )
         return web.json_response(result)
 
     async def box_get_file(self, request: web.Request) -> web.StreamResponse:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import errno
 import json
 import logging
 import os
@@ -77,7 +78,8 @@ class Hub:
         self.boxes = BoxService(self.store, self.registry)
         self.api = Api(self.store, self.registry, self.boxes, config.url(), self.pin)
         self.workstreams = WorkstreamService(self.store, self.registry, lambda: self.models,
-                                            approval_timeout_s=config.approval_timeout_s)
+                                            approval_timeout_s=config.approval_timeout_s,
+                                            models_file=config.config_file or config.data_dir / "hub.toml")
         self.relay = Relay(lambda: self.models, self.registry.spoke_for_relay_token)
 
     def make_app(self) -> web.Application:
@@ -102,9 +104,15 @@ class Hub:
         self.workstreams.start_scheduler()
 
     async def _shutdown(self, app: web.Application) -> None:
+        """Stop taking on work, then close the links, then the rest, then the store.
+
+        The scheduler stops first so nothing new is leased to a spoke about to be cut off.
+        Then every spoke is told the hub is going away (1001: it reconnects with backoff) and
+        its link handler records the disconnect while the store still works; only then do
+        the relay and the database close, so no handler ever meets a closed database."""
         await self.workstreams.stop()
+        await self.registry.close_all(timeout_s=10.0)
         await self.relay.close()
-        await self.registry.close_all()
         await self.store.close()
 
     async def _write_admin_file(self) -> None:
@@ -132,12 +140,40 @@ class Hub:
         os.replace(tmp, path)
 
 
-async def serve(config: HubConfig, ready: asyncio.Event | None = None) -> None:
+class ListenError(Exception):
+    """The hub's address cannot be bound; the message is one line for the operator."""
+
+
+def bind_listener(host: str, port: int, backlog: int = 1024) -> socket.socket:
+    """Bind the hub's listening socket, before anything is written to the data dir.
+
+    A hub that cannot listen must leave nothing behind: an ``admin.json`` written next to a
+    port some other hub holds points every later command at that hub (and a pin mismatch)."""
+    try:
+        infos = socket.getaddrinfo(host or None, port, type=socket.SOCK_STREAM,
+                                   flags=socket.AI_PASSIVE)
+    except socket.gaierror as err:
+        raise ListenError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    family, _type, _proto, _name, addr = infos[0]
+    try:
+        return socket.create_server(addr[:2], family=family, backlog=backlog)
+    except OSError as err:
+        if err.errno == errno.EADDRINUSE:
+            raise ListenError(f"port {port} on {host} is in use (another hub? `--port`)") from None
+        raise ListenError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+
+
+async def serve(config: HubConfig, ready: asyncio.Event | None = None,
+                sock: socket.socket | None = None) -> None:
+    """Serve until SIGINT/SIGTERM on ``sock`` (bound here from the config if not given)."""
+    if sock is None:
+        sock = bind_listener(config.host, config.port)
+    config.port = int(sock.getsockname()[1])  # --port 0: the port the kernel chose
     hub = Hub(config)
     app = hub.make_app()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=15.0)
     await runner.setup()
-    site = web.TCPSite(runner, config.host, config.port, ssl_context=hub.ssl_context, backlog=1024)
+    site = web.SockSite(runner, sock, ssl_context=hub.ssl_context, backlog=1024)
     await site.start()
     log.info("hub listening on %s (pin %s)", config.url(), hub.pin or "none: plain HTTP")
     print(f"hub listening on {config.url()}", flush=True)

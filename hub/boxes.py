@@ -15,6 +15,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from hub.registry import Registry
+from hub.spoke_link import SpokeLink
 from hub.store import LIVE_BOX_STATES, Store
 from protocol import verbs
 from protocol.errors import ErrorCode, RemoteError
@@ -31,6 +32,20 @@ class BoxService:
         self.store = store
         self.registry = registry
 
+    async def _link(self, spoke: str) -> SpokeLink:
+        """The live link to ``spoke``. A name the hub never enrolled is ``not_found`` (a typo
+        should not read as an outage), as is a revoked one (it never comes back); an enrolled
+        spoke that is offline is ``unavailable``."""
+        link = self.registry.links.get(spoke)
+        if link is not None and not link.ws.closed:
+            return link
+        row = await self.store.get_spoke(spoke)
+        if row is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no spoke {spoke!r} (see: hub spoke list)")
+        if row.get("revoked_at") is not None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"spoke {spoke!r} was revoked")
+        return self.registry.link(spoke)  # raises: the spoke is not connected
+
     async def _live_box(self, box_id: str) -> dict[str, Any]:
         if not verbs.BOX_ID_RE.match(box_id):
             raise RemoteError(
@@ -46,7 +61,7 @@ class BoxService:
     async def create(self, spoke: str, params: dict[str, Any]) -> dict[str, Any]:
         box_id = new_box_id()
         model = verbs.parse_params(verbs.VERBS["box.create"], {**params, "box_id": box_id})
-        link = self.registry.link(spoke)
+        link = await self._link(spoke)
         await self.store.add_box(box_id, spoke, model.image, model.model_dump(exclude={"box_id"}))  # type: ignore[attr-defined]
         try:
             info = await link.call("box.create", model)
@@ -61,11 +76,67 @@ class BoxService:
 
     async def _cleanup(self, spoke: str, box_id: str) -> None:
         try:
-            await self.registry.link(spoke).call("box.destroy", {"box_id": box_id})
+            await (await self._link(spoke)).call("box.destroy", {"box_id": box_id})
         except RemoteError as err:
             log.info("cleanup of %s on %s deferred to reconnect: %s", box_id, spoke, err)
 
+    async def inventory(self, spoke: str | None = None) -> list[dict[str, Any]]:
+        """What really exists next to what the hub records (``GET /api/boxes?all=1``).
+
+        The hub's rows are what it believes; leaked containers are a classic bug class, so
+        this asks each connected spoke (``box.list``, all at once, bounded) and shows where
+        the two disagree: boxes a spoke has that the hub does not record as live, and live
+        records a spoke lacks or could not be asked about. ``state`` is the hub's record
+        (None: no record), ``on_spoke`` the container's state there (None: not there)."""
+        if spoke is not None and await self.store.get_spoke(spoke) is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no spoke {spoke!r} (see: hub spoke list)")
+        records = await self.store.list_boxes(spoke=spoke)
+        names = [spoke] if spoke else sorted(self.registry.links)
+        connected = [n for n in names if n in self.registry.links
+                     and not self.registry.links[n].ws.closed]
+
+        async def ask(name: str) -> tuple[str, tuple[Any, ...] | RemoteError]:
+            try:
+                listing = await self.registry.link(name).call("box.list", {}, timeout_s=10.0)
+                return name, tuple(getattr(listing, "boxes", ()))
+            except RemoteError as err:
+                return name, err
+
+        answers = dict(await asyncio.gather(*(ask(n) for n in connected)))
+        rows: list[dict[str, Any]] = []
+        seen: set[str] = set()
+        for name, answer in answers.items():
+            for box in answer if isinstance(answer, tuple) else ():
+                seen.add(box.box_id)
+                record = await self.store.get_box(box.box_id)
+                mine = record is not None and record["spoke"] == name
+                note = ""
+                if not mine:
+                    note = "not recorded by the hub (reaped when the spoke next reconnects)"
+                elif record is not None and record["state"] not in LIVE_BOX_STATES:
+                    note = f"the hub recorded it {record['state']} (reaped when the spoke next reconnects)"
+                rows.append({"id": box.box_id, "spoke": name, "image": box.image,
+                             "state": record["state"] if mine and record else None,
+                             "on_spoke": box.state, "created_at": box.created_at, "note": note})
+        for r in records:
+            if r["id"] in seen:
+                continue
+            reply = answers.get(r["spoke"])
+            if reply is None:
+                note = "spoke not connected"
+            elif isinstance(reply, RemoteError):
+                note = f"spoke did not answer: {reply.message}"
+            else:
+                note = "missing on the spoke (marked lost when it next reconnects)"
+            rows.append({"id": r["id"], "spoke": r["spoke"], "image": r["image"],
+                         "state": r["state"], "on_spoke": None, "created_at": r["created_at"],
+                         "note": note})
+        rows.sort(key=lambda row: (row["spoke"], row["created_at"]))
+        return rows
+
     async def list(self, spoke: str | None = None) -> list[dict[str, Any]]:
+        if spoke is not None and await self.store.get_spoke(spoke) is None:
+            raise RemoteError(ErrorCode.NOT_FOUND, f"no spoke {spoke!r} (see: hub spoke list)")
         rows = await self.store.list_boxes(spoke=spoke)
         return [
             {
@@ -88,7 +159,7 @@ class BoxService:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no box {box_id}")
         if box["state"] not in LIVE_BOX_STATES:
             return {"id": box_id, "removed": False, "state": box["state"]}
-        result = await self.registry.link(box["spoke"]).call("box.destroy", {"box_id": box_id})
+        result = await (await self._link(box["spoke"])).call("box.destroy", {"box_id": box_id})
         await self.store.set_box_state(box_id, "destroyed")
         return {
             "id": box_id,
@@ -100,14 +171,14 @@ class BoxService:
         import base64
 
         box = await self._live_box(box_id)
-        result = await self.registry.link(box["spoke"]).call(
+        result = await (await self._link(box["spoke"])).call(
             "box.logs", {"box_id": box_id, "tail": tail}
         )
         return base64.b64decode(getattr(result, "data", ""))
 
     async def stats(self, box_id: str) -> dict[str, Any]:
         box = await self._live_box(box_id)
-        result = await self.registry.link(box["spoke"]).call("box.stats", {"box_id": box_id})
+        result = await (await self._link(box["spoke"])).call("box.stats", {"box_id": box_id})
         return result.model_dump()
 
     async def exec(
@@ -117,7 +188,7 @@ class BoxService:
         box = await self._live_box(box_id)
         model = verbs.parse_params(verbs.VERBS["box.exec"], {**params, "box_id": box_id})
         timeout = getattr(model, "timeout_s", None)
-        call = await self.registry.link(box["spoke"]).call_stream(
+        call = await (await self._link(box["spoke"])).call_stream(
             "box.exec", model, timeout_s=(timeout + 30.0) if timeout else None
         )
         finished = False
@@ -132,17 +203,29 @@ class BoxService:
                 await call.cancel()
 
     async def put_file(
-        self, box_id: str, path: str, size: int, mode: int, source: AsyncIterator[bytes]
+        self,
+        box_id: str,
+        path: str,
+        size: int,
+        mode: int,
+        source: AsyncIterator[bytes],
+        *,
+        parents: bool = False,
+        into_dir_name: str | None = None,
     ) -> dict[str, Any]:
+        """Upload ``source``; ``path`` may be relative (the spoke resolves it). The result's
+        ``path`` is the absolute path the spoke wrote."""
         box = await self._live_box(box_id)
-        params = {"box_id": box_id, "path": path, "size": size, "mode": mode}
-        result = await self.registry.link(box["spoke"]).call_upload("box.put_file", params, source)
+        params = {"box_id": box_id, "path": path, "size": size, "mode": mode,
+                  "parents": parents, "into_dir_name": into_dir_name}
+        link = await self._link(box["spoke"])  # the link validates params before sending
+        result = await link.call_upload("box.put_file", params, source)
         return result.model_dump()
 
     async def get_file(self, box_id: str, path: str, max_bytes: int) -> AsyncIterator[bytes]:
         box = await self._live_box(box_id)
         params = {"box_id": box_id, "path": path, "max_bytes": max_bytes}
-        call = await self.registry.link(box["spoke"]).call_stream("box.get_file", params)
+        call = await (await self._link(box["spoke"])).call_stream("box.get_file", params)
         finished = False
         try:
             async for _stream, data in call.chunks():

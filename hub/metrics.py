@@ -25,5 +25,5 @@ async def handle_metrics(request: web.Request) -> web.Response:
 
 KNOWN_EVENT_KINDS = frozenset({
     "state", "user_message", "text_delta", "assistant_message", "tool_call", "approval_requested",
-    "approval_resolved", "approval_decided", "tool_result", "usage", "error", "assigned", "cancelled",
+    "approval_resolved", "approval_decided", "tool_result", "usage", "error", "assigned", "cancelled", "waiting", "notice", "lease_returned",
 })

@@ -53,6 +53,8 @@ class Registry:
         self.on_connected: list[Callable[[SpokeLink], Awaitable[None]]] = []
         self.on_disconnected: list[Callable[[SpokeLink], Awaitable[None]]] = []
         self.on_notification: dict[str, Callable[[SpokeLink, BaseModel], Awaitable[None]]] = {}
+        # Handler tasks of live links, so shutdown can wait for their bookkeeping.
+        self._handlers: set[asyncio.Task[Any]] = set()
 
     def spoke_for_relay_token(self, token: str) -> str | None:
         name = self._relay_tokens.get(hash_secret(token))
@@ -116,6 +118,9 @@ class Registry:
         )
         await link.flush()
         reconcile = asyncio.create_task(self._reconcile(link))
+        handler = asyncio.current_task()
+        if handler is not None:
+            self._handlers.add(handler)
         try:
             await link.run()
         finally:
@@ -133,6 +138,8 @@ class Registry:
                         await hook(link)
                 except RemoteError as err:  # the hub is shutting down: startup marks all disconnected
                     log.debug("disconnect of %s not recorded: %s", name, err)
+            if handler is not None:
+                self._handlers.discard(handler)
         return ws
 
     async def _authenticate(
@@ -242,6 +249,22 @@ class Registry:
             await self.store.audit("spoke.revoked", name)
         return changed
 
-    async def close_all(self) -> None:
-        for link in list(self.links.values()):
-            await link.close(1001, "hub shutting down")
+    async def close_all(self, timeout_s: float = 10.0) -> None:
+        """Hub shutdown: tell every spoke the hub is going away (close code 1001, which a
+        spoke answers by reconnecting with backoff), then wait, at most ``timeout_s``, for the
+        link handlers to record the disconnects, so the store closes only after them."""
+        handlers = set(self._handlers)
+        closing = [asyncio.ensure_future(link.close(messages.CLOSE_GOING_AWAY, "hub shutting down"))
+                   for link in list(self.links.values())]
+        if closing:
+            done, slow = await asyncio.wait(closing, timeout=timeout_s)
+            for task in slow:
+                task.cancel()
+            for task in done:
+                if task.exception() is not None:  # a socket already gone: nothing to tell
+                    log.debug("closing a spoke link failed: %r", task.exception())
+        if handlers:
+            _done, pending = await asyncio.wait(handlers, timeout=timeout_s)
+            if pending:
+                log.warning("%d spoke link(s) did not finish closing in %.0fs", len(pending),
+                            timeout_s)

@@ -84,6 +84,13 @@ MIGRATIONS: list[str] = [
         job_id TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, stream TEXT NOT NULL,
         data TEXT NOT NULL, PRIMARY KEY (job_id, seq));
     """,
+    # 4: why a workstream waits (shown to users), and whether its spoke lost its agent (it is
+    # then resumed from the transcript with the next message).
+    """
+    ALTER TABLE workstreams ADD COLUMN waiting TEXT NOT NULL DEFAULT '';
+    ALTER TABLE workstreams ADD COLUMN detached INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX ws_inbox_undelivered ON ws_inbox(delivered_at, ws_id);
+    """,
 ]
 
 LIVE_BOX_STATES = ("creating", "running")
@@ -101,11 +108,14 @@ class Store:
         await self._run(self._open)
 
     async def close(self) -> None:
+        """Refuse new work first, then close: calls already queued on the worker thread run
+        before the close (one worker, first in first out), and any call made from now on gets
+        the typed ``unavailable`` error instead of a closed database's traceback."""
         if self._closed:
             return
-        if self._db is not None:
-            await self._run(lambda: self.db.conn.close())
         self._closed = True
+        if self._db is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._db.conn.close)
         self._pool.shutdown(wait=True)
 
     @property

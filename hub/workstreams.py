@@ -16,24 +16,26 @@ import logging
 import secrets
 import time
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel
 
-from hub import metrics
+from hub import metrics, ws_routing
 from hub.boxes import new_box_id
 from hub.models import ModelsConfig
 from hub.registry import Registry
 from hub.spoke_link import SpokeLink
 from hub.store import Store
 from hub.ws_store import WorkstreamStore
-from protocol import messages
+from protocol import messages, transcript
 from protocol.errors import ErrorCode, RemoteError
 from protocol.verbs import MAX_MESSAGE_CHARS
 
 log = logging.getLogger("spokehub.hub.workstreams")
 TERMINAL = ("closed",)
 SPOKE_STATES = {"idle", "thinking", "running", "attention", "error"}
+BUSY_STATES = ("starting", "thinking", "running", "attention")  # what holds a spoke's slot
 
 
 def _check_message(message: str) -> None:
@@ -50,8 +52,10 @@ def new_ws_id() -> str:
 
 class WorkstreamService:
     def __init__(self, store: Store, registry: Registry, models: Callable[[], ModelsConfig], *,
-                 approval_timeout_s: float | None = None, clock: Callable[[], float] = time.time) -> None:
+                 approval_timeout_s: float | None = None, clock: Callable[[], float] = time.time,
+                 models_file: Path | None = None) -> None:
         self.store, self.registry, self.models = store, registry, models
+        self.models_file = models_file
         self.approval_timeout_s, self.clock = approval_timeout_s, clock
         self.db = WorkstreamStore(store)
         self._waiters: dict[str, asyncio.Event] = {}
@@ -59,6 +63,7 @@ class WorkstreamService:
         self._leasing: set[str] = set()
         self._refused: dict[tuple[str, str], float] = {}  # (ws, spoke) -> until
         self._task: asyncio.Task[None] | None = None
+        self._stopping = False
         registry.on_connected.append(self._spoke_connected)
         registry.on_disconnected.append(self._spoke_disconnected)
         registry.on_notification["ws.event"] = self._ingest
@@ -68,10 +73,14 @@ class WorkstreamService:
         self._task = asyncio.get_running_loop().create_task(self._scheduler())
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            with contextlib.suppress(asyncio.CancelledError):
-                await self._task
+        """Stop the scheduler for good. Cancelling once is not enough on Python 3.11:
+        ``asyncio.wait_for`` can swallow a cancel that arrives as its wait ends (a kick at
+        the same moment), so keep cancelling until the task is done."""
+        self._stopping = True
+        task = self._task
+        while task is not None and not task.done():
+            task.cancel()
+            await asyncio.wait({task}, timeout=1.0)
 
     def kick(self) -> None:
         self._kick.set()
@@ -86,7 +95,7 @@ class WorkstreamService:
         config = self.models()
         alias = model or config.default
         if alias is None:
-            raise RemoteError(ErrorCode.INVALID, "no model given and no default model configured at the hub")
+            raise RemoteError(ErrorCode.INVALID, self._no_model_hint())
         if alias not in config.models and not any(alias in link.models for link in self.registry.links.values()):
             raise RemoteError(ErrorCode.INVALID, f"unknown model {alias!r} (configured: {', '.join(config.models) or 'none'})")
         if spoke is not None and await self.store.get_spoke(spoke) is None:
@@ -96,29 +105,32 @@ class WorkstreamService:
                               "model": alias, "image": image, "auto_approve": int(auto_approve),
                               "state": "queued", "title": message.strip()[:120], "owner": owner})
         await self.db.inbox_add(ws_id, message)
-        await self._append(ws_id, "user_message", {"text": message})
+        event = await self._append(ws_id, "user_message", {"text": message})
         await self._append(ws_id, "state", {"state": "queued"})
         self.kick()
-        return await self.get(ws_id)
+        return {**await self.get(ws_id), "message_seq": event["seq"] if event else 0}
 
     async def send(self, ws_id: str, message: str) -> dict[str, Any]:
+        """Add a message to a workstream: delivered now if its spoke has room, else kept (the
+        row's ``waiting`` says why) and delivered when it can be. A workstream whose agent its
+        spoke lost is resumed from the transcript. One that can never continue is refused
+        before anything is recorded. Pinned by tests/test_ws_capacity.py."""
         ws = await self._open(ws_id)
         _check_message(message)
-        msg_id = await self.db.inbox_add(ws_id, message)
-        await self._append(ws_id, "user_message", {"text": message})
-        link = self.registry.links.get(ws["spoke"] or "")
-        if link is not None and ws["state"] not in ("queued", "starting"):
-            with contextlib.suppress(RemoteError):
-                await link.call("ws.send", {"ws_id": ws_id, "message": message})
-                await self.db.inbox_delivered(msg_id)
-        return await self.get(ws_id)
+        await self._check_can_continue(ws)
+        await self.db.inbox_add(ws_id, message)
+        event = await self._append(ws_id, "user_message", {"text": message})
+        await self._deliver_pending(ws_id)
+        return {**await self.get(ws_id), "message_seq": event["seq"] if event else 0}
 
     async def get(self, ws_id: str) -> dict[str, Any]:
         ws = await self.db.get(ws_id)
         if ws is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no workstream {ws_id}")
         ws["auto_approve"] = bool(ws["auto_approve"])
+        ws["detached"] = bool(ws["detached"])
         ws["pending_approvals"] = await self.db.approvals(ws_id, "pending")
+        ws["last_message_seq"] = await self.db.last_user_seq(ws_id)
         return ws
 
     async def list(self) -> builtins.list[dict[str, Any]]:
@@ -177,16 +189,53 @@ class WorkstreamService:
             return await self.get(ws_id)
         await self._resolve_approvals(ws_id, "closed")
         link = self.registry.links.get(ws["spoke"] or "")
+        removed = False
         if link is not None:
             with contextlib.suppress(RemoteError):
-                await link.call("ws.close", {"ws_id": ws_id})
+                done = await link.call("ws.close", {"ws_id": ws_id})
+                removed = bool(getattr(done, "known", False))
+                if not removed and ws["box_id"]:  # its agent is gone, its box may not be
+                    await link.call("box.destroy", {"box_id": ws["box_id"]})
+                    removed = True
         if ws["box_id"]:
-            await self.store.set_box_state(ws["box_id"], "destroyed" if link else "closing")
+            # Not removed now: reconcile reaps it when the spoke is back (only "running" boxes
+            # are kept).
+            await self.store.set_box_state(ws["box_id"], "destroyed" if removed else "closing")
+        await self.db.update(ws_id, waiting="")
         await self._set_state(ws_id, "closed")
         self.kick()
         return await self.get(ws_id)
 
     # -------------------------------------------------------------- internals
+    def _no_model_hint(self) -> str:
+        where = str(self.models_file) if self.models_file else "hub.toml in the hub's data dir"
+        return ("no model given and no default model configured at the hub: add one to "
+                f"{where}, for example\n"
+                '  [models.local]\n  provider = "openai"          # or "anthropic"\n'
+                '  base_url = "http://127.0.0.1:8000/v1"\n  model = "qwen3-32b"\n'
+                '  api_key = "..."\n'
+                "then restart the hub (docs/agents.md has the details)")
+
+    async def _check_can_continue(self, ws: dict[str, Any]) -> None:
+        """Refuse at once a message that could never be answered, rather than keep it."""
+        ws_id = ws["id"]
+        if ws["state"] == "error" and not ws["spoke"] and not ws["box_id"] and ws["want_spoke"]:
+            raise RemoteError(ErrorCode.INVALID, f"workstream {ws_id} cannot continue: "
+                              f"{ws['error'] or 'it never started'}; start a new one")
+        home = ws["spoke"] or ws["want_spoke"]
+        if not home:
+            return
+        row = await self.store.get_spoke(home)
+        if row is not None and row["revoked_at"] is None:
+            return
+        if ws["want_spoke"]:
+            raise RemoteError(ErrorCode.INVALID, f"workstream {ws_id} cannot continue: it runs only "
+                              f"on spoke {home}, which {'was revoked' if row else 'does not exist'}")
+        # Generic work moves on: another spoke resumes it from the transcript, in a new box.
+        await self.db.update(ws_id, spoke=None, box_id="", detached=1)
+        await self._append(ws_id, "notice", {"message": f"spoke {home} was revoked: the "
+                                             "conversation continues on another spoke, in a new box"})
+
     async def _open(self, ws_id: str) -> dict[str, Any]:
         ws = await self.db.get(ws_id)
         if ws is None:
@@ -267,7 +316,7 @@ class WorkstreamService:
 
     # ------------------------------------------------------------ scheduling
     async def _scheduler(self) -> None:
-        while True:
+        while not self._stopping:
             with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(self._kick.wait(), 2.0)
             self._kick.clear()
@@ -278,38 +327,31 @@ class WorkstreamService:
                 log.exception("scheduling pass failed")
 
     async def _schedule_once(self) -> None:
+        """Lease queued workstreams to spokes; deliver messages that waited for a slot."""
+        for ws_id in await self.db.with_undelivered_messages():
+            if ws_id not in self._leasing:
+                await self._deliver_pending(ws_id)
         queued = [w for w in await self.db.in_state("queued") if w["id"] not in self._leasing]
         if not queued:
             return
-        counts = await self.db.active_counts()
+        counts = await self.db.busy_counts()
         now = time.monotonic()
+        hub_models = frozenset(self.models().models)
+        candidates = [ws_routing.Candidate(link.name, tuple(link.labels), tuple(link.models),
+                                           link.max_workstreams)
+                      for link in self.registry.links.values() if not link.ws.closed]
         for ws in queued:
-            link = self._pick(ws, counts, now)
-            if link is None:
+            refused = frozenset(name for (ws_id, name), until in self._refused.items()
+                                if ws_id == ws["id"] and until > now)
+            want = ws_routing.Want(spoke=ws["spoke"] or ws["want_spoke"], label=ws["want_label"],
+                                   model=ws["model"], hub_models=hub_models)
+            name, why = ws_routing.pick(want, candidates, counts, refused)
+            if name is None:
+                await self._set_waiting(ws["id"], why)
                 continue
-            counts[link.name] = counts.get(link.name, 0) + 1
+            counts[name] = counts.get(name, 0) + 1
             self._leasing.add(ws["id"])
-            asyncio.get_running_loop().create_task(self._lease(ws, link))
-
-    def _pick(self, ws: dict[str, Any], counts: dict[str, int], now: float) -> SpokeLink | None:
-        config = self.models()
-        best: tuple[float, int, str] | None = None
-        for name, link in self.registry.links.items():
-            if link.ws.closed or self._refused.get((ws["id"], name), 0) > now:
-                continue
-            if ws["want_spoke"] and name != ws["want_spoke"]:
-                continue
-            if ws["want_label"] and ws["want_label"] not in link.labels:
-                continue
-            if ws["model"] not in config.models and ws["model"] not in link.models:
-                continue
-            capacity, active = link.max_workstreams, counts.get(name, 0)
-            if active >= capacity:
-                continue
-            key = (active / capacity, active, name)
-            if best is None or key < best:
-                best = key
-        return self.registry.links[best[2]] if best else None
+            asyncio.get_running_loop().create_task(self._lease(ws, self.registry.links[name]))
 
     def _model_refs(self, alias: str, link: SpokeLink) -> builtins.list[dict[str, Any]]:
         config = self.models()
@@ -320,7 +362,17 @@ class WorkstreamService:
             refs.append({"alias": m.alias, "provider": m.provider, "via": "hub", "context_window": m.context_window})
         return refs
 
+    async def _history(self, ws_id: str, pending: int) -> builtins.list[dict[str, Any]]:
+        """The conversation before the ``pending`` undelivered messages, from the log."""
+        events: builtins.list[dict[str, Any]] = []
+        while page := await self.db.events(ws_id, events[-1]["seq"] if events else 0, 5000):
+            events.extend(page)
+        users = [e["seq"] for e in events if e["kind"] == "user_message"]
+        cut = users[-pending] if 0 < pending <= len(users) else (events[-1]["seq"] + 1 if events else 0)
+        return transcript.bounded(transcript.from_events([e for e in events if e["seq"] < cut]))
+
     async def _lease(self, ws: dict[str, Any], link: SpokeLink) -> None:
+        """Start (or resume, from the transcript) the agent of ``ws`` on ``link``'s spoke."""
         ws_id = ws["id"]
         try:
             pending = await self.db.inbox_pending(ws_id)
@@ -328,29 +380,24 @@ class WorkstreamService:
                 await self._set_state(ws_id, "idle")
                 return
             box_id = ws["box_id"] or new_box_id()
-            await self.db.update(ws_id, spoke=link.name, state="starting", box_id=box_id)
-            await self._append(ws_id, "assigned", {"spoke": link.name})
-            await self.store.add_box(box_id, link.name, ws["image"] or "", {"workstream": ws_id})
+            history = await self._history(ws_id, len(pending))
+            await self.db.update(ws_id, spoke=link.name, state="starting", box_id=box_id, waiting="")
+            await self._append(ws_id, "assigned", {"spoke": link.name, **({"resumed": True} if history else {})})
+            box_row = await self.store.get_box(box_id)
+            if box_row is None:
+                await self.store.add_box(box_id, link.name, ws["image"] or "", {"workstream": ws_id})
             try:
                 started = await link.call("ws.start", {
                     "ws_id": ws_id, "box_id": box_id, "message": pending[0]["message"],
                     "models": self._model_refs(ws["model"], link), "image": ws["image"],
-                    "auto_approve": bool(ws["auto_approve"]), "seq_base": ws["spoke_seq"]})
+                    "auto_approve": bool(ws["auto_approve"]), "seq_base": ws["spoke_seq"],
+                    "history": history})
             except RemoteError as err:
-                await self.store.set_box_state(box_id, "failed")
-                if ws["want_spoke"] and err.code in (ErrorCode.DENIED, ErrorCode.INVALID):
-                    # The one spoke it may run on refuses it by policy: waiting cannot help.
-                    await self.db.update(ws_id, box_id="", spoke=None)
-                    await self._append(ws_id, "error", {"message": f"spoke {link.name} refused it: {err.message}"})
-                    await self.db.update(ws_id, error=f"spoke {link.name} refused it: {err.message}"[:2000])
-                    await self._set_state(ws_id, "error")
-                    return
-                self._refused[(ws_id, link.name)] = time.monotonic() + 30.0
-                await self.db.update(ws_id, spoke=None, state="queued", box_id="")
-                await self._append(ws_id, "lease_returned", {"spoke": link.name, "reason": str(err)})
+                await self._lease_failed(ws, link, box_id, box_row is None, err)
                 return
             await self.store.set_box_state(box_id, "running")
             await self.store.db_update_box_image(box_id, getattr(started, "image", ""))
+            await self.db.update(ws_id, detached=0)
             await self.db.inbox_delivered(pending[0]["id"])
             for extra in pending[1:]:
                 await link.call("ws.send", {"ws_id": ws_id, "message": extra["message"]})
@@ -359,20 +406,93 @@ class WorkstreamService:
             self._leasing.discard(ws_id)
             self.kick()
 
+    async def _lease_failed(self, ws: dict[str, Any], link: SpokeLink, box_id: str, new_box: bool,
+                            err: RemoteError) -> None:
+        ws_id = ws["id"]
+        if new_box:
+            await self.store.set_box_state(box_id, "failed")
+        if ws["want_spoke"] and err.code in (ErrorCode.DENIED, ErrorCode.INVALID):
+            # The one spoke it may run on refuses it by policy: waiting cannot help.
+            message = f"spoke {link.name} refused it: {err.message}"
+            await self.db.update(ws_id, box_id="" if new_box else box_id, spoke=None if new_box else link.name)
+            await self._append(ws_id, "error", {"message": message})
+            await self.db.update(ws_id, error=message[:2000])
+            await self._set_state(ws_id, "error")
+            return
+        self._refused[(ws_id, link.name)] = time.monotonic() + (5.0 if err.code is ErrorCode.BUSY else 30.0)
+        keep = ws["spoke"] if ws["detached"] else None  # a resumed one waits for its box's spoke
+        await self.db.update(ws_id, spoke=keep, state="queued", box_id="" if new_box else box_id)
+        await self._append(ws_id, "lease_returned", {"spoke": link.name, "reason": str(err)})
+
+    async def _deliver_pending(self, ws_id: str) -> None:
+        """Hand undelivered messages to the workstream's spoke, or say why they wait."""
+        ws = await self.db.get(ws_id)
+        if ws is None or ws["state"] in ("queued", "starting", "closed") or ws_id in self._leasing:
+            return  # a lease delivers the queue itself
+        pending = await self.db.inbox_pending(ws_id)
+        if not pending:
+            return
+        if not ws["spoke"] and not ws["detached"]:
+            return  # never started (refused by its spoke): send() refuses more messages
+        if ws["detached"]:
+            await self._set_state(ws_id, "queued")  # its agent must be (re)started first
+            self.kick()
+            return
+        link = self.registry.links.get(ws["spoke"])
+        if link is None or link.ws.closed:
+            await self._set_waiting(ws_id, f"waiting: spoke {ws['spoke']} is not connected")
+            return
+        for message in pending:
+            try:
+                await link.call("ws.send", {"ws_id": ws_id, "message": message["message"]})
+            except RemoteError as err:
+                if err.code is ErrorCode.NOT_FOUND:  # the spoke lost it since it last said
+                    await self._detach(ws, f"spoke {link.name} no longer runs it")
+                elif err.code is ErrorCode.BUSY:
+                    await self._set_waiting(ws_id, f"waiting: spoke {link.name} has no free slot ({err.message})")
+                else:
+                    log.info("message for %s not delivered yet: %s", ws_id, err)
+                return
+            await self.db.inbox_delivered(message["id"])
+        await self._set_waiting(ws_id, "")
+
+    async def _set_waiting(self, ws_id: str, why: str) -> None:
+        """Record why a workstream waits (shown by the API and CLI); an event when it changes."""
+        ws = await self.db.get(ws_id)
+        if ws is None or ws["waiting"] == why:
+            return
+        await self.db.update(ws_id, waiting=why)
+        if why:
+            await self._append(ws_id, "waiting", {"reason": why})
+
+    async def _detach(self, ws: dict[str, Any], why: str) -> None:
+        """The spoke lost this workstream's agent: keep everything at the hub and resume it
+        from the transcript (in its old box if that survived) with the next message."""
+        ws_id = ws["id"]
+        interrupted = ws["state"] in BUSY_STATES
+        await self._resolve_approvals(ws_id, "the spoke lost the workstream")
+        await self.db.update(ws_id, detached=1)
+        note = (f"{why}{' during a turn, which was interrupted' if interrupted else ''}; the "
+                "conversation continues from the hub's transcript with the next message")
+        await self._append(ws_id, "notice", {"message": note})
+        if await self.db.inbox_pending(ws_id):
+            await self._set_state(ws_id, "queued")
+            self.kick()
+        elif ws["state"] != "idle" and ws["state"] != "error":
+            await self._set_state(ws_id, "idle")
+
     async def _spoke_connected(self, link: SpokeLink) -> None:
         info = await link.call("spoke.info", {})
         running = set(getattr(info, "workstreams", []))
         for ws in await self.db.on_spoke(link.name):
             ws_id = ws["id"]
-            if ws_id in self._leasing:
+            if ws_id in self._leasing or ws["state"] == "queued":
                 continue
             if ws_id not in running:
-                await self._resolve_approvals(ws_id, "spoke lost the workstream")
-                await self._set_state(ws_id, "error", f"spoke {link.name} restarted and lost this workstream")
+                if not ws["detached"]:
+                    await self._detach(ws, f"spoke {link.name} restarted")
                 continue
-            for message in await self.db.inbox_pending(ws_id):
-                await link.call("ws.send", {"ws_id": ws_id, "message": message["message"]})
-                await self.db.inbox_delivered(message["id"])
+            await self._deliver_pending(ws_id)
             for approval in await self.db.approvals_undelivered(ws_id):
                 await self._deliver_approval(link.name, ws_id, approval["call_id"],
                                              approval["state"] == "approved", approval["reason"])

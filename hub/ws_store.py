@@ -40,10 +40,19 @@ class WorkstreamStore:
         return await self.s._run(lambda: self.s._rows(
             "SELECT * FROM workstreams WHERE spoke=? AND state!='closed'", (spoke,)))
 
-    async def active_counts(self) -> dict[str, int]:
+    async def busy_counts(self) -> dict[str, int]:
+        """Busy workstreams per spoke: what its capacity counts (idle ones hold no slot)."""
         rows = await self.s._run(lambda: self.s._rows(
-            "SELECT spoke, count(*) AS n FROM workstreams WHERE spoke IS NOT NULL AND state!='closed' GROUP BY spoke"))
+            "SELECT spoke, count(*) AS n FROM workstreams WHERE spoke IS NOT NULL AND state IN "
+            "('starting','thinking','running','attention') GROUP BY spoke"))
         return {r["spoke"]: r["n"] for r in rows}
+
+    async def with_undelivered_messages(self) -> list[str]:
+        """Open workstreams holding messages not yet handed to a spoke."""
+        rows = await self.s._run(lambda: self.s._rows(
+            "SELECT DISTINCT i.ws_id FROM ws_inbox i JOIN workstreams w ON w.id=i.ws_id "
+            "WHERE i.delivered_at IS NULL AND w.state NOT IN ('queued','starting','closed')"))
+        return [r["ws_id"] for r in rows]
 
     async def update(self, ws_id: str, **fields: Any) -> None:
         fields["updated_at"] = self.s.clock()
@@ -76,6 +85,12 @@ class WorkstreamStore:
         for row in rows:
             row["data"] = json.loads(row["data"])
         return rows
+
+    async def last_user_seq(self, ws_id: str) -> int:
+        """The seq of the latest user message (0 before any): where the current turn starts."""
+        row = await self.s._run(lambda: self.s._one(
+            "SELECT max(seq) AS seq FROM ws_events WHERE ws_id=? AND kind='user_message'", (ws_id,)))
+        return int(row["seq"] or 0) if row else 0
 
     # ----------------------------------------------------------------- inbox
     async def inbox_add(self, ws_id: str, message: str) -> int:

@@ -10,6 +10,7 @@ PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
 
 # WebSocket close codes with a meaning the spoke acts on.
+CLOSE_GOING_AWAY = 1001  # the hub is shutting down: reconnect with backoff, calmly
 CLOSE_REJECTED = 4001  # identity or token refused: do not retry
 CLOSE_REVOKED = 4003  # spoke revoked by an operator: do not retry
 CLOSE_PROTOCOL = 4002  # protocol violation / handshake failure: retry with backoff

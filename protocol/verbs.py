@@ -94,21 +94,42 @@ class Destroyed(_Model):
     existed: bool
 
 
+# A path inside a box for the file verbs: absolute, or relative to the box's working
+# directory. Only the spoke knows that directory (the container's config), so it resolves
+# and normalises the path; both ends refuse NUL bytes and overlong paths.
+BoxPath = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^[^\x00]+$")]
+# One path component: the name a file gets when its target is a directory.
+FileName = Annotated[str, Field(min_length=1, max_length=255, pattern=r"^[^/\x00]+$")]
+
+
 class PutFile(_Model):
+    """Write one file. If ``path`` is a directory (or ends in '/'), the file goes inside it
+    as ``into_dir_name``, like ``docker cp``; ``parents`` creates missing directories."""
+
     box_id: BoxId
-    path: AbsPath
+    path: BoxPath
     size: int = Field(ge=0, le=MAX_FILE_BYTES)
     mode: int = Field(default=0o644, ge=0, le=0o7777)
+    parents: bool = False
+    into_dir_name: FileName | None = None
+
+    @field_validator("into_dir_name")
+    @classmethod
+    def _one_component(cls, value: str | None) -> str | None:
+        if value in (".", ".."):
+            raise ValueError("must be a file name, not . or ..")
+        return value
 
 
 class GetFile(_Model):
     box_id: BoxId
-    path: AbsPath
+    path: BoxPath
     max_bytes: int = Field(default=64 * 1024 * 1024, ge=0, le=MAX_FILE_BYTES)
 
 
 class FileDone(_Model):
     size: int
+    path: str = ""  # the absolute path written or read, as the spoke resolved it
 
 
 class StatsResult(_Model):
@@ -156,11 +177,15 @@ class WsStart(_Model):
     image: str | None = Field(default=None, max_length=512)
     auto_approve: bool = False
     seq_base: int = Field(default=0, ge=0)
+    # The conversation so far (protocol/transcript.py), when the hub resumes a workstream
+    # whose agent loop a spoke lost; empty for a new one.
+    history: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
 
 
 class WsStarted(_Model):
     box_id: str
     image: str
+    box_reused: bool = True  # False: a resumed workstream's old box was gone, this one is new
 
 
 class WsSend(_Model):

@@ -30,7 +30,7 @@ from protocol.tokens import JoinToken, pins_match
 from protocol.verbs import VERBS
 from spoke.backoff import Backoff
 from spoke.dispatcher import Dispatcher
-from spoke.identity import Identity, SpokeState
+from spoke.identity import HUB_CERT_FILE, Identity, SpokeState
 from spoke.workstreams import HubAccess, WorkstreamRunner
 
 log = logging.getLogger("spokehub.spoke")
@@ -53,6 +53,7 @@ class SpokeRuntime:
     on_connected: Any = None  # optional callable(str) for the CLI's status line
     workstreams: WorkstreamRunner | None = None
     models: tuple[str, ...] = ()  # spoke-local model aliases to advertise
+    hub_away: bool = False  # the hub said it is shutting down: retries stay quiet until it is back
 
 
 def _ws_url(hub_url: str) -> str:
@@ -66,18 +67,24 @@ async def run(rt: SpokeRuntime, stop: asyncio.Event) -> None:
     while not stop.is_set():
         started = time.monotonic()
         authenticated = False
+        failure = ""
         try:
             authenticated = await _session(rt, stop)
         except Fatal:
             raise
         except (OSError, TimeoutError, InvalidHandshake, InvalidURI, ConnectionClosed) as err:
-            log.warning("connection to %s failed: %s", rt.state.hub_url, err or type(err).__name__)
+            failure = str(err) or type(err).__name__
         if stop.is_set():
             return
         if authenticated:
             rt.backoff.session_ended(time.monotonic() - started)
         delay = rt.backoff.next_delay()
-        log.info("reconnecting in %.1fs", delay)
+        if rt.hub_away:  # the hub said it is going away: failures are expected, log them quietly
+            log.debug("hub not back yet (%s); retrying in %.1fs", failure or "closed", delay)
+        else:
+            if failure:
+                log.warning("connection to %s failed: %s", rt.state.hub_url, failure)
+            log.info("reconnecting in %.1fs", delay)
         with contextlib.suppress(TimeoutError):
             await asyncio.wait_for(stop.wait(), delay)
 
@@ -130,7 +137,7 @@ def _save_hub_cert(rt: SpokeRuntime, der: bytes | None) -> None:
     relay (made by the official SDKs over their own HTTP clients) verify exactly this cert."""
     if not der:
         return
-    path = rt.identity.data_dir / "hub-cert.pem"
+    path = rt.identity.data_dir / HUB_CERT_FILE
     pem = ssl.DER_cert_to_PEM_cert(der)
     if not path.exists() or path.read_text() != pem:
         path.write_text(pem)
@@ -186,6 +193,11 @@ class _Session:
         close = self.ws.protocol.close_rcvd
         if close is not None and close.code in messages.FATAL_CLOSE_CODES:
             raise Fatal(f"the hub closed the connection: {close.reason or close.code}")
+        if close is not None and close.code == messages.CLOSE_GOING_AWAY and self.authenticated:
+            # An orderly hub stop or restart: one calm line, then the usual backoff finds it
+            # again when it is back.
+            log.info("the hub is shutting down; reconnecting when it is back")
+            self.rt.hub_away = True
         if not self.authenticated:
             raise ConnectionError(
                 f"the hub closed the connection during the handshake"
@@ -198,13 +210,14 @@ class _Session:
                 self._auth(event)
             elif isinstance(event, ev.Authenticated):
                 self.authenticated = True
+                self.rt.hub_away = False
                 self.heartbeat_s = float(getattr(event.result, "heartbeat_s", self.heartbeat_s))
                 if not self.rt.state.enrolled:
                     self.rt.state.enrolled = True
                     self.rt.identity.save_state(self.rt.state)
                 log.info("connected to %s as %s", self.rt.state.hub_url, self.rt.state.name)
                 if self.rt.workstreams is not None:
-                    cert = self.rt.identity.data_dir / "hub-cert.pem"
+                    cert = self.rt.identity.data_dir / HUB_CERT_FILE
                     if self.rt.state.pin and cert.exists():
                         ca_file: str | None = str(cert)
                     else:  # a CA-verified hub: the same trust as the wss connection
@@ -285,7 +298,7 @@ class _Session:
                 runner = self.rt.workstreams
                 self.conn.notify("spoke.heartbeat", messages.SpokeHeartbeat(
                     running_calls=len(self.tasks),
-                    workstreams=len(runner.active()) if runner else 0,
+                    workstreams=runner.busy() if runner else 0,
                     max_workstreams=runner.max_workstreams if runner else 0))
             await self._handle(self.conn.check_timers())
             await self.flush()

@@ -142,17 +142,23 @@ class Dispatcher:
             parts.append(piece)
         if received != p.size:
             raise RemoteError(ErrorCode.INVALID, f"upload ended after {received} of {p.size} bytes")
-        await self.boxes.put_file(p.box_id, p.path, b"".join(parts), p.mode)
-        return {"size": received}
+        written = await self.boxes.put_file(
+            p.box_id, p.path, b"".join(parts), p.mode,
+            parents=p.parents, into_dir_name=p.into_dir_name,
+        )
+        return {"size": received, "path": written}
 
     async def box_get_file(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
+        # Resolved here (relative paths mean the box's working directory, which only this
+        # side knows) so the result can say which file was read.
+        path = await self.boxes.resolve_path(p.box_id, p.path)
         data = await self.boxes.get_file(
-            p.box_id, p.path, min(p.max_bytes, self.policy.max_file_bytes)
+            p.box_id, path, min(p.max_bytes, self.policy.max_file_bytes)
         )
         for start in range(0, len(data), self.chunk_bytes):
             await io.send("file", data[start : start + self.chunk_bytes])
         await io.send("file", b"", eof=True)
-        return {"size": len(data)}
+        return {"size": len(data), "path": path}
 
     async def box_stats(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
         stats = await self.boxes.stats(p.box_id)

@@ -19,6 +19,7 @@ from protocol.tokens import auth_message
 
 KEY_FILE = "identity.key"
 STATE_FILE = "spoke.json"
+HUB_CERT_FILE = "hub-cert.pem"  # the pinned hub certificate, saved at connect
 
 
 @dataclass
@@ -82,3 +83,45 @@ class Identity:
     @staticmethod
     def sign(key: Ed25519PrivateKey, challenge: bytes, name: str, pin: str) -> str:
         return base64.b64encode(key.sign(auth_message(challenge, name, pin))).decode()
+
+
+class DirSnapshot:
+    """The named files of a data dir as a command found them, to put back if it fails.
+
+    ``spoke join`` with a token the hub refuses (used, revoked, expired) must leave the data
+    dir as it was: a half-made spoke (a state file, a fresh key nobody enrolled) would make
+    the next ``spoke join`` or ``spoke run`` there confusing. Only the named files (and their
+    ``.tmp`` siblings) are ever touched, so an operator's own files are never removed."""
+
+    def __init__(self, data_dir: Path, names: list[str]) -> None:
+        self.data_dir = data_dir
+        self.existed = data_dir.is_dir()
+        self.saved: dict[str, tuple[bytes, int] | None] = {}
+        for name in names:
+            for path in (data_dir / name, (data_dir / name).with_suffix(".tmp")):
+                if path.name not in self.saved:
+                    self.saved[path.name] = (
+                        (path.read_bytes(), path.stat().st_mode & 0o777) if path.is_file() else None
+                    )
+
+    def restore(self) -> None:
+        """Remove the named files this command created and put back the ones it changed."""
+        for name, before in self.saved.items():
+            path = self.data_dir / name
+            if before is None:
+                path.unlink(missing_ok=True)
+                continue
+            content, mode = before
+            if not path.is_file() or path.read_bytes() != content:
+                fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+                with os.fdopen(fd, "wb") as fh:
+                    fh.write(content)
+            os.chmod(path, mode)
+
+    def remove_dir_if_created(self) -> None:
+        """The data dir itself, if this command made it and left nothing else in it."""
+        if not self.existed:
+            try:
+                self.data_dir.rmdir()
+            except OSError:
+                pass

@@ -50,6 +50,9 @@ class _Workstream:
     outbox: list[messages.WsEvent] = field(default_factory=list)
     models: list[Any] = field(default_factory=list)  # the model refs, to rebuild the client
 
+    def busy(self) -> bool:
+        return self.current is not None or not self.inbox.empty()
+
 
 class WorkstreamRunner:
     def __init__(self, boxes: BoxManager, policy: Policy, *, default_image: str | None,
@@ -82,38 +85,64 @@ class WorkstreamRunner:
             ws.outbox = [e for e in ws.outbox if e.sseq > ack.sseq]
 
     def active(self) -> list[str]:
+        """Every workstream this spoke holds, busy or idle."""
         return list(self._ws)
+
+    def busy(self) -> int:
+        """Workstreams working now (a message in hand or queued): what capacity counts.
+        Idle and errored ones keep their box and transcript but hold no slot."""
+        return sum(1 for ws in self._ws.values() if ws.busy())
+
+    def _full(self) -> str:
+        return f"all {self.max_workstreams} workstream slots of this spoke are busy"
 
     # ------------------------------------------------------------------ verbs
     async def start(self, p: Any) -> dict[str, Any]:
+        """Start (or, with ``p.history``, resume) a workstream in box ``p.box_id``.
+
+        A resumed workstream keeps its box when it still exists, so its files are there; when
+        it is gone a new, empty one is made and the transcript says so. Capacity counts only
+        busy workstreams (see :meth:`busy`). Pinned by tests/test_ws_capacity.py."""
         existing = self._ws.get(p.ws_id)
         if existing is not None:  # a retried start after a reconnect: same answer, no second box
             return {"box_id": existing.box_id, "image": (await self.boxes.get(existing.box_id)).image}
-        if len(self._ws) >= self.max_workstreams:
-            raise RemoteError(ErrorCode.BUSY, f"this spoke already runs {self.max_workstreams} workstreams")
+        if self.busy() >= self.max_workstreams:
+            raise RemoteError(ErrorCode.BUSY, self._full())
         image = p.image or self.default_image
         if not image:
             raise RemoteError(ErrorCode.INVALID, "no image given and this spoke has no default image")
         from spoke.agent.loop import AgentLoop
         from spoke.agent.tools import BoxSandbox
 
-        limits = self.policy.check_create(_CreateView(image), len(await self.boxes.list()))
+        boxes = await self.boxes.list()
+        reused = any(b.id == p.box_id for b in boxes)
+        limits = self.policy.check_create(_CreateView(image),
+                                          len([b for b in boxes if b.id != p.box_id]))
         client = self._client(p.models)
-        await self.boxes.create(p.box_id, BoxSpec(image=image, memory_bytes=limits["memory_bytes"],
-                                                  cpus=limits["cpus"], pids=limits["pids"]))
+        info = await self.boxes.create(p.box_id, BoxSpec(image=image, memory_bytes=limits["memory_bytes"],
+                                                         cpus=limits["cpus"], pids=limits["pids"]))
         ws = _Workstream(p.ws_id, p.box_id, loop=None)  # type: ignore[arg-type]
         ws.sseq = p.seq_base
         ws.models = list(p.models)
         ws.loop = AgentLoop(client=client, sandbox=BoxSandbox(self.boxes, p.box_id),
                             emit=lambda kind, data: self._emit(ws, kind, data),
-                            ask=lambda call: self._ask(ws, call), auto_approve=p.auto_approve)
+                            ask=lambda call: self._ask(ws, call), auto_approve=p.auto_approve,
+                            history=list(p.history))
         self._ws[p.ws_id] = ws
+        if p.history and not reused:
+            await self._emit(ws, "notice", {"message": "the workstream's previous box was gone: "
+                                            "continuing in a new, empty box (files made before are lost)"})
         ws.inbox.put_nowait(p.message)
         ws.worker = asyncio.get_running_loop().create_task(self._work(ws))
-        return {"box_id": p.box_id, "image": image}
+        return {"box_id": p.box_id, "image": info.image or image, "box_reused": reused}
 
     async def send(self, p: Any) -> dict[str, Any]:
-        self._get(p.ws_id).inbox.put_nowait(p.message)
+        """Queue a message. An idle workstream needs a free slot to take it (busy: the hub keeps
+        the message and delivers it when one frees); a busy one just queues it."""
+        ws = self._get(p.ws_id)
+        if not ws.busy() and self.busy() >= self.max_workstreams:
+            raise RemoteError(ErrorCode.BUSY, self._full())
+        ws.inbox.put_nowait(p.message)
         return {"known": True}
 
     async def approve(self, p: Any) -> dict[str, Any]:

@@ -87,8 +87,25 @@ def test_logs_and_bad_arguments(hub: Hub, spoke: Spoke, box: str) -> None:
     assert bad_env.returncode == 2 and "K=V" in bad_env.stderr
     bad_mem = hub.cli("box", "create", "--spoke", spoke.name, "--image", IMAGE, "--memory", "lots")
     assert bad_mem.returncode == 2 and "bad size" in bad_mem.stderr
-    unknown = hub.cli("box", "create", "--spoke", "no-such-spoke", "--image", IMAGE)
-    assert unknown.returncode != 0 and "not connected" in unknown.stderr
+
+
+def test_unknown_spoke_is_not_found_and_an_offline_one_unavailable(
+    hub: Hub, spoke: Spoke, box: str
+) -> None:
+    unknown = hub.cli("box", "create", "--spoke", "nosuchspoke", "--image", IMAGE)
+    assert unknown.returncode == 2, unknown.stderr
+    assert "no spoke 'nosuchspoke'" in unknown.stderr and "(not_found)" in unknown.stderr
+    assert "not connected" not in unknown.stderr
+    listed = hub.cli("box", "ls", "--spoke", "nosuchspoke")
+    assert listed.returncode == 2 and "(not_found)" in listed.stderr
+    spoke.stop()
+    wait_until(lambda: not hub.connected(spoke.name), what="the spoke to be offline")
+    offline = hub.cli("box", "create", "--spoke", spoke.name, "--image", IMAGE)
+    assert offline.returncode == 1 and "not connected" in offline.stderr
+    assert "(unavailable)" in offline.stderr
+    in_box = hub.cli("box", "exec", box, "--", "true")
+    assert in_box.returncode == 1 and "not connected (unavailable)" in in_box.stderr
+    assert hub.cli_json("box", "ls", "--spoke", spoke.name)[0]["id"] == box
 
 
 def test_spoke_policy_refuses_what_it_does_not_allow(tmp_path: Path, hub: Hub, spokes: list[Spoke]) -> None:

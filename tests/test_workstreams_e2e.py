@@ -140,9 +140,15 @@ def test_directed_label_and_generic_routing(model_hub: Hub, spokes: list[Spoke],
     assert ws_row(model_hub, directed["id"])["spoke"] == plain.name
     labelled = model_hub.client().send_and_wait(f"{marker} b", label="gpu")
     assert ws_row(model_hub, labelled["id"])["spoke"] == gpu.name
-    # Both spokes now hold one open workstream: gpu is full (1/1), so generic work goes to plain.
+    # Capacity counts busy workstreams (issue 15: idle ones hold no slot). With gpu's only
+    # slot busy (1/1), generic work goes to plain.
+    hang = llm.script("route-hang", [Hang("busy")])
+    busy = start_ws(model_hub, f"{hang} keep gpu busy", spoke=gpu.name)
+    wait_state(model_hub, busy, "thinking")
     generic = model_hub.client().send_and_wait(f"{marker} c")
     assert ws_row(model_hub, generic["id"])["spoke"] == plain.name
+    llm.release()
+    wait_state(model_hub, busy, "idle")
     # Follow-ups go to the owning spoke.
     model_hub.client().send_and_wait("again", ws_id=labelled["id"])
     assert ws_row(model_hub, labelled["id"])["spoke"] == gpu.name

@@ -14,7 +14,7 @@ from __future__ import annotations
 import builtins
 import posixpath
 import re
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Protocol, runtime_checkable
 
@@ -83,6 +83,100 @@ def validate_box_path(path: str) -> str:
     if norm == "/":
         raise BoxInvalid("path must name a file, not /")
     return norm
+
+
+MAX_PATH_CHARS = 4096
+
+
+def check_box_path(path: str) -> str:
+    """The checks of :func:`resolve_box_path` that need no working directory: a manager
+    runs them before it asks its backend anything."""
+    if not isinstance(path, str) or not path or len(path) > MAX_PATH_CHARS or "\x00" in path:
+        raise BoxInvalid(f"invalid path in the box {path!r:.200}: it must be 1-"
+                         f"{MAX_PATH_CHARS} characters without NUL bytes")
+    if ".." in path.split("/"):
+        raise BoxInvalid(f"path must not contain '..': {path!r:.200}")
+    return path
+
+
+def resolve_box_path(path: str, workdir: str) -> tuple[str, bool]:
+    """Return ``(absolute normalised path, written as a directory)`` for a path in a box.
+
+    Relative paths mean the box's working directory ``workdir``, which only the manager
+    knows (it is the container's config). The rules of :func:`validate_box_path` apply to
+    the result, and ``..`` is refused even where it would stay inside the box, so what the
+    caller wrote is plainly what gets touched. "Written as a directory" is a trailing ``/``
+    or a last component ``.``: the caller promised a directory, not a file name.
+    """
+    check_box_path(path)
+    as_dir = path.endswith("/") or path.split("/")[-1] == "."
+    if not path.startswith("/"):
+        base = posixpath.normpath(workdir) if workdir.startswith("/") else "/"
+        path = posixpath.join(base, path)
+    return validate_box_path(path), as_dir
+
+
+def validate_file_name(name: str) -> str:
+    """One path component (the name a file gets inside a target directory); return it."""
+    if (not isinstance(name, str) or not name or len(name) > 255 or "/" in name
+            or "\x00" in name or name in (".", "..")):
+        raise BoxInvalid(f"invalid file name {name!r:.100}: one path component is needed")
+    return name
+
+
+KindOf = Callable[[str], Awaitable[str | None]]  # "dir", "file" or None (missing) at a path
+
+
+@dataclass(frozen=True)
+class PutPlan:
+    """Where an upload goes: ``path`` is the file, ``make_dirs`` the missing directories
+    (outermost first) to create under ``base``, an existing directory."""
+
+    path: str
+    base: str
+    make_dirs: tuple[str, ...] = ()
+
+
+async def plan_put(path: str, workdir: str, kind_of: KindOf, *, parents: bool,
+                   into_dir_name: str | None, where: str) -> PutPlan:
+    """Decide where ``put_file`` writes, with ``docker cp``'s rules, for every manager.
+
+    A target that is a directory (or is written as one) receives the file as
+    ``into_dir_name``; a directory written as one but missing is an error unless
+    ``parents``; missing parents are an error unless ``parents`` (then made, like
+    ``mkdir -p``). Shared so the fake and Docker managers cannot disagree.
+    """
+    full, as_dir = resolve_box_path(path, workdir)
+    if into_dir_name is not None:
+        validate_file_name(into_dir_name)
+    kind = await kind_of(full)
+    target = full
+    if kind == "dir" or as_dir:
+        if kind == "file":
+            raise BoxInvalid(f"cannot write into {full}/ in {where}: {full} is not a directory")
+        if kind is None and not parents:
+            raise BoxInvalid(f"cannot write into {full}/ in {where}: directory {full} does not "
+                             "exist (create it first, or ask for parents)")
+        if into_dir_name is None:
+            raise BoxInvalid(f"cannot write {full} in {where}: it is a directory "
+                             "(name the file inside it)")
+        target = posixpath.join(full, into_dir_name)
+        if kind == "dir" and await kind_of(target) == "dir":
+            raise BoxInvalid(f"cannot write {target} in {where}: it is a directory")
+    missing: list[str] = []
+    current = posixpath.dirname(target)
+    while current != "/":
+        found = await kind_of(current)
+        if found == "dir":
+            break
+        if found == "file":
+            raise BoxInvalid(f"cannot write {target} in {where}: {current} is not a directory")
+        if not parents:
+            raise BoxInvalid(f"cannot write {target} in {where}: parent directory {current} "
+                             "does not exist (create it first, or ask for parents)")
+        missing.insert(0, current)
+        current = posixpath.dirname(current)
+    return PutPlan(path=target, base=current, make_dirs=tuple(missing))
 
 
 ENV_NAME_RE = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -191,11 +285,20 @@ class BoxManager(Protocol):
         """Idempotent; ``False`` if it did not exist."""
         ...
 
-    async def put_file(self, box_id: str, path: str, data: bytes, mode: int = 0o644) -> None:
-        """Absolute path; the parent directory must exist."""
+    async def resolve_path(self, box_id: str, path: str) -> str:
+        """The absolute path ``path`` names in the box: relative paths are against the box's
+        working directory (see :func:`resolve_box_path`)."""
         ...
 
-    async def get_file(self, box_id: str, path: str, max_bytes: int) -> bytes: ...
+    async def put_file(self, box_id: str, path: str, data: bytes, mode: int = 0o644, *,
+                       parents: bool = False, into_dir_name: str | None = None) -> str:
+        """Write a file where :func:`plan_put` says (owned by the box's user, as are the
+        directories ``parents`` creates); return the absolute path written."""
+        ...
+
+    async def get_file(self, box_id: str, path: str, max_bytes: int) -> bytes:
+        """Content of a regular file; ``path`` may be relative like for :meth:`put_file`."""
+        ...
 
     async def stats(self, box_id: str) -> dict[str, float | int]:
         """At least ``memory_bytes``, ``cpu_percent`` and ``pids``."""

@@ -33,8 +33,10 @@ from spoke.boxes.base import (
     BoxNotFound,
     BoxSpec,
     ExecHandle,
+    check_box_path,
+    plan_put,
+    resolve_box_path,
     validate_box_id,
-    validate_box_path,
     validate_spec,
 )
 from spoke.boxes.docker_exec import (
@@ -371,26 +373,30 @@ class DockerBoxManager:
         return du.stats_from_docker(raw)
 
     # ------------------------------------------------------------------ files
-    async def put_file(self, box_id: str, path: str, data: bytes, mode: int = 0o644) -> None:
-        """Write a file under ``/workspace`` (the root filesystem is read-only and tmpfs
-        mounts are invisible to Docker's archive API)."""
-        path = validate_box_path(path)
+    async def resolve_path(self, box_id: str, path: str) -> str:
+        return resolve_box_path(path, du.workdir(await self._inspect_own(box_id)))[0]
+
+    async def put_file(self, box_id: str, path: str, data: bytes, mode: int = 0o644, *,
+                       parents: bool = False, into_dir_name: str | None = None) -> str:
+        """Write under /workspace: the root is read-only, tmpfs is invisible to archives."""
+        check_box_path(path)  # refuse a bad path before any Docker call
         info = await self._inspect_own(box_id)
-        container_id = str(info["Id"])
-        api = await self._api()
-        owner = self._owners.get(box_id)
-        if owner is None:
+        cid, where, api = str(info["Id"]), f"box {box_id}", await self._api()
+        plan = await plan_put(path, du.workdir(info),
+                              functools.partial(docker_files.kind_of, self._call, api, cid),
+                              parents=parents, into_dir_name=into_dir_name, where=where)
+        if box_id not in self._owners:
             user = info.get("Config", {}).get("User") or ""
-            owner = await docker_files.resolve_owner(self._call, api, container_id, user)
-            self._owners[box_id] = owner
-        await docker_files.put_file(self._call, api, container_id, f"box {box_id}", path,
-                                    data, mode, owner)
+            self._owners[box_id] = await docker_files.resolve_owner(self._call, api, cid, user)
+        await docker_files.put_file(self._call, api, cid, where, plan, data, mode,
+                                    self._owners[box_id])
+        return plan.path
 
     async def get_file(self, box_id: str, path: str, max_bytes: int) -> bytes:
-        path = validate_box_path(path)
+        check_box_path(path)
         if max_bytes < 0:
             raise BoxInvalid(f"max_bytes must be >= 0, got {max_bytes}")
-        container_id = str((await self._inspect_own(box_id))["Id"])
-        api = await self._api()
-        return await docker_files.read_file(self._call, api, container_id, f"box {box_id}",
-                                            path, max_bytes)
+        info = await self._inspect_own(box_id)
+        return await docker_files.read_file(
+            self._call, await self._api(), str(info["Id"]), f"box {box_id}",
+            resolve_box_path(path, du.workdir(info))[0], max_bytes)

@@ -6,7 +6,9 @@ to commands, and on our read-only root it fails anyway. Use ``/workspace``.
 
 Files put into a box are owned by the box's user (resolved from the box's own
 ``/etc/passwd`` when the user is a name) so commands can edit what the hub uploaded;
-Docker's ``copyUIDGID`` cannot do this for numeric ``uid:gid`` users.
+Docker's ``copyUIDGID`` cannot do this for numeric ``uid:gid`` users. Where an upload
+goes (into a directory, with missing parents) is decided by :func:`base.plan_put`, shared
+with the fake manager; this module only looks paths up and writes the archive.
 """
 
 from __future__ import annotations
@@ -17,27 +19,64 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import docker.errors
+import docker.utils
 
 from spoke.boxes import docker_util as du
-from spoke.boxes.base import BoxError, BoxInvalid, BoxNotFound
+from spoke.boxes.base import BoxError, BoxInvalid, BoxNotFound, PutPlan
 
 Call = Callable[..., Awaitable[Any]]  # runs a blocking callable in the manager's executor
 ARCHIVE_OVERHEAD = 64 * 1024  # tar headers and padding allowed on top of max_bytes
 MAX_SYMLINK_HOPS = 8
 
 
-async def put_file(call: Call, api: Any, container_id: str, where: str, path: str,
+async def put_file(call: Call, api: Any, container_id: str, where: str, plan: PutPlan,
                    data: bytes, mode: int, owner: tuple[int, int]) -> None:
-    """Write ``data`` at normalised absolute ``path``; the parent directory must exist."""
-    parent, name = posixpath.split(path)
-    blob = du.single_file_tar(name, data, mode, *owner)
+    """Write ``data`` at ``plan.path`` and create ``plan.make_dirs`` (mode 0755), all in one
+    archive extracted at ``plan.base`` and owned by ``owner``, the box's user."""
+    dirs = [posixpath.relpath(d, plan.base) for d in plan.make_dirs]
+    blob = du.single_file_tar(posixpath.relpath(plan.path, plan.base), data, mode, *owner,
+                              dirs=dirs)
     try:
-        await call(api.put_archive, container_id, parent, blob)
-    except docker.errors.NotFound:
-        raise BoxInvalid(f"cannot write {path} in {where}: parent directory {parent} "
+        await call(api.put_archive, container_id, plan.base, blob)
+    except docker.errors.NotFound:  # removed since it was planned
+        raise BoxInvalid(f"cannot write {plan.path} in {where}: directory {plan.base} "
                          "does not exist") from None
     except Exception as exc:
-        raise du.map_docker_error(exc, f"writing {path} in {where}") from exc
+        raise du.map_docker_error(exc, f"writing {plan.path} in {where}") from exc
+
+
+async def kind_of(call: Call, api: Any, container_id: str, path: str) -> str | None:
+    """"dir", "file" or None (missing) at ``path``, following symlinks like the archive
+    API does for a destination. A HEAD on the archive endpoint: no tar is ever made."""
+    current = path
+    for _hop in range(MAX_SYMLINK_HOPS):
+        stat = await call(_head_stat, api, container_id, current)
+        if stat is None:
+            return None
+        kind = du.stat_kind(stat)
+        if kind != "symlink":
+            return kind
+        current = posixpath.normpath(posixpath.join(posixpath.dirname(current),
+                                                    str(stat.get("linkTarget", ""))))
+    raise BoxInvalid(f"{path}: too many levels of symbolic links")
+
+
+def _head_stat(api: Any, container_id: str, path: str) -> dict[str, Any] | None:
+    """Docker's stat of ``path`` (in a worker thread). The SDK has no call for the HEAD,
+    so this uses the client's URL helper. 404 is "missing"; so is 500, Docker's answer
+    when a component of the path is a file (the caller then finds that file itself)."""
+    try:
+        res = api.head(api._url("/containers/{0}/archive", container_id),
+                       params={"path": path})
+    except Exception as exc:
+        raise du.map_docker_error(exc, f"looking up {path}") from exc
+    header = res.headers.get("X-Docker-Container-Path-Stat")
+    if res.status_code in (404, 500) or (res.status_code == 200 and not header):
+        return None
+    if res.status_code != 200:
+        raise BoxError(f"looking up {path}: Docker answered {res.status_code}", "internal")
+    stat: dict[str, Any] = docker.utils.decode_json_header(header)
+    return stat
 
 
 async def resolve_owner(call: Call, api: Any, container_id: str, user: str) -> tuple[int, int]:

@@ -94,6 +94,12 @@ def info_from_summary(data: dict[str, Any]) -> BoxInfo:
     )
 
 
+def workdir(data: dict[str, Any]) -> str:
+    """A container's working directory (from its inspect data): where relative box paths
+    point. The image's WORKDIR unless the box set one; ``/`` when neither did."""
+    return str(data.get("Config", {}).get("WorkingDir") or "/")
+
+
 def one_line(text: object, limit: int = 300) -> str:
     flat = " ".join(str(text).split())
     return flat if len(flat) <= limit else flat[: limit - 1] + "…"
@@ -138,9 +144,18 @@ def map_docker_error(exc: BaseException, what: str) -> BoxError:
     return BoxError(f"{what}: {type(exc).__name__}: {one_line(exc)}", "internal")
 
 
-def single_file_tar(name: str, data: bytes, mode: int, uid: int, gid: int) -> bytes:
+def single_file_tar(name: str, data: bytes, mode: int, uid: int, gid: int,
+                    dirs: list[str] | tuple[str, ...] = ()) -> bytes:
+    """A tar of one file, preceded by ``dirs`` (mode 0755; outermost first), all owned by
+    ``uid:gid``: how an upload with missing parents is written in a single extraction."""
     buf = io.BytesIO()
     with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        for directory in dirs:
+            entry = tarfile.TarInfo(directory)
+            entry.type, entry.mode = tarfile.DIRTYPE, 0o755
+            entry.uid, entry.gid = uid, gid
+            entry.mtime = int(time.time())
+            tar.addfile(entry)
         info = tarfile.TarInfo(name)
         info.size = len(data)
         info.mode = mode & 0o7777

@@ -5,7 +5,8 @@ exit codes, streaming, timeouts and kills behave like the real thing. This is a 
 double, **not** a sandbox: there is no isolation at all. ``/workspace`` in file paths,
 arguments and the working directory is mapped to the box's directory (a plain textual
 substitution, good enough for tests). Paths outside ``/workspace`` behave like Docker's
-read-only root filesystem: writes are denied and reads find nothing.
+read-only root filesystem: writes are denied and reads find nothing. Relative file paths
+mean the box's working directory (the spec's ``workdir``), as in a container.
 
 The same conformance suite (tests/boxes) runs against this and the Docker manager.
 """
@@ -15,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import builtins
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -30,6 +32,8 @@ from spoke.boxes.base import (
     BoxNotFound,
     BoxSpec,
     ExecHandle,
+    plan_put,
+    resolve_box_path,
     validate_box_id,
     validate_box_path,
     validate_env,
@@ -207,29 +211,57 @@ class FakeBoxManager:
         await asyncio.to_thread(shutil.rmtree, box.root, True)
         return True
 
-    async def put_file(self, box_id: str, path: str, data: bytes, mode: int = 0o644) -> None:
+    async def resolve_path(self, box_id: str, path: str) -> str:
+        return resolve_box_path(path, self._box(box_id).spec.workdir)[0]
+
+    async def _kind(self, box: _FakeBox, path: str) -> str | None:
+        host = self._host_path(box, path)
+        if host is None:
+            return None
+
+        def kind() -> str | None:
+            with contextlib.suppress(OSError):
+                return "dir" if host.is_dir() else "file" if host.exists() else None
+            return None
+
+        return await asyncio.to_thread(kind)
+
+    async def put_file(self, box_id: str, path: str, data: bytes, mode: int = 0o644, *,
+                       parents: bool = False, into_dir_name: str | None = None) -> str:
         box = self._box(box_id)
-        target = self._host_path(box, path)
-        if target is None:
-            raise BoxError(f"writing {path} in box {box_id}: read-only file system "
+        full = resolve_box_path(path, box.spec.workdir)[0]
+        if self._host_path(box, full) is None:
+            raise BoxError(f"writing {full} in box {box_id}: read-only file system "
                            "(write under /workspace)", "denied")
-        parent = os.path.dirname(validate_box_path(path))
+        plan = await plan_put(path, box.spec.workdir, functools.partial(self._kind, box),
+                              parents=parents, into_dir_name=into_dir_name,
+                              where=f"box {box_id}")
+        target = self._host_path(box, plan.path)
+        dirs = [self._host_path(box, d) for d in plan.make_dirs]
+        if target is None or None in dirs:
+            raise BoxError(f"writing {plan.path} in box {box_id}: read-only file system "
+                           "(write under /workspace)", "denied")
 
         def write(target: Path) -> None:
-            if not target.parent.is_dir():
-                raise BoxInvalid(f"cannot write {path} in box {box_id}: parent directory "
-                                 f"{parent} does not exist")
+            for made in dirs:
+                assert made is not None
+                made.mkdir(exist_ok=True)
+            if not target.parent.is_dir():  # removed since it was planned
+                raise BoxInvalid(f"cannot write {plan.path} in box {box_id}: parent "
+                                 "directory does not exist")
             if target.is_dir():
-                raise BoxInvalid(f"cannot write {path} in box {box_id}: it is a directory")
+                raise BoxInvalid(f"cannot write {plan.path} in box {box_id}: it is a directory")
             target.write_bytes(data)
             target.chmod(mode & 0o7777)
 
         await asyncio.to_thread(write, target)
+        return plan.path
 
     async def get_file(self, box_id: str, path: str, max_bytes: int) -> bytes:
         box = self._box(box_id)
         if max_bytes < 0:
             raise BoxInvalid(f"max_bytes must be >= 0, got {max_bytes}")
+        path = resolve_box_path(path, box.spec.workdir)[0]
         target = self._host_path(box, path)
         if target is None:
             raise BoxNotFound(f"no such file {path} in box {box_id}")

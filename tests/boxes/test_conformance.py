@@ -209,6 +209,77 @@ async def test_file_errors(manager: BoxManager, box_id: str, image: str) -> None
     assert denied.value.code == "denied"
 
 
+async def test_put_file_into_a_directory(manager: BoxManager, box_id: str, image: str) -> None:
+    """Like ``docker cp``: a target that is a directory (or ends in '/') gets the file under
+    the name the caller gives; a missing '/'-directory is an error unless ``parents``."""
+    await manager.create(box_id, BoxSpec(image=image))
+    for target in ("/workspace", "/workspace/"):
+        written = await manager.put_file(box_id, target, b"into", into_dir_name="notes.txt")
+        assert written == "/workspace/notes.txt"
+        assert await manager.get_file(box_id, "/workspace/notes.txt", 100) == b"into"
+    with pytest.raises(BoxInvalid, match="directory"):
+        await manager.put_file(box_id, "/workspace", b"x")
+    with pytest.raises(BoxInvalid, match="does not exist"):
+        await manager.put_file(box_id, "/workspace/sub/", b"x", into_dir_name="n.txt")
+    written = await manager.put_file(box_id, "/workspace/sub/", b"made", parents=True,
+                                     into_dir_name="n.txt")
+    assert written == "/workspace/sub/n.txt"
+    assert await manager.get_file(box_id, "sub/n.txt", 100) == b"made"
+    await manager.put_file(box_id, "/workspace/ten", b"0123456789")
+    with pytest.raises(BoxInvalid, match="not a directory"):
+        await manager.put_file(box_id, "/workspace/ten/", b"x", into_dir_name="n.txt")
+    await run(manager, box_id, ["mkdir", "/workspace/d", "/workspace/d/notes.txt"])
+    with pytest.raises(BoxInvalid, match="directory"):
+        await manager.put_file(box_id, "/workspace/d", b"x", into_dir_name="notes.txt")
+    for bad in ("a/b", "..", ".", "", "x\x00"):
+        with pytest.raises(BoxInvalid):
+            await manager.put_file(box_id, "/workspace", b"x", into_dir_name=bad)
+
+
+async def test_relative_paths_mean_the_working_directory(
+    manager: BoxManager, box_id: str, image: str
+) -> None:
+    await manager.create(box_id, BoxSpec(image=image))
+    assert await manager.resolve_path(box_id, "notes.txt") == "/workspace/notes.txt"
+    assert await manager.resolve_path(box_id, "./sub//x.txt") == "/workspace/sub/x.txt"
+    assert await manager.resolve_path(box_id, "/workspace/x/") == "/workspace/x"
+    assert await manager.put_file(box_id, "notes.txt", b"rel") == "/workspace/notes.txt"
+    out, _, _ = await run(manager, box_id, ["cat", "notes.txt"])
+    assert out == b"rel"
+    assert await manager.get_file(box_id, "notes.txt", 100) == b"rel"
+    assert await manager.put_file(box_id, ".", b"dot", into_dir_name="d.txt") == \
+        "/workspace/d.txt"
+    for bad in ("../etc/passwd", "sub/../../x", "x\x00y", "/"):
+        with pytest.raises(BoxInvalid):
+            await manager.resolve_path(box_id, bad)
+        with pytest.raises(BoxInvalid):
+            await manager.put_file(box_id, bad, b"x")
+    with pytest.raises(BoxNotFound):
+        await manager.resolve_path(new_box_id(), "x")
+
+
+async def test_parents_are_created_for_the_box_user(
+    manager: BoxManager, box_id: str, image: str
+) -> None:
+    await manager.create(box_id, BoxSpec(image=image))
+    assert await manager.put_file(box_id, "/workspace/a/b/c.txt", b"deep", parents=True) == \
+        "/workspace/a/b/c.txt"
+    assert await manager.put_file(box_id, "a/b/c2.txt", b"again", parents=True) == \
+        "/workspace/a/b/c2.txt"
+    out, err, res = await run(manager, box_id, [
+        "sh", "-c", "id -u; stat -c %u /workspace/a /workspace/a/b /workspace/a/b/c.txt; "
+        "touch /workspace/a/more /workspace/a/b/more && cat /workspace/a/b/c.txt"])
+    assert res.exit_code == 0, err
+    uid, *owners, content = out.decode().split()
+    assert owners == [uid] * 3 and content == "deep"
+    await manager.put_file(box_id, "/workspace/ten", b"0123456789")
+    with pytest.raises(BoxInvalid, match="not a directory"):
+        await manager.put_file(box_id, "/workspace/ten/x/y", b"x", parents=True)
+    with pytest.raises(BoxError) as denied:
+        await manager.put_file(box_id, "/spokehub-new/dir/f", b"x", parents=True)
+    assert denied.value.code == "denied"
+
+
 async def test_destroy_is_idempotent(manager: BoxManager, box_id: str, image: str) -> None:
     await manager.create(box_id, BoxSpec(image=image))
     assert await manager.destroy(box_id) is True
