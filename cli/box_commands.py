@@ -15,31 +15,33 @@ from pathlib import Path
 
 import click
 
-from cli.common import data_dir_option, emit, fail, json_option, stream_exec, table
+from cli.common import aliased_group, data_dir_option, emit, fail, json_option, stream_exec, table
 from cli.common import guarded as _guard
 from cli.common import hub_client as _client
 
 hub_dir = data_dir_option("hub", "SPOKEHUB_HUB_DIR")
 
 
-
-
-
-
-@click.group()
+@click.group(cls=aliased_group())
 def box() -> None:
-    """Sandboxed containers on spokes."""
+    """Sandboxed containers ("boxes") on spokes: hardened, no network unless asked.
+
+    \b
+    Example:  BOX=$(hub box create --spoke local --image spokehub-sandbox:bookworm)
+              hub box exec $BOX -- uname -a
+    """
 
 
 @box.command("create")
 @hub_dir
 @json_option
 @click.option("--spoke", required=True, help="Spoke to create the box on.")
-@click.option("--image", required=True)
+@click.option("--image", required=True, help="Image the spoke allows (spoke join --allow-image).")
 @click.option("--network", is_flag=True, help="Give the box network access (default: none).")
 @click.option("--memory", default=None, help="Memory limit, e.g. 512m, 2g.")
-@click.option("--cpus", type=click.FloatRange(min=0.01), default=None)
-@click.option("--env", "env", multiple=True, metavar="K=V")
+@click.option("--cpus", type=click.FloatRange(min=0.01), default=None,
+              help="CPU limit, e.g. 0.5 (at most the spoke's ceiling).")
+@click.option("--env", "env", multiple=True, metavar="K=V", help="Environment variable (repeatable).")
 def box_create(
     data_dir: Path,
     as_json: bool,
@@ -50,6 +52,11 @@ def box_create(
     cpus: float | None,
     env: tuple[str, ...],
 ) -> None:
+    """Create a box on a spoke and print its id.
+
+    \b
+    Example:  hub box create --spoke local --image spokehub-sandbox:bookworm --memory 1g
+    """
     env_map: dict[str, str] = {}
     for item in env:
         key, sep, value = item.partition("=")
@@ -71,7 +78,7 @@ def box_create(
 @box.command("ls")
 @hub_dir
 @json_option
-@click.option("--spoke", default=None)
+@click.option("--spoke", default=None, help="Only this spoke's boxes.")
 @click.option("--all", "everything", is_flag=True,
               help="Ask each connected spoke what really exists, and show where it and the "
                    "hub's records disagree.")
@@ -93,15 +100,18 @@ def box_ls(data_dir: Path, as_json: bool, spoke: str | None, everything: bool) -
 @json_option
 @click.argument("box_id")
 def box_rm(data_dir: Path, as_json: bool, box_id: str) -> None:
+    """Remove box BOX_ID (its container and workspace volume) from its spoke."""
     data = _guard(lambda: _client(data_dir).request("DELETE", f"/api/boxes/{box_id}"))
     emit(data, as_json, lambda d: click.echo(box_id))
 
 
 @box.command("logs")
 @hub_dir
-@click.option("--tail", default=200, show_default=True, type=click.IntRange(1, 100_000))
+@click.option("--tail", default=200, show_default=True, type=click.IntRange(1, 100_000),
+              help="How many of the last lines to print.")
 @click.argument("box_id")
 def box_logs(data_dir: Path, tail: int, box_id: str) -> None:
+    """The box's main process output (what `docker logs` shows)."""
     data = _guard(lambda: _client(data_dir).get_bytes(f"/api/boxes/{box_id}/logs?tail={tail}"))
     sys.stdout.buffer.write(data)
 
@@ -114,8 +124,9 @@ def box_logs(data_dir: Path, tail: int, box_id: str) -> None:
     default=None,
     help="Kill the command after N seconds.",
 )
-@click.option("--env", "env", multiple=True, metavar="K=V")
-@click.option("--workdir", default=None)
+@click.option("--env", "env", multiple=True, metavar="K=V",
+              help="Environment variable for the command (repeatable).")
+@click.option("--workdir", default=None, help="Directory to run in (default: the box's workdir).")
 @click.argument("box_id")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 def box_exec(
@@ -126,7 +137,11 @@ def box_exec(
     box_id: str,
     cmd: tuple[str, ...],
 ) -> None:
-    """Run CMD in the box, streaming its output; exits with its exit code."""
+    """Run CMD in the box, streaming its output; exits with its exit code.
+
+    \b
+    Example:  hub box exec --timeout 60 $BOX -- sh -c 'make test'
+    """
     env_map = dict(item.partition("=")[::2] for item in env)
     sys.exit(stream_exec(data_dir, box_id, list(cmd), timeout, env_map, workdir))
 

@@ -35,7 +35,8 @@ def data_dir_option(kind: str, env: str) -> Callable[[F], F]:
 
 # HTTP client libraries that log every request at INFO (the model SDKs' clients, each model
 # call through the hub's relay): noise in a ``hub up`` terminal, so shown only at DEBUG.
-CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2")
+# Per-request lines of the HTTP clients and the MCP SDK's session chatter: DEBUG only.
+CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "mcp")
 
 
 def setup_logging(level: str) -> None:
@@ -48,6 +49,25 @@ def setup_logging(level: str) -> None:
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         for name in CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+
+
+# Either word works for either command: `hub box list` and `hub spoke ls` are what people type.
+COMMAND_ALIASES = {"ls": "list", "list": "ls", "rm": "remove", "remove": "rm"}
+
+
+def aliased_group() -> Any:
+    """The click Group class for every command group: it accepts ``ls``/``list`` and
+    ``rm``/``remove`` for one another (built on use, so click loads only when needed)."""
+    import click
+
+    class AliasedGroup(click.Group):
+        def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
+            found = super().get_command(ctx, cmd_name)
+            if found is None and cmd_name in COMMAND_ALIASES:
+                found = super().get_command(ctx, COMMAND_ALIASES[cmd_name])
+            return found
+
+    return AliasedGroup
 
 
 def json_option(fn: F) -> F:

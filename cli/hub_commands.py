@@ -12,31 +12,40 @@ from typing import Any
 
 import click
 
-from cli.common import data_dir_option, emit, fail, json_option, table
+from cli.common import aliased_group, data_dir_option, emit, fail, json_option, table
 from cli.common import guarded as _call
 from cli.common import hub_client as _client
 
 hub_dir = data_dir_option("hub", "SPOKEHUB_HUB_DIR")
 
 
-
-
-
-
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=aliased_group(), context_settings={"help_option_names": ["-h", "--help"]})
 def hub() -> None:
-    """spokehub hub: run the hub and administer spokes, tokens, keys and boxes."""
+    """spokehub hub: run the hub and administer spokes, tokens, keys and boxes.
+
+    Admin commands find the local hub through its data dir (SPOKEHUB_HUB_DIR, default
+    ~/.local/share/spokehub/hub); `ls` and `list` (and `rm` and `remove`) mean the same.
+
+    \b
+    Start here:  hub up          (a hub and a local spoke, as `make up` does)
+                 hub spoke list
+    """
 
 
 @hub.command()
 @hub_dir
-@click.option("--host", default="127.0.0.1", show_default=True)
-@click.option("--port", default=8443, show_default=True, type=click.IntRange(0, 65535))
+@click.option("--host", default="127.0.0.1", show_default=True,
+              help="Address to listen on (0.0.0.0 for every interface).")
+@click.option("--port", default=8443, show_default=True, type=click.IntRange(0, 65535),
+              help="Port for HTTPS, wss and /mcp (0: any free port).")
 @click.option("--public-url", help="URL spokes and clients use to reach this hub.")
-@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path))
-@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path))
+@click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="PEM certificate to serve instead of the self-signed one (with --tls-key).")
+@click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
+              help="PEM private key of --tls-cert.")
 @click.option("--insecure-http", is_flag=True, help="Serve plain HTTP (only behind a TLS proxy).")
-@click.option("--log-level", default="INFO", show_default=True)
+@click.option("--log-level", default="INFO", show_default=True,
+              help="DEBUG, INFO, WARNING or ERROR (DEBUG adds HTTP requests and protocol frames).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Model configuration TOML (default: hub.toml in the data dir).")
 @click.option("--default-model", default=None, help="Default model alias (over env and file).")
@@ -57,7 +66,11 @@ def serve(
     fallback_models: tuple[str, ...],
     approval_timeout: str | None,
 ) -> None:
-    """Serve HTTPS + wss (self-signed certificate made in the data dir on first start)."""
+    """Serve HTTPS + wss (self-signed certificate made in the data dir on first start).
+
+    \b
+    Example:  hub serve --host 0.0.0.0 --public-url https://hub.example.org:8443
+    """
     import asyncio
 
     from cli.common import setup_logging
@@ -124,9 +137,9 @@ def _already_running(data_dir: Path, running: Any) -> str:
 
 
 # ------------------------------------------------------------------- tokens
-@hub.group()
+@hub.group(cls=aliased_group())
 def token() -> None:
-    """Join tokens for enrolling spokes."""
+    """Join tokens for enrolling spokes (one-time, bound to a spoke name, expiring)."""
 
 
 @token.command("create")
@@ -135,6 +148,11 @@ def token() -> None:
 @click.option("--name", required=True, help="The spoke name this token enrolls.")
 @click.option("--ttl", default="1h", show_default=True, help="Lifetime, e.g. 30m, 1h, 7d.")
 def token_create(data_dir: Path, as_json: bool, name: str, ttl: str) -> None:
+    """Make a join token; run `spoke join TOKEN` on the new spoke's machine.
+
+    \b
+    Example:  hub token create --name laptop --ttl 30m
+    """
     data = _call(
         lambda: _client(data_dir).request("POST", "/api/tokens", {"name": name, "ttl": ttl})
     )
@@ -154,6 +172,7 @@ def token_create(data_dir: Path, as_json: bool, name: str, ttl: str) -> None:
 @hub_dir
 @json_option
 def token_list(data_dir: Path, as_json: bool) -> None:
+    """Join tokens and their state (valid, used, expired, revoked); never the secrets."""
     data = _call(lambda: _client(data_dir).request("GET", "/api/tokens"))
     emit(data, as_json, lambda d: table(d, ["id", "name", "state", "expires_at"]))
 
@@ -163,12 +182,13 @@ def token_list(data_dir: Path, as_json: bool) -> None:
 @json_option
 @click.argument("token_id")
 def token_revoke(data_dir: Path, as_json: bool, token_id: str) -> None:
+    """Make an unused join token unusable (TOKEN_ID from `hub token list`)."""
     data = _call(lambda: _client(data_dir).request("DELETE", f"/api/tokens/{token_id}"))
     emit(data, as_json, lambda d: click.echo(f"token {token_id} revoked"))
 
 
 # ----------------------------------------------------------------- api keys
-@hub.group()
+@hub.group(cls=aliased_group())
 def apikey() -> None:
     """API keys for the CLI, SDK and MCP clients."""
 
@@ -176,8 +196,13 @@ def apikey() -> None:
 @apikey.command("create")
 @hub_dir
 @json_option
-@click.option("--name", required=True)
+@click.option("--name", required=True, help="What the key is for (shown in lists and the audit log).")
 def apikey_create(data_dir: Path, as_json: bool, name: str) -> None:
+    """Make an API key for the SDK, a remote CLI (SPOKEHUB_API_KEY) or an MCP client.
+
+    \b
+    Example:  hub apikey create --name claude-desktop
+    """
     data = _call(lambda: _client(data_dir).request("POST", "/api/apikeys", {"name": name}))
 
     def human(d: dict[str, Any]) -> None:
@@ -191,6 +216,7 @@ def apikey_create(data_dir: Path, as_json: bool, name: str) -> None:
 @hub_dir
 @json_option
 def apikey_list(data_dir: Path, as_json: bool) -> None:
+    """API keys (never the keys themselves: only their hashes are kept)."""
     data = _call(lambda: _client(data_dir).request("GET", "/api/apikeys"))
     emit(data, as_json, lambda d: table(d, ["id", "name", "created_at", "revoked_at"]))
 
@@ -200,12 +226,13 @@ def apikey_list(data_dir: Path, as_json: bool) -> None:
 @json_option
 @click.argument("key_id")
 def apikey_revoke(data_dir: Path, as_json: bool, key_id: str) -> None:
+    """Revoke an API key (KEY_ID from `hub apikey list`); it stops working within seconds."""
     data = _call(lambda: _client(data_dir).request("DELETE", f"/api/apikeys/{key_id}"))
     emit(data, as_json, lambda d: click.echo(f"API key {key_id} revoked"))
 
 
 # ------------------------------------------------------------------- spokes
-@hub.group("spoke")
+@hub.group("spoke", cls=aliased_group())
 def spoke_group() -> None:
     """Enrolled spokes."""
 
@@ -214,6 +241,7 @@ def spoke_group() -> None:
 @hub_dir
 @json_option
 def spoke_list(data_dir: Path, as_json: bool) -> None:
+    """Enrolled spokes: connected or not, boxes, labels, last seen, why they left."""
     data = _call(lambda: _client(data_dir).request("GET", "/api/spokes"))
     emit(
         data,
@@ -229,6 +257,8 @@ def spoke_list(data_dir: Path, as_json: bool) -> None:
 @json_option
 @click.argument("name")
 def spoke_revoke(data_dir: Path, as_json: bool, name: str) -> None:
+    """Revoke spoke NAME: its key is forgotten and its connection closed at once; it stops
+    for good (enroll it again with a new token)."""
     data = _call(lambda: _client(data_dir).request("DELETE", f"/api/spokes/{name}"))
     emit(data, as_json, lambda d: click.echo(f"spoke {name} revoked"))
 

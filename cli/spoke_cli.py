@@ -23,9 +23,11 @@ def _policy_options(fn: Any) -> Any:
                 metavar="IMAGE",
                 help="Image boxes may use (repeatable; default: the spokehub sandbox image).",
             ),
-            click.option("--max-boxes", type=click.IntRange(1, 10_000), default=None),
+            click.option("--max-boxes", type=click.IntRange(1, 10_000), default=None,
+                         help="Most boxes this spoke runs at once (default 20)."),
             click.option("--max-memory", default=None, help="Ceiling on a box's memory, e.g. 4g."),
-            click.option("--max-cpus", type=click.FloatRange(min=0.01), default=None),
+            click.option("--max-cpus", type=click.FloatRange(min=0.01), default=None,
+                         help="Ceiling on a box's CPUs (default 2)."),
             click.option(
                 "--no-network", is_flag=True, default=None, help="Refuse boxes with network access."
             ),
@@ -42,7 +44,8 @@ def _policy_options(fn: Any) -> Any:
                      help="Concurrent agent workstreams this spoke takes (default 4)."),
         click.option("--models-file", type=click.Path(dir_okay=False, exists=True), default=None,
                      help="TOML with this spoke's own models ([models.ALIAS] like hub.toml)."),
-            click.option("--log-level", default="INFO", show_default=True),
+            click.option("--log-level", default="INFO", show_default=True,
+                         help="DEBUG, INFO, WARNING or ERROR."),
         ]
     ):
         fn = option(fn)

@@ -32,8 +32,10 @@ STOP_TIMEOUT_S = 20.0
 @click.command()
 @data_dir_option("hub", "SPOKEHUB_HUB_DIR")
 @spoke_dir_option
-@click.option("--port", default=8443, show_default=True, type=click.IntRange(1, 65535))
-@click.option("--spoke-name", default="local", show_default=True)
+@click.option("--port", default=8443, show_default=True, type=click.IntRange(1, 65535),
+              help="Port of the hub (127.0.0.1 only).")
+@click.option("--spoke-name", default="local", show_default=True,
+              help="Name the local spoke enrolls as (the first time).")
 @click.option("-v", "--verbose", is_flag=True,
               help="Debug logging from the hub and spoke (HTTP requests, protocol frames).")
 def up(data_dir: Path, spoke_dir: Path, port: int, spoke_name: str, verbose: bool) -> None:

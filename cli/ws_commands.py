@@ -10,15 +10,11 @@ from typing import Any
 
 import click
 
-from cli.common import data_dir_option, emit, fail, json_option, table
+from cli.common import aliased_group, data_dir_option, emit, fail, json_option, table
 from cli.common import guarded as _guard
 from cli.common import hub_client as _client
 
 hub_dir = data_dir_option("hub", "SPOKEHUB_HUB_DIR")
-
-
-
-
 
 
 def approval_hint(ws_id: str, call_id: str) -> str:
@@ -109,7 +105,7 @@ def _converse(data_dir: Path, as_json: bool, wait: bool, message: str, ws_id: st
     _follow(client, str(row["id"]), int(row["message_seq"]) - 1, as_json, stop_on_approval=False)
 
 
-@click.group("ws")
+@click.group("ws", cls=aliased_group())
 def ws() -> None:
     """Agent workstreams: conversations with a tool-using agent in a box on a spoke."""
 
@@ -126,6 +122,12 @@ def ws() -> None:
 @click.argument("message")
 def ws_new(data_dir: Path, as_json: bool, spoke: str | None, label: str | None, model: str | None,
            image: str | None, auto_approve: bool, no_wait: bool, message: str) -> None:
+    """Start an agent workstream on MESSAGE and stream its work; tool calls that need
+    approval print the `hub ws approve …` command to answer them with.
+
+    \b
+    Example:  hub ws new --spoke local "write a fizzbuzz in python and run it"
+    """
     if spoke and label:
         fail("give --spoke or --label, not both", 2)
     _converse(data_dir, as_json, not no_wait, message, spoke=spoke, label=label, model=model,
@@ -135,10 +137,15 @@ def ws_new(data_dir: Path, as_json: bool, spoke: str | None, label: str | None, 
 @ws.command("send")
 @hub_dir
 @json_option
-@click.option("--no-wait", is_flag=True)
+@click.option("--no-wait", is_flag=True, help="Print the id and return at once.")
 @click.argument("ws_id")
 @click.argument("message")
 def ws_send(data_dir: Path, as_json: bool, no_wait: bool, ws_id: str, message: str) -> None:
+    """Send MESSAGE to workstream WS_ID and stream the reply (only what is new).
+
+    \b
+    Example:  hub ws send ws_0123456789abcdef "now add tests"
+    """
     _converse(data_dir, as_json, not no_wait, message, ws_id=ws_id)
 
 
@@ -235,6 +242,7 @@ def ws_show(data_dir: Path, as_json: bool, ws_id: str) -> None:
 @hub_dir
 @json_option
 def ws_ls(data_dir: Path, as_json: bool) -> None:
+    """Workstreams, newest first: state, spoke, model, and why a queued one waits."""
     data = _guard(lambda: _client(data_dir).request("GET", "/api/ws"))
     emit(data, as_json, lambda d: table(d, ["id", "state", "spoke", "model", "title"]))
 
@@ -244,6 +252,7 @@ def ws_ls(data_dir: Path, as_json: bool) -> None:
 @json_option
 @click.argument("ws_id")
 def ws_cancel(data_dir: Path, as_json: bool, ws_id: str) -> None:
+    """Stop the turn WS_ID is working on (its tool processes are killed); it stays open."""
     data = _guard(lambda: _client(data_dir).request("POST", f"/api/ws/{ws_id}/cancel"))
     emit(data, as_json, lambda d: click.echo(f"{ws_id}: {d['state']}"))
 
@@ -253,5 +262,6 @@ def ws_cancel(data_dir: Path, as_json: bool, ws_id: str) -> None:
 @json_option
 @click.argument("ws_id")
 def ws_close(data_dir: Path, as_json: bool, ws_id: str) -> None:
+    """Close WS_ID for good: its box goes, pending approvals are resolved, the transcript stays."""
     data = _guard(lambda: _client(data_dir).request("POST", f"/api/ws/{ws_id}/close"))
     emit(data, as_json, lambda d: click.echo(f"{ws_id}: {d['state']}"))

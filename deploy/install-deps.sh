@@ -53,5 +53,7 @@ if [ ! -f "$stamp" ] || [ "$(cat "$stamp")" != "$want" ]; then
     || { echo "install-deps: the install into $VENV failed (see the pip output above)" >&2; exit 1; }
   echo "$want" > "$stamp"
   [ "$mode" = test ] && echo "$want" > "$VENV/.spokehub-installed-run"
+else
+  step "$VENV is up to date (pip install skipped: pyproject.toml unchanged)"
 fi
 exit 0

@@ -175,8 +175,8 @@ async def serve(config: HubConfig, ready: asyncio.Event | None = None,
     await runner.setup()
     site = web.SockSite(runner, sock, ssl_context=hub.ssl_context, backlog=1024)
     await site.start()
-    log.info("hub listening on %s (pin %s)", config.url(), hub.pin or "none: plain HTTP")
-    print(f"hub listening on {config.url()}", flush=True)
+    # One line on stdout whatever the log level (and not again as a log line).
+    print(f"hub listening on {config.url()} (pin {hub.pin or 'none: plain HTTP'})", flush=True)
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -215,7 +215,7 @@ class _Session:
                 if not self.rt.state.enrolled:
                     self.rt.state.enrolled = True
                     self.rt.identity.save_state(self.rt.state)
-                log.info("connected to %s as %s", self.rt.state.hub_url, self.rt.state.name)
+                log.debug("connected to %s as %s", self.rt.state.hub_url, self.rt.state.name)
                 if self.rt.workstreams is not None:
                     cert = self.rt.identity.data_dir / HUB_CERT_FILE
                     if self.rt.state.pin and cert.exists():

@@ -75,7 +75,7 @@ def test_second_spoke_on_the_same_data_dir_refuses(hub: Hub, spoke: Spoke) -> No
         assert "Traceback" not in res.stderr
     assert _tree(spoke.dir) == before
     assert hub.connected(spoke.name) and spoke.proc.alive()
-    assert spoke.proc.output().count("spokehub.spoke: connected to") == 1, "never knocked off"
+    assert spoke.proc.output().count(f"spoke {spoke.name} connected to") == 1, "never knocked off"
     states = {t["id"]: t["state"] for t in hub.client().request("GET", "/api/tokens")}
     assert "valid" in states.values(), "the refused join did not spend its token"
 

@@ -4,6 +4,7 @@ call id make the agent flow scriptable (the README runs exactly that)."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import subprocess
@@ -49,8 +50,6 @@ def test_a_follow_up_prints_only_what_is_new(model_hub: Hub, model_spoke: Spoke,
                                              llm: ThreadedLLM) -> None:
     marker = llm.script("followup", [Say("first answer"), Say("second answer")])
     first = model_hub.cli("ws", "new", "--json", f"{marker} one", check=True)
-    import json
-
     ws_id = json.loads(first.stdout)["id"]
     again = model_hub.cli("ws", "send", ws_id, "two", check=True)
     assert "second answer" in again.stdout
@@ -71,3 +70,10 @@ def test_wait_and_approve_without_a_call_id(model_hub: Hub, model_spoke: Spoke, 
     assert wait_state(model_hub, ws_id, "idle")["pending_approvals"] == []
     none_left = model_hub.cli("ws", "approve", ws_id)
     assert none_left.returncode == 2 and "no tool call waiting" in none_left.stderr
+
+
+def test_no_model_configured_names_hub_toml_and_shows_a_snippet(hub: Hub) -> None:
+    res = hub.cli("ws", "new", "hello")
+    assert res.returncode == 2, res.stderr
+    assert str(hub.dir / "hub.toml") in res.stderr
+    assert "[models.local]" in res.stderr and 'provider = "openai"' in res.stderr
