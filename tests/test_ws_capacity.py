@@ -133,3 +133,18 @@ def test_a_message_that_can_never_be_answered_is_refused_at_once(
     assert f"runs only on spoke {model_spoke.name}, which was revoked" in res.stderr
     texts = [e["data"]["text"] for e in ws_events(model_hub, first["id"]) if e["kind"] == "user_message"]
     assert texts == [f"{marker} hi"], "a refused message is not recorded"
+
+
+def test_closing_a_workstream_its_spoke_lost_removes_its_box_at_once(
+        model_hub: Hub, model_spoke: Spoke, llm: ThreadedLLM) -> None:
+    marker = llm.script("close-lost", [Say("hi")])
+    first = model_hub.client().send_and_wait(f"{marker} hi")
+    box_id = ws_row(model_hub, first["id"])["box_id"]
+    model_spoke.stop()
+    model_spoke.run()
+    wait_until(lambda: ws_row(model_hub, first["id"])["detached"], what="the workstream to be detached")
+    model_hub.cli("ws", "close", first["id"], check=True)
+    # The spoke no longer ran its agent, but its box was there: it goes now, not at a reconnect.
+    assert not docker.from_env().containers.list(all=True, filters={"label": f"spokehub.box={box_id}"})
+    boxes = model_hub.cli_json("box", "ls", "--all")
+    assert box_id not in [b["id"] for b in boxes]
