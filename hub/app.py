@@ -21,12 +21,12 @@ from hub import models as model_config
 from hub.api import Api
 from hub.boxes import BoxService
 from hub.http_util import auth_middleware, errors_middleware
-from hub.mcp_server import mount_mcp
+from hub.mcp.frontend import mount_mcp
 from hub.registry import Registry
 from hub.relay import Relay
 from hub.store import Store
-from hub.workstreams import WorkstreamService
-from hub.ws_api import WorkstreamApi
+from hub.workstreams.api import WorkstreamApi
+from hub.workstreams.service import WorkstreamService
 from protocol.connection import Limits
 from protocol.tokens import hash_secret, new_id, new_secret
 

@@ -8,7 +8,7 @@ keep their box but hold no slot.
 
 When nothing fits, :func:`pick` returns the reason a user is shown ("waiting: …"), naming the
 spokes and their load, so a queued workstream never waits silently. Pinned by
-``tests/hub/test_ws_routing.py``.
+``tests/hub/test_routing.py``.
 """
 
 from __future__ import annotations

@@ -30,7 +30,7 @@ from typing import Any
 from aiohttp import web
 from multidict import CIMultiDict
 
-log = logging.getLogger("spokehub.hub.mcp_asgi")
+log = logging.getLogger("spokehub.hub.mcp.asgi")
 
 Scope = MutableMapping[str, Any]
 Message = MutableMapping[str, Any]

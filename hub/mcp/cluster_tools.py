@@ -24,7 +24,7 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from hub.api import parse_size
-from hub.mcp_jobs import MAX_READ_CHARS, MAX_WAIT_S, JobRunner
+from hub.mcp.jobs import MAX_READ_CHARS, MAX_WAIT_S, JobRunner
 from protocol import verbs
 from protocol.errors import ErrorCode, RemoteError
 

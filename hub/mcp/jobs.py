@@ -28,7 +28,7 @@ from hub.store import LIVE_BOX_STATES, Store
 from protocol import verbs
 from protocol.errors import ErrorCode, RemoteError
 
-log = logging.getLogger("spokehub.hub.mcp_jobs")
+log = logging.getLogger("spokehub.hub.mcp.jobs")
 
 MAX_JOB_OUTPUT_CHARS = 16 * 1024 * 1024  # kept per job; past it output is dropped, not the job
 MAX_READ_CHARS = 256 * 1024

@@ -21,13 +21,14 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from hub import metrics, ws_routing
+from hub import metrics
 from hub.boxes import new_box_id
 from hub.models import ModelsConfig
 from hub.registry import Registry
 from hub.spoke_link import SpokeLink
 from hub.store import Store
-from hub.ws_store import WorkstreamStore
+from hub.workstreams import routing
+from hub.workstreams.store import WorkstreamStore
 from protocol import messages, transcript
 from protocol.errors import ErrorCode, RemoteError
 from protocol.verbs import MAX_MESSAGE_CHARS
@@ -337,15 +338,15 @@ class WorkstreamService:
         counts = await self.db.busy_counts()
         now = time.monotonic()
         hub_models = frozenset(self.models().models)
-        candidates = [ws_routing.Candidate(link.name, tuple(link.labels), tuple(link.models),
+        candidates = [routing.Candidate(link.name, tuple(link.labels), tuple(link.models),
                                            link.max_workstreams)
                       for link in self.registry.links.values() if not link.ws.closed]
         for ws in queued:
             refused = frozenset(name for (ws_id, name), until in self._refused.items()
                                 if ws_id == ws["id"] and until > now)
-            want = ws_routing.Want(spoke=ws["spoke"] or ws["want_spoke"], label=ws["want_label"],
+            want = routing.Want(spoke=ws["spoke"] or ws["want_spoke"], label=ws["want_label"],
                                    model=ws["model"], hub_models=hub_models)
-            name, why = ws_routing.pick(want, candidates, counts, refused)
+            name, why = routing.pick(want, candidates, counts, refused)
             if name is None:
                 await self._set_waiting(ws["id"], why)
                 continue

@@ -1,8 +1,8 @@
-"""hub.ws_routing.pick: which spoke a queued workstream goes to, or why it waits."""
+"""hub.workstreams.routing.pick: which spoke a queued workstream goes to, or why it waits."""
 
 from __future__ import annotations
 
-from hub.ws_routing import Candidate, Want, pick
+from hub.workstreams.routing import Candidate, Want, pick
 
 A = Candidate("a", ("gpu",), (), 2)
 B = Candidate("b", (), ("local-llm",), 4)

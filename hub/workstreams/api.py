@@ -10,7 +10,7 @@ from aiohttp import web
 
 from hub.http_util import json_body, want
 from hub.models import ModelsConfig
-from hub.workstreams import WorkstreamService
+from hub.workstreams.service import WorkstreamService
 from protocol.errors import ErrorCode, RemoteError
 
 

@@ -3,7 +3,7 @@
 The SDK's ``MCPServer`` holds the tools; its ``StreamableHTTPSessionManager`` (an ASGI app)
 serves every protocol revision the SDK supports — the initialize-handshake revisions with
 sessions, and the stateless per-request revision — and is reached through a small
-aiohttp→ASGI bridge (:mod:`hub.mcp_asgi`), so MCP shares the hub's TLS certificate, port,
+aiohttp→ASGI bridge (:mod:`hub.mcp.asgi`), so MCP shares the hub's TLS certificate, port,
 middlewares and lifecycle instead of needing a second server.
 
 Auth: ``/mcp`` is behind the hub's bearer API-key middleware like every API route (a missing,
@@ -32,9 +32,9 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.authentication import AuthCredentials
 
-from hub.mcp_asgi import Scope, serve_asgi
-from hub.mcp_jobs import JobRunner
-from hub.mcp_tools import register_cluster_tools
+from hub.mcp.asgi import Scope, serve_asgi
+from hub.mcp.cluster_tools import register_cluster_tools
+from hub.mcp.jobs import JobRunner
 
 if TYPE_CHECKING:
     from hub.app import Hub
@@ -96,7 +96,7 @@ class McpFrontend:
         register_cluster_tools(self.server, hub, self.jobs)
         service = getattr(hub, "workstreams", None)
         if service is not None:
-            from hub.mcp_ws_tools import register_workstream_tools
+            from hub.mcp.workstream_tools import register_workstream_tools
 
             register_workstream_tools(self.server, service)
         # Builds the SDK's session manager; the Starlette app it returns is not used (the

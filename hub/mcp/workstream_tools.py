@@ -15,7 +15,7 @@ from mcp.server.mcpserver import MCPServer
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from hub.mcp_tools import DESTRUCTIVE, MUTATING, READ_ONLY, caller, tool_errors
+from hub.mcp.cluster_tools import DESTRUCTIVE, MUTATING, READ_ONLY, caller, tool_errors
 
 WsArg = Annotated[str, Field(description="Workstream id (ws_ + 16 hex digits) from start_workstream.")]
 CallArg = Annotated[str, Field(description="The call_id of a pending approval (see "
