@@ -85,7 +85,7 @@ class Api:
         ]
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "spokes_connected": len(self.registry.links)})
+        return web.json_response({"ok": True, "spokes_connected": len(self.registry.live_links())})
 
     async def info(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -164,25 +164,7 @@ class Api:
 
     # ---------------------------------------------------------------- spokes
     async def spoke_list(self, request: web.Request) -> web.Response:
-        out = []
-        for row in await self.store.list_spokes():
-            link = self.registry.links.get(row["name"])
-            beat = link.last_heartbeat if link else None
-            out.append(
-                {
-                    "name": row["name"],
-                    "connected": link is not None and not link.ws.closed,
-                    "last_seen": row["last_seen"],
-                    "boxes": row["boxes"],
-                    "labels": json.loads(row["labels"]),
-                    "version": row["version"],
-                    "enrolled_at": row["enrolled_at"],
-                    "revoked": row["revoked_at"] is not None,
-                    "disconnect_reason": row["disconnect_reason"] if link is None else "",
-                    "running_calls": beat.running_calls if beat else 0,
-                }
-            )
-        return web.json_response(out)
+        return web.json_response(await self.registry.spoke_summaries())
 
     async def spoke_revoke(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]

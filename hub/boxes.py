@@ -36,8 +36,8 @@ class BoxService:
         """The live link to ``spoke``. A name the hub never enrolled is ``not_found`` (a typo
         should not read as an outage), as is a revoked one (it never comes back); an enrolled
         spoke that is offline is ``unavailable``."""
-        link = self.registry.links.get(spoke)
-        if link is not None and not link.ws.closed:
+        link = self.registry.live(spoke)
+        if link is not None:
             return link
         row = await self.store.get_spoke(spoke)
         if row is None:
@@ -91,9 +91,8 @@ class BoxService:
         if spoke is not None and await self.store.get_spoke(spoke) is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no spoke {spoke!r} (see: hub spoke list)")
         records = await self.store.list_boxes(spoke=spoke)
-        names = [spoke] if spoke else sorted(self.registry.links)
-        connected = [n for n in names if n in self.registry.links
-                     and not self.registry.links[n].ws.closed]
+        connected = [link.name for link in self.registry.live_links()
+                     if spoke is None or link.name == spoke]
 
         async def ask(name: str) -> tuple[str, tuple[Any, ...] | RemoteError]:
             try:

@@ -11,6 +11,7 @@ import asyncio
 import base64
 import binascii
 import hmac
+import json
 import logging
 import secrets
 import time
@@ -56,16 +57,50 @@ class Registry:
         # Handler tasks of live links, so shutdown can wait for their bookkeeping.
         self._handlers: set[asyncio.Task[Any]] = set()
 
-    def spoke_for_relay_token(self, token: str) -> str | None:
-        name = self._relay_tokens.get(hash_secret(token))
-        link = self.links.get(name or "")
-        return name if link is not None and not link.ws.closed else None
+    # ------------------------------------------------------------- questions
+    def live(self, name: str) -> SpokeLink | None:
+        """The open link of spoke ``name``, or None when it is not connected."""
+        link = self.links.get(name)
+        return link if link is not None and not link.closed else None
+
+    def live_links(self) -> list[SpokeLink]:
+        """Every open link, in name order."""
+        return [link for _name, link in sorted(self.links.items()) if not link.closed]
 
     def link(self, name: str) -> SpokeLink:
-        link = self.links.get(name)
-        if link is None or link.ws.closed:
+        """The open link of spoke ``name``, or an ``unavailable`` error."""
+        link = self.live(name)
+        if link is None:
             raise RemoteError(ErrorCode.UNAVAILABLE, f"spoke {name!r} is not connected")
         return link
+
+    async def spoke_summaries(self) -> list[dict[str, Any]]:
+        """Every enrolled spoke as the REST API and MCP ``list_spokes`` show it: the stored row
+        joined with its live link. Pinned by tests/test_enrollment.py and tests/test_mcp.py."""
+        out = []
+        for row in await self.store.list_spokes():
+            link = self.live(row["name"])
+            beat = link.last_heartbeat if link else None
+            out.append({
+                "name": row["name"],
+                "connected": link is not None,
+                "last_seen": row["last_seen"],
+                "boxes": row["boxes"],
+                "labels": json.loads(row["labels"]),
+                "models": list(link.models) if link else [],
+                "version": row["version"],
+                "enrolled_at": row["enrolled_at"],
+                "revoked": row["revoked_at"] is not None,
+                "disconnect_reason": "" if link else row["disconnect_reason"],
+                "running_calls": beat.running_calls if beat else 0,
+                "workstreams": link.workstreams if link else 0,
+                "max_workstreams": link.max_workstreams if link else 0,
+            })
+        return out
+
+    def spoke_for_relay_token(self, token: str) -> str | None:
+        name = self._relay_tokens.get(hash_secret(token))
+        return name if name is not None and self.live(name) is not None else None
 
     async def handle_connect(self, request: web.Request) -> web.StreamResponse:
         ws = web.WebSocketResponse(max_msg_size=self.limits.max_frame_bytes * 4, autoping=True)

@@ -82,9 +82,13 @@ class SpokeLink:
         self.relay_token_hash = ""
         self._pending: dict[int, _Pending] = {}
         self._write_lock = asyncio.Lock()
-        self.closed = asyncio.Event()
+        self.finished = asyncio.Event()  # set when run() has ended
         self.close_reason = ""
         self.latency_ms: float | None = None
+
+    @property
+    def closed(self) -> bool:
+        return self.ws.closed
 
     # ------------------------------------------------------------------ output
     async def flush(self) -> None:
@@ -203,7 +207,7 @@ class SpokeLink:
             timers.cancel()
             self.close_reason = self.close_reason or "spoke disconnected"
             self._fail_all(self.close_reason)
-            self.closed.set()
+            self.finished.set()
 
     async def _handle(self, events: list[ev.Event]) -> None:
         for event in events:

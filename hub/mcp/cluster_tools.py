@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import contextlib
 import functools
-import json
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
@@ -104,18 +103,7 @@ def register_cluster_tools(server: MCPServer, hub: Hub, jobs: JobRunner) -> None
         """List the machines (spokes) enrolled at this hub: whether each is connected now,
         its labels, models it offers, live box count and when it was last seen. Boxes can only
         be created on a connected spoke."""
-        out = []
-        for row in await hub.store.list_spokes():
-            link = hub.registry.links.get(row["name"])
-            live = link is not None and not link.ws.closed
-            out.append({
-                "name": row["name"], "connected": live, "labels": json.loads(row["labels"]),
-                "models": list(link.models) if live and link is not None else [],
-                "boxes": row["boxes"], "version": row["version"], "last_seen": row["last_seen"],
-                "revoked": row["revoked_at"] is not None,
-                "disconnect_reason": "" if live else row["disconnect_reason"],
-            })
-        return {"spokes": out}
+        return {"spokes": await hub.registry.spoke_summaries()}
 
     @tool(READ_ONLY)
     async def list_boxes(

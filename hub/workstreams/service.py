@@ -97,7 +97,7 @@ class WorkstreamService:
         alias = model or config.default
         if alias is None:
             raise RemoteError(ErrorCode.INVALID, self._no_model_hint())
-        if alias not in config.models and not any(alias in link.models for link in self.registry.links.values()):
+        if alias not in config.models and not any(alias in link.models for link in self.registry.live_links()):
             raise RemoteError(ErrorCode.INVALID, f"unknown model {alias!r} (configured: {', '.join(config.models) or 'none'})")
         if spoke is not None and await self.store.get_spoke(spoke) is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no spoke {spoke!r}")
@@ -175,7 +175,7 @@ class WorkstreamService:
         if ws["state"] == "queued":
             await self._set_state(ws_id, "closed", "cancelled before it started")
             return await self.get(ws_id)
-        link = self.registry.links.get(ws["spoke"] or "")
+        link = self.registry.live(ws["spoke"] or "")
         if link is not None:
             with contextlib.suppress(RemoteError):
                 await link.call("ws.cancel", {"ws_id": ws_id})
@@ -189,7 +189,7 @@ class WorkstreamService:
         if ws["state"] == "closed":
             return await self.get(ws_id)
         await self._resolve_approvals(ws_id, "closed")
-        link = self.registry.links.get(ws["spoke"] or "")
+        link = self.registry.live(ws["spoke"] or "")
         removed = False
         if link is not None:
             with contextlib.suppress(RemoteError):
@@ -279,7 +279,7 @@ class WorkstreamService:
                                    {"call_id": approval["call_id"], "approved": False, "reason": why})
 
     async def _deliver_approval(self, spoke: str | None, ws_id: str, call_id: str, approve: bool, reason: str) -> None:
-        link = self.registry.links.get(spoke or "")
+        link = self.registry.live(spoke or "")
         if link is None:
             return  # delivered when the spoke reconnects
         try:
@@ -339,8 +339,8 @@ class WorkstreamService:
         now = time.monotonic()
         hub_models = frozenset(self.models().models)
         candidates = [routing.Candidate(link.name, tuple(link.labels), tuple(link.models),
-                                           link.max_workstreams)
-                      for link in self.registry.links.values() if not link.ws.closed]
+                                        link.max_workstreams)
+                      for link in self.registry.live_links()]
         for ws in queued:
             refused = frozenset(name for (ws_id, name), until in self._refused.items()
                                 if ws_id == ws["id"] and until > now)
@@ -352,7 +352,7 @@ class WorkstreamService:
                 continue
             counts[name] = counts.get(name, 0) + 1
             self._leasing.add(ws["id"])
-            asyncio.get_running_loop().create_task(self._lease(ws, self.registry.links[name]))
+            asyncio.get_running_loop().create_task(self._lease(ws, self.registry.link(name)))
 
     def _model_refs(self, alias: str, link: SpokeLink) -> builtins.list[dict[str, Any]]:
         config = self.models()
@@ -439,8 +439,8 @@ class WorkstreamService:
             await self._set_state(ws_id, "queued")  # its agent must be (re)started first
             self.kick()
             return
-        link = self.registry.links.get(ws["spoke"])
-        if link is None or link.ws.closed:
+        link = self.registry.live(ws["spoke"])
+        if link is None:
             await self._set_waiting(ws_id, f"waiting: spoke {ws['spoke']} is not connected")
             return
         for message in pending:
