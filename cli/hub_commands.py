@@ -82,8 +82,8 @@ def serve(
         fail("--tls-cert and --tls-key go together", 2)
     approval_timeout_s: float | None = None
     if approval_timeout is not None:
-        from hub.api import parse_ttl
         from protocol.errors import RemoteError
+        from protocol.units import parse_ttl
 
         try:
             approval_timeout_s = parse_ttl(approval_timeout)
@@ -120,7 +120,7 @@ def serve(
     except Busy as err:  # another hub won the race for this data dir
         sock.close()
         fail(_already_running(data_dir, err.holder))
-    from hub.models import ConfigError
+    from hub.model_config import ConfigError
 
     try:
         asyncio.run(run(config, sock=sock))

@@ -120,7 +120,7 @@ async def connect(target: Target, stack: Any) -> Client:
     from mcp.client.streamable_http import streamable_http_client
     from mcp_types import Implementation
 
-    from hub.app import VERSION
+    from protocol.version import VERSION
 
     parts = urlsplit(target.endpoint)
     verify: Any = True
@@ -185,7 +185,7 @@ async def serve_stdio(target: Target) -> None:
                     content=[types.TextContent(type="text", text=text)], is_error=True
                 )
 
-        from hub.app import VERSION
+        from protocol.version import VERSION
 
         server: Server[Any] = Server(
             "spokehub",

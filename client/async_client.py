@@ -3,7 +3,8 @@ that already run an event loop (bots, orchestrators) and want events as an async
 
 It pins the hub's certificate exactly like spokes and the CLI do, using aiohttp's
 ``Fingerprint`` (SHA-256 of the DER certificate), so the API key is never sent to a host that
-does not hold the hub's key.
+does not hold the hub's key. Error responses become :class:`client.errors.ApiError`, decoded
+by the same function as the synchronous client's.
 """
 
 from __future__ import annotations
@@ -18,6 +19,7 @@ from urllib.parse import quote
 
 import aiohttp
 
+from client.errors import api_error
 from client.http_client import admin_credentials, local_hub_dir
 from client.turns import Turn
 from protocol.errors import ErrorCode, RemoteError
@@ -72,18 +74,10 @@ class AsyncHubClient:
             raise RemoteError(ErrorCode.UNAVAILABLE, f"cannot reach the hub at {self.url}: {err}") from None
         if resp.status >= 400:
             try:
-                doc = await resp.json(content_type=None)
-                error = doc.get("error") or {}
-                code, message = error.get("code", "internal"), error.get("message", resp.reason)
-            except (ValueError, AttributeError):
-                code, message = "internal", f"HTTP {resp.status}"
+                answer = await resp.read()
             finally:
                 resp.release()
-            try:
-                kind = ErrorCode(code)
-            except ValueError:
-                kind = ErrorCode.INTERNAL
-            raise RemoteError(kind, str(message))
+            raise api_error(resp.status, answer, resp.reason or "")
         return resp
 
     async def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
@@ -181,7 +175,7 @@ class AsyncHubClient:
                     await outcome
             if turn.done:
                 break
-            if stop_on_approval and event["kind"] == "approval_requested":
+            if stop_on_approval and Turn.may_wait_for_approval(event):
                 row = await self.request("GET", f"/api/ws/{quote(ws_id)}")
                 if turn.needs_approval(row):
                     pending = list(row["pending_approvals"])

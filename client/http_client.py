@@ -2,39 +2,33 @@
 
 It is what the CLI uses, so it imports nothing heavy (no aiohttp, no pydantic): a CLI command
 should start about as fast as ``docker exec``. It pins the hub's certificate the same way
-spokes do: the TLS handshake accepts any certificate, then the SHA-256 of the one presented
-must equal the pin before a request (and the API key in it) is sent.
+spokes do (:func:`protocol.pins.pins_match`): the TLS handshake accepts any certificate, then
+the SHA-256 of the one presented must equal the pin before a request (and the API key in it)
+is sent. Error responses become :class:`client.errors.ApiError`, as in the asyncio SDK.
 
 :mod:`http.client` (which drags in the :mod:`email` package, ~10 ms) is imported on first
-use only: :meth:`HubClient.exec_once` speaks the one HTTP exchange ``hub box exec`` needs
-over a plain socket, so that command never loads it.
+use only: :meth:`HubClient.exec_once` hands the one HTTP exchange ``hub box exec`` needs to
+:mod:`client.fast_exec`, which speaks it over a plain socket, so that command never loads it.
 """
 
 from __future__ import annotations
 
-import hashlib
-import hmac
 import json
 import os
-import socket
 import ssl
 from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 from urllib.parse import quote, urlsplit
 
+from client import fast_exec
+from client.errors import ApiError as ApiError  # re-exported: callers catch it from here
+from client.errors import api_error
 from protocol.errors import ErrorCode, RemoteError
+from protocol.pins import cert_pin, pins_match
 
 if TYPE_CHECKING:
     import http.client
-
-_MAX_LINE = 65536  # longest status or header line accepted from the hub
-
-
-class ApiError(RemoteError):
-    def __init__(self, code: ErrorCode | str, message: str, status: int) -> None:
-        super().__init__(code, message)
-        self.status = status
 
 
 def default_dir(kind: str) -> Path:
@@ -135,7 +129,7 @@ class WorkstreamMixin:
                 on_event(event)
             if turn.done:
                 break
-            if stop_on_approval and event["kind"] == "approval_requested":
+            if stop_on_approval and Turn.may_wait_for_approval(event):
                 row = self.request("GET", f"/api/ws/{quote(ws_id)}")
                 if turn.needs_approval(row):
                     pending = list(row["pending_approvals"])
@@ -195,11 +189,10 @@ class HubClient(WorkstreamMixin):
         if not (self._https and self.pin):
             return
         der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
-        got = "sha256:" + hashlib.sha256(der or b"").hexdigest()
-        if not hmac.compare_digest(got, self.pin.lower()):
+        if not pins_match(self.pin, der or b""):
             raise RemoteError(
                 ErrorCode.DENIED,
-                f"the hub's certificate does not match the pin (got {got[:23]}…)",
+                f"the hub's certificate does not match the pin (got {cert_pin(der or b'')[:23]}…)",
             )
 
     def _connection(self) -> http.client.HTTPConnection:
@@ -254,17 +247,8 @@ class HubClient(WorkstreamMixin):
 
     @staticmethod
     def _raise_for(resp: http.client.HTTPResponse) -> None:
-        if resp.status < 400:
-            return
-        HubClient._raise_error(resp.status, resp.read())
-
-    @staticmethod
-    def _raise_error(status: int, raw: bytes) -> None:
-        try:
-            err = json.loads(raw)["error"]
-            raise ApiError(err.get("code", "internal"), err.get("message", ""), status)
-        except (ValueError, KeyError, TypeError):
-            raise ApiError(ErrorCode.INTERNAL, f"HTTP {status}: {raw[:200]!r}", status) from None
+        if resp.status >= 400:
+            raise api_error(resp.status, resp.read())
 
     def request(self, method: str, path: str, body: dict[str, Any] | None = None) -> Any:
         data = json.dumps(body).encode() if body is not None else None
@@ -311,60 +295,10 @@ class HubClient(WorkstreamMixin):
 
         Same request, events and errors, but on a connection of its own (closed afterwards)
         and without :mod:`http.client`, whose import would cost ``hub box exec`` about as
-        much as the rest of its start-up. Keep using :meth:`exec_stream` for repeated calls:
-        it reuses the kept-alive connection instead of a TLS handshake per call."""
-        body = json.dumps(
-            {"cmd": cmd, "timeout_s": timeout_s, "env": env or {}, "workdir": workdir}
-        ).encode()
-        host = self._host if ":" not in self._host else f"[{self._host}]"
-        default_port = 443 if self._https else 80
-        head = (
-            f"POST /api/boxes/{quote(box_id)}/exec HTTP/1.1\r\n"
-            f"Host: {host}{'' if self._port == default_port else f':{self._port}'}\r\n"
-            f"Authorization: Bearer {self.api_key}\r\n"
-            "Content-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\n"
-            "Accept-Encoding: identity\r\n"
-            "Connection: close\r\n\r\n"
-        ).encode()
-        sock = self._open_socket()
-        try:
-            sock.sendall(head + body)  # one write: no Nagle / delayed-ACK stall
-            with sock.makefile("rb") as reader:
-                status, body_chunks = _read_response(reader)
-                if status >= 400:
-                    self._raise_error(status, b"".join(body_chunks))
-                pending = b""
-                for piece in body_chunks:
-                    pending += piece
-                    *lines, pending = pending.split(b"\n")
-                    for line in lines:
-                        if line.strip():
-                            yield json.loads(line)
-                if pending.strip():
-                    yield json.loads(pending)
-        finally:
-            sock.close()
-
-    def _open_socket(self) -> socket.socket:
-        """A new connection to the hub, TLS-wrapped and pin-checked when https."""
-        try:
-            sock = socket.create_connection((self._host, self._port), timeout=self.timeout)
-        except OSError as err:
-            raise self._unreachable(err) from None
-        try:
-            sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-            if self._https:
-                sock = self._ssl_context().wrap_socket(sock, server_hostname=self._host)
-        except OSError as err:
-            sock.close()
-            raise self._unreachable(err) from None
-        try:
-            self._check_pin(sock)
-        except RemoteError:
-            sock.close()
-            raise
-        return sock
+        much as the rest of its start-up: see :mod:`client.fast_exec`, which does the work.
+        Keep using :meth:`exec_stream` for repeated calls: it reuses the kept-alive
+        connection instead of a TLS handshake per call."""
+        return fast_exec.exec_once(self, box_id, cmd, timeout_s, env, workdir)
 
     def put_file(self, box_id: str, path: str, data: BinaryIO, size: int, mode: int = 0o644,
                  *, parents: bool = False, into_dir_name: str | None = None) -> Any:
@@ -395,62 +329,3 @@ class HubClient(WorkstreamMixin):
         resp = self._send("GET", path)
         self._raise_for(resp)
         return resp.read()
-
-
-
-def _read_response(reader: Any) -> tuple[int, Iterator[bytes]]:
-    """Read an HTTP/1.1 status line and headers from ``reader`` (a binary file); return the
-    status and an iterator over the body as it arrives (chunked, sized or to EOF).
-
-    Just what :meth:`HubClient.exec_once` needs from the hub (aiohttp), not a general
-    client: no informational responses, no compressed bodies (it asks for identity)."""
-    line = reader.readline(_MAX_LINE + 1)
-    parts = line.split(None, 2)
-    if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
-        raise RemoteError(ErrorCode.UNAVAILABLE, f"bad HTTP status line from the hub: {line[:100]!r}")
-    status = int(parts[1])
-    headers: dict[bytes, bytes] = {}
-    while True:
-        line = reader.readline(_MAX_LINE + 1)
-        if line in (b"\r\n", b"\n", b""):
-            break
-        name, _, value = line.partition(b":")
-        headers[name.strip().lower()] = value.strip()
-    if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-        return status, _chunked(reader)
-    length = headers.get(b"content-length")
-    if length is not None and length.isdigit():
-        return status, _sized(reader, int(length))
-    return status, iter(lambda: reader.read1(65536), b"")
-
-
-def _sized(reader: Any, length: int) -> Iterator[bytes]:
-    while length > 0:
-        piece = reader.read1(min(length, 65536))
-        if not piece:
-            raise RemoteError(ErrorCode.UNAVAILABLE, "the hub closed the connection mid-response")
-        length -= len(piece)
-        yield piece
-
-
-def _chunked(reader: Any) -> Iterator[bytes]:
-    """Decode ``Transfer-Encoding: chunked``, yielding each chunk as soon as it is read."""
-    while True:
-        line = reader.readline(_MAX_LINE + 1)
-        if not line:
-            raise RemoteError(ErrorCode.UNAVAILABLE, "the hub closed the connection mid-response")
-        try:
-            size = int(line.split(b";", 1)[0].strip(), 16)
-        except ValueError:
-            raise RemoteError(
-                ErrorCode.UNAVAILABLE, f"bad chunk header from the hub: {line[:100]!r}"
-            ) from None
-        if size == 0:
-            while reader.readline(_MAX_LINE + 1) not in (b"\r\n", b"\n", b""):
-                pass  # trailers
-            return
-        data = reader.read(size)
-        if len(data) < size:
-            raise RemoteError(ErrorCode.UNAVAILABLE, "the hub closed the connection mid-response")
-        reader.read(2)  # the CRLF after each chunk
-        yield data

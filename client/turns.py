@@ -47,6 +47,15 @@ class Turn:
     def answer(self) -> str:
         return self.answer_parts[-1] if self.answer_parts else ""
 
+    @staticmethod
+    def may_wait_for_approval(event: dict[str, Any]) -> bool:
+        """An event after which the workstream may be waiting for an approval: the request
+        itself, or the ``attention`` state (the hub records the approval row right after the
+        request event, so a reader checking only at the request can look too early)."""
+        data = event.get("data") or {}
+        return event["kind"] == "approval_requested" or (
+            event["kind"] == "state" and data.get("state") == "attention")
+
     def needs_approval(self, row: dict[str, Any]) -> bool:
         """True when the hub's row (the durable truth, unlike a replayed event) says the
         workstream waits for an approval."""

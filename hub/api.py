@@ -10,7 +10,7 @@ import base64
 import json
 import re
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from aiohttp import web
@@ -19,21 +19,10 @@ from hub.boxes import BoxService
 from hub.http_util import json_body, want
 from hub.registry import Registry
 from hub.store import Store
-from protocol import verbs
+from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
 from protocol.tokens import JoinToken, hash_secret, new_id, new_secret
-
-TTL_RE = re.compile(r"^(\d+)([smhd]?)$")
-_UNITS = {"": 1, "s": 1, "m": 60, "h": 3600, "d": 86400}
-
-
-def parse_ttl(value: Any) -> float:
-    if isinstance(value, (int, float)) and not isinstance(value, bool) and value > 0:
-        return float(value)
-    match = TTL_RE.match(str(value))
-    if not match or int(match.group(1)) <= 0:
-        raise RemoteError(ErrorCode.INVALID, f"bad ttl {value!r} (use e.g. 90s, 30m, 1h, 7d)")
-    return float(int(match.group(1)) * _UNITS[match.group(2)])
+from protocol.units import parse_size, parse_ttl
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -44,22 +33,13 @@ def _flag(request: web.Request, name: str) -> bool:
     return value in ("1", "true")
 
 
-def parse_size(value: Any) -> int:
-    """'512m' / '2g' / 1048576 → bytes."""
-    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
-        return value
-    match = re.fullmatch(r"(\d+)([kmg]?)b?", str(value).strip().lower())
-    if not match or int(match.group(1)) <= 0:
-        raise RemoteError(ErrorCode.INVALID, f"bad size {value!r} (use e.g. 512m, 2g)")
-    return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
-
-
 class Api:
     def __init__(
-        self, store: Store, registry: Registry, boxes: BoxService, public_url: str, pin: str
+        self, store: Store, registry: Registry, boxes: BoxService, public_url: str, pin: str,
+        clock: Callable[[], float] = time.time,
     ) -> None:
         self.store, self.registry, self.boxes = store, registry, boxes
-        self.public_url, self.pin = public_url, pin
+        self.public_url, self.pin, self.clock = public_url, pin, clock
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -96,7 +76,7 @@ class Api:
     async def token_create(self, request: web.Request) -> web.Response:
         body = await json_body(request)
         name = want(body, "name", str)
-        if not verbs.SPOKE_NAME_RE.match(name):
+        if not v.SPOKE_NAME_RE.match(name):
             raise RemoteError(
                 ErrorCode.INVALID,
                 f"bad spoke name {name!r}: lowercase letters, digits and '-', max 63",
@@ -121,7 +101,7 @@ class Api:
         )
 
     async def token_list(self, request: web.Request) -> web.Response:
-        now = time.time()
+        now = self.clock()
         rows = await self.store.list_tokens()
         for row in rows:
             row["state"] = (
@@ -191,7 +171,7 @@ class Api:
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                await link.call("spoke.ping", {})
+                await link.call(v.SPOKE_PING, v.Empty())
 
         await asyncio.gather(*(worker() for _ in range(concurrency)))
         seconds = time.perf_counter() - started
@@ -279,8 +259,8 @@ class Api:
         size = request.content_length
         if size is None:
             raise RemoteError(ErrorCode.INVALID, "Content-Length is required")
-        if size > verbs.MAX_FILE_BYTES:
-            raise RemoteError(ErrorCode.INVALID, f"file larger than {verbs.MAX_FILE_BYTES} bytes")
+        if size > v.MAX_FILE_BYTES:
+            raise RemoteError(ErrorCode.INVALID, f"file larger than {v.MAX_FILE_BYTES} bytes")
 
         async def source() -> AsyncIterator[bytes]:
             async for piece in request.content.iter_chunked(64 * 1024):
@@ -295,7 +275,7 @@ class Api:
 
     async def box_get_file(self, request: web.Request) -> web.StreamResponse:
         path = request.query.get("path", "")
-        stream = self.boxes.get_file(request.match_info["id"], path, verbs.MAX_FILE_BYTES)
+        stream = self.boxes.get_file(request.match_info["id"], path, v.MAX_FILE_BYTES)
         first = await anext(stream, None)
         response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
         await response.prepare(request)

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import json
 import logging
@@ -10,18 +11,18 @@ import os
 import signal
 import socket
 import ssl
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from aiohttp import web
 
-from hub import metrics, tls
-from hub import models as model_config
+from hub import metrics, model_config, tls
 from hub.api import Api
 from hub.boxes import BoxService
 from hub.http_util import auth_middleware, errors_middleware
-from hub.mcp.frontend import mount_mcp
+from hub.mcp.frontend import McpServices, mount_mcp
 from hub.registry import Registry
 from hub.relay import Relay
 from hub.store import Store
@@ -29,8 +30,8 @@ from hub.workstreams.api import WorkstreamApi
 from hub.workstreams.service import WorkstreamService
 from protocol.connection import Limits
 from protocol.tokens import hash_secret, new_id, new_secret
+from protocol.version import VERSION
 
-VERSION = "0.1.0"
 log = logging.getLogger("spokehub.hub")
 
 
@@ -58,6 +59,41 @@ class HubConfig:
         return f"{'http' if self.insecure_http else 'https'}://{host}:{self.port}"
 
 
+CleanupCtx = Callable[[web.Application], AsyncIterator[None]]
+
+
+class Lifecycles:
+    """An app's lifecycles as one aiohttp cleanup context: set up in the order given, torn
+    down in reverse, each exactly once, so the order they are listed in is the whole story.
+
+    Each is what aiohttp's ``cleanup_ctx`` takes (an async generator: setup before ``yield``,
+    teardown after); a failed setup tears down the ones already set up. One difference from
+    appending them to ``cleanup_ctx`` one by one: the teardown starts at ``on_shutdown``.
+    aiohttp runs cleanup contexts only after the server has waited ``shutdown_timeout`` for
+    the handlers still running, and spoke links and MCP streams end only when their
+    lifecycle's teardown ends them: the stop would hang for the timeout and then cut the
+    links instead of telling the spokes. By the cleanup stage nothing is left to undo.
+    Pinned by ``tests/test_lifecycle.py::test_stopping_a_hub_with_spokes_is_quiet`` and
+    ``tests/test_up_down.py::test_ctrl_c_of_up_stops_both_quietly_and_says_what_is_left``."""
+
+    def __init__(self, *contexts: CleanupCtx) -> None:
+        self._contexts = contexts
+        self._stack = contextlib.AsyncExitStack()
+
+    def install(self, app: web.Application) -> None:
+        app.cleanup_ctx.append(self._run)
+        app.on_shutdown.append(self._tear_down)
+
+    async def _run(self, app: web.Application) -> AsyncIterator[None]:
+        async with self._stack:
+            for ctx in self._contexts:
+                await self._stack.enter_async_context(contextlib.asynccontextmanager(ctx)(app))
+            yield
+
+    async def _tear_down(self, app: web.Application) -> None:
+        await self._stack.aclose()
+
+
 class Hub:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
@@ -83,6 +119,14 @@ class Hub:
         self.relay = Relay(lambda: self.models, self.registry.spoke_for_relay_token)
 
     def make_app(self) -> web.Application:
+        """The hub's one aiohttp app: routes, middlewares and the lifecycles of its services.
+
+        The stop runs in the reverse of the listed order, tuned for a quiet stop: MCP first
+        (running jobs are cancelled over their still-open links, so the spoke kills the
+        process and the job is recorded ``interrupted``, not ``failed``; then open MCP
+        streams end); then the scheduler, so nothing new is leased to a spoke about to be cut
+        off; then the links, each handler recording its disconnect; then the relay; and the
+        store last, so no handler ever meets a closed database."""
         app = web.Application(
             client_max_size=1024 * 1024,
             middlewares=[errors_middleware, auth_middleware(self.store, ("/healthz", "/metrics"), ("/spoke/", "/relay/"))],
@@ -92,28 +136,55 @@ class Hub:
         app.router.add_routes(self.api.routes())
         app.router.add_routes(WorkstreamApi(self.workstreams, lambda: self.models).routes())
         app.router.add_routes(self.relay.routes())
-        self.mcp = mount_mcp(app, self)  # before the hub's hooks: jobs stop while the store is open
-        app.on_startup.append(self._startup)
-        app.on_shutdown.append(self._shutdown)
+        self.mcp = mount_mcp(app, McpServices(
+            store=self.store, registry=self.registry, boxes=self.boxes,
+            workstreams=self.workstreams, public_url=self.config.url(),
+            bind_host=self.config.host, version=VERSION))
+        # Set up top to bottom, torn down bottom to top (see Lifecycles and the methods).
+        Lifecycles(
+            self._database,       # opened first, closed last: no handler meets a closed store
+            self._relay_client,
+            self._spoke_links,
+            self._scheduler,
+            self.mcp.lifecycle,   # stopped first, while links and store still work
+        ).install(app)
         return app
 
-    async def _startup(self, app: web.Application) -> None:
+    async def _database(self, app: web.Application) -> AsyncIterator[None]:
+        """The store, and the admin file written from it; closed after everything else."""
         await self.store.open()
+        try:
+            await self._write_admin_file()
+            yield
+        finally:
+            await self.store.close()
+
+    async def _relay_client(self, app: web.Application) -> AsyncIterator[None]:
+        """The relay makes its upstream client on first use; closed once no spoke is left."""
+        try:
+            yield
+        finally:
+            await self.relay.close()
+
+    async def _spoke_links(self, app: web.Application) -> AsyncIterator[None]:
+        """No spoke is connected to a hub that is starting; at the stop every spoke is told
+        the hub is going away (1001: it reconnects with backoff) and its link handler records
+        the disconnect while the store still works. Pinned by
+        ``tests/test_lifecycle.py::test_stopping_a_hub_with_spokes_is_quiet``."""
         await self.store.mark_all_disconnected()
-        await self._write_admin_file()
+        try:
+            yield
+        finally:
+            await self.registry.close_all(timeout_s=10.0)
+
+    async def _scheduler(self, app: web.Application) -> AsyncIterator[None]:
+        """Leasing work to spokes; stops before the links close, so nothing new is leased to
+        a spoke about to be cut off."""
         self.workstreams.start_scheduler()
-
-    async def _shutdown(self, app: web.Application) -> None:
-        """Stop taking on work, then close the links, then the rest, then the store.
-
-        The scheduler stops first so nothing new is leased to a spoke about to be cut off.
-        Then every spoke is told the hub is going away (1001: it reconnects with backoff) and
-        its link handler records the disconnect while the store still works; only then do
-        the relay and the database close, so no handler ever meets a closed database."""
-        await self.workstreams.stop()
-        await self.registry.close_all(timeout_s=10.0)
-        await self.relay.close()
-        await self.store.close()
+        try:
+            yield
+        finally:
+            await self.workstreams.stop()
 
     async def _write_admin_file(self) -> None:
         """What the local admin CLI needs (URL, pin, an admin API key), readable by owner only.

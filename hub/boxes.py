@@ -9,22 +9,19 @@ hub records as running).
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
-import secrets
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from hub.registry import Registry
 from hub.spoke_link import SpokeLink
 from hub.store import LIVE_BOX_STATES, Store
-from protocol import verbs
+from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
+from protocol.tokens import new_id
 
 log = logging.getLogger("spokehub.hub.boxes")
-
-
-def new_box_id() -> str:
-    return "bx_" + secrets.token_hex(8)
 
 
 class BoxService:
@@ -47,10 +44,7 @@ class BoxService:
         return self.registry.link(spoke)  # raises: the spoke is not connected
 
     async def _live_box(self, box_id: str) -> dict[str, Any]:
-        if not verbs.BOX_ID_RE.match(box_id):
-            raise RemoteError(
-                ErrorCode.INVALID, f"{box_id!r} is not a box id (bx_ + 16 hex digits)"
-            )
+        """The record of a live box; ``box_id`` comes from params already built (validated)."""
         box = await self.store.get_box(box_id)
         if box is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no box {box_id}")
@@ -59,12 +53,12 @@ class BoxService:
         return box
 
     async def create(self, spoke: str, params: dict[str, Any]) -> dict[str, Any]:
-        box_id = new_box_id()
-        model = verbs.parse_params(verbs.VERBS["box.create"], {**params, "box_id": box_id})
+        box_id = new_id("bx")
+        model = v.build(v.BOX_CREATE, **params, box_id=box_id)
         link = await self._link(spoke)
-        await self.store.add_box(box_id, spoke, model.image, model.model_dump(exclude={"box_id"}))  # type: ignore[attr-defined]
+        await self.store.add_box(box_id, spoke, model.image, model.model_dump(exclude={"box_id"}))
         try:
-            info = await link.call("box.create", model)
+            info = await link.call(v.BOX_CREATE, model)
         except BaseException as err:
             await self.store.set_box_state(box_id, "failed")
             asyncio.get_running_loop().create_task(self._cleanup(spoke, box_id))
@@ -76,7 +70,7 @@ class BoxService:
 
     async def _cleanup(self, spoke: str, box_id: str) -> None:
         try:
-            await (await self._link(spoke)).call("box.destroy", {"box_id": box_id})
+            await (await self._link(spoke)).call(v.BOX_DESTROY, v.BoxRef(box_id=box_id))
         except RemoteError as err:
             log.info("cleanup of %s on %s deferred to reconnect: %s", box_id, spoke, err)
 
@@ -96,8 +90,8 @@ class BoxService:
 
         async def ask(name: str) -> tuple[str, tuple[Any, ...] | RemoteError]:
             try:
-                listing = await self.registry.link(name).call("box.list", {}, timeout_s=10.0)
-                return name, tuple(getattr(listing, "boxes", ()))
+                listing = await self.registry.link(name).call(v.BOX_LIST, v.Empty(), timeout_s=10.0)
+                return name, tuple(listing.boxes)
             except RemoteError as err:
                 return name, err
 
@@ -149,46 +143,37 @@ class BoxService:
         ]
 
     async def destroy(self, box_id: str) -> dict[str, Any]:
-        if not verbs.BOX_ID_RE.match(box_id):
-            raise RemoteError(
-                ErrorCode.INVALID, f"{box_id!r} is not a box id (bx_ + 16 hex digits)"
-            )
+        ref = v.build(v.BOX_DESTROY, box_id=box_id)
         box = await self.store.get_box(box_id)
         if box is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no box {box_id}")
         if box["state"] not in LIVE_BOX_STATES:
             return {"id": box_id, "removed": False, "state": box["state"]}
-        result = await (await self._link(box["spoke"])).call("box.destroy", {"box_id": box_id})
+        result = await (await self._link(box["spoke"])).call(v.BOX_DESTROY, ref)
         await self.store.set_box_state(box_id, "destroyed")
-        return {
-            "id": box_id,
-            "removed": bool(getattr(result, "existed", False)),
-            "state": "destroyed",
-        }
+        return {"id": box_id, "removed": result.existed, "state": "destroyed"}
 
     async def logs(self, box_id: str, tail: int) -> bytes:
-        import base64
-
+        params = v.build(v.BOX_LOGS, box_id=box_id, tail=tail)
         box = await self._live_box(box_id)
-        result = await (await self._link(box["spoke"])).call(
-            "box.logs", {"box_id": box_id, "tail": tail}
-        )
-        return base64.b64decode(getattr(result, "data", ""))
+        result = await (await self._link(box["spoke"])).call(v.BOX_LOGS, params)
+        return base64.b64decode(result.data)
 
     async def stats(self, box_id: str) -> dict[str, Any]:
+        ref = v.build(v.BOX_STATS, box_id=box_id)
         box = await self._live_box(box_id)
-        result = await (await self._link(box["spoke"])).call("box.stats", {"box_id": box_id})
+        result = await (await self._link(box["spoke"])).call(v.BOX_STATS, ref)
         return result.model_dump()
 
     async def exec(
         self, box_id: str, params: dict[str, Any]
     ) -> AsyncGenerator[tuple[str, Any], None]:
         """Yields ("stdout"|"stderr", bytes) as output arrives, then ("exit", ExecDone dict)."""
+        model = v.build(v.BOX_EXEC, **params, box_id=box_id)
         box = await self._live_box(box_id)
-        model = verbs.parse_params(verbs.VERBS["box.exec"], {**params, "box_id": box_id})
-        timeout = getattr(model, "timeout_s", None)
+        timeout = model.timeout_s
         call = await (await self._link(box["spoke"])).call_stream(
-            "box.exec", model, timeout_s=(timeout + 30.0) if timeout else None
+            v.BOX_EXEC, model, timeout_s=(timeout + 30.0) if timeout else None
         )
         finished = False
         try:
@@ -214,17 +199,17 @@ class BoxService:
     ) -> dict[str, Any]:
         """Upload ``source``; ``path`` may be relative (the spoke resolves it). The result's
         ``path`` is the absolute path the spoke wrote."""
+        params = v.build(v.BOX_PUT_FILE, box_id=box_id, path=path, size=size, mode=mode,
+                         parents=parents, into_dir_name=into_dir_name)
         box = await self._live_box(box_id)
-        params = {"box_id": box_id, "path": path, "size": size, "mode": mode,
-                  "parents": parents, "into_dir_name": into_dir_name}
-        link = await self._link(box["spoke"])  # the link validates params before sending
-        result = await link.call_upload("box.put_file", params, source)
+        link = await self._link(box["spoke"])
+        result = await link.call_upload(v.BOX_PUT_FILE, params, source)
         return result.model_dump()
 
     async def get_file(self, box_id: str, path: str, max_bytes: int) -> AsyncIterator[bytes]:
+        params = v.build(v.BOX_GET_FILE, box_id=box_id, path=path, max_bytes=max_bytes)
         box = await self._live_box(box_id)
-        params = {"box_id": box_id, "path": path, "max_bytes": max_bytes}
-        call = await (await self._link(box["spoke"])).call_stream("box.get_file", params)
+        call = await (await self._link(box["spoke"])).call_stream(v.BOX_GET_FILE, params)
         finished = False
         try:
             async for _stream, data in call.chunks():

@@ -18,19 +18,23 @@ import time
 from collections.abc import Awaitable, Callable
 from typing import Any
 
-from aiohttp import WSMsgType, web
+from aiohttp import web
 from cryptography.exceptions import InvalidSignature
 from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 
 from hub import metrics
-from hub.spoke_link import SpokeLink
+from hub.spoke_link import AiohttpTransport, SpokeLink
 from hub.store import Store
 from protocol import events as ev
 from protocol import messages
-from protocol.connection import Connection, Limits, Role
+from protocol import verbs as v
+from protocol.connection import Limits
 from protocol.errors import ErrorCode, RemoteError
-from protocol.tokens import auth_message, hash_secret, secret_matches
+from protocol.link import HubDriver
+from protocol.sides import HubConnection
+from protocol.tokens import auth_message, hash_secret, new_secret, secret_matches
+from protocol.transport import Transport
 
 log = logging.getLogger("spokehub.hub.registry")
 
@@ -42,8 +46,11 @@ class Rejected(Exception):
 
 
 class Registry:
-    def __init__(self, store: Store, pin: str, limits: Limits, version: str) -> None:
+    def __init__(self, store: Store, pin: str, limits: Limits, version: str, *,
+                 clock: Callable[[], float] = time.monotonic,
+                 wall_clock: Callable[[], float] = time.time, tick_s: float = 1.0) -> None:
         self.store = store
+        self.clock, self.wall_clock, self.tick_s = clock, wall_clock, tick_s
         self.pin = pin
         self.limits = limits
         self.version = version
@@ -103,34 +110,40 @@ class Registry:
         return name if name is not None and self.live(name) is not None else None
 
     async def handle_connect(self, request: web.Request) -> web.StreamResponse:
-        ws = web.WebSocketResponse(max_msg_size=self.limits.max_frame_bytes * 4, autoping=True)
-        await ws.prepare(request)
-        conn = Connection(Role.HUB, clock=time.monotonic, limits=self.limits)
+        """``GET /spoke/connect``: the WebSocket upgrade, then :meth:`serve_link`."""
+        socket = web.WebSocketResponse(max_msg_size=self.limits.max_frame_bytes * 4, autoping=True)
+        await socket.prepare(request)
+        await self.serve_link(AiohttpTransport(socket), str(request.remote))
+        return socket
+
+    async def serve_link(self, transport: Transport, remote: str) -> None:
+        """Handshake, then serve one spoke connection until it ends, over any transport (the
+        tests in tests/hub/ use the in-memory pipe). Enrollment or a signed resume first;
+        a refused spoke is told why and the close code says whether retrying can help."""
+        conn = HubConnection(self.clock, self.limits)
         challenge = secrets.token_bytes(32)
         conn.send_hello(challenge, f"spokehub/{self.version}")
-        for frame in conn.data_to_send():
-            await ws.send_str(frame)
+        handshake = HubDriver(conn, transport, name=remote, clock=self.clock)
+        await handshake.flush()
         try:
-            name, params = await asyncio.wait_for(
-                self._authenticate(ws, conn, challenge), self.limits.handshake_timeout_s
-            )
+            params = await asyncio.wait_for(self._authenticate(handshake, challenge),
+                                            self.limits.handshake_timeout_s)
         except Rejected as err:
-            log.warning("spoke connection from %s rejected: %s", request.remote, err)
-            await self.store.audit("spoke.rejected", str(request.remote), str(err))
+            log.warning("spoke connection from %s rejected: %s", remote, err)
+            await self.store.audit("spoke.rejected", remote, str(err))
             conn.reject_auth(RemoteError(ErrorCode.DENIED, str(err)))
-            for frame in conn.data_to_send():
-                await ws.send_str(frame)
-            await ws.close(code=err.close_code, message=str(err).encode()[:120])
-            return ws
+            await handshake.close(err.close_code, str(err))
+            return
         except (TimeoutError, ConnectionError) as err:
-            await ws.close(code=messages.CLOSE_PROTOCOL, message=b"handshake failed")
-            log.info("handshake with %s failed: %r", request.remote, err)
-            return ws
-
-        link = SpokeLink(name, ws, conn, self._dispatch_notification)
+            await transport.close(messages.CLOSE_PROTOCOL, "handshake failed")
+            log.info("handshake with %s failed: %r", remote, err)
+            return
+        name = params.name
+        link = SpokeLink(name, transport, conn, self._dispatch_notification, clock=self.clock,
+                         tick_s=self.tick_s)
         link.labels, link.models = list(params.labels), list(params.models)
         link.max_workstreams = params.max_workstreams
-        relay_token = secrets.token_urlsafe(32)
+        relay_token = new_secret()
         link.relay_token_hash = hash_secret(relay_token)
         self._relay_tokens[link.relay_token_hash] = name
         old = self.links.get(name)
@@ -175,22 +188,17 @@ class Registry:
                     log.debug("disconnect of %s not recorded: %s", name, err)
             if handler is not None:
                 self._handlers.discard(handler)
-        return ws
 
-    async def _authenticate(
-        self, ws: web.WebSocketResponse, conn: Connection, challenge: bytes
-    ) -> tuple[str, messages.AuthParams]:
-        async for msg in ws:
-            if msg.type not in (WSMsgType.TEXT, WSMsgType.BINARY):
-                break
-            for event in conn.receive_data(msg.data):
+    async def _authenticate(self, handshake: HubDriver, challenge: bytes) -> messages.AuthParams:
+        while True:
+            for event in await handshake.receive_events():
                 if isinstance(event, ev.AuthRequested):
-                    assert isinstance(event.params, messages.AuthParams)
+                    assert isinstance(event.params, messages.AuthParams)  # the connection made it
                     await self._verify(event.params, challenge)
-                    return event.params.name, event.params
+                    return event.params
                 if isinstance(event, ev.ProtocolViolation):
                     raise Rejected(event.message, messages.CLOSE_PROTOCOL)
-        raise ConnectionError("closed during the handshake")
+            await handshake.flush()
 
     async def _verify(self, p: messages.AuthParams, challenge: bytes) -> None:
         if p.protocol not in messages.SUPPORTED_VERSIONS:
@@ -226,7 +234,7 @@ class Registry:
             raise Rejected("join token has been revoked")
         if token["used_at"] is not None:
             raise Rejected("join token has already been used")
-        if token["expires_at"] <= time.time():
+        if token["expires_at"] <= self.wall_clock():
             raise Rejected("join token has expired")
         if not hmac.compare_digest(token["name"], p.name):
             raise Rejected(f"join token is bound to spoke name {token['name']!r}, not {p.name!r}")
@@ -245,7 +253,7 @@ class Registry:
             await handler(link, params)
 
     async def _on_heartbeat(self, link: SpokeLink) -> None:
-        now = time.monotonic()
+        now = self.clock()
         if now - self._last_touch.get(link.name, 0.0) > 10.0:
             self._last_touch[link.name] = now
             await self.store.touch_spoke(link.name)
@@ -259,10 +267,10 @@ class Registry:
                 for b in await self.store.list_boxes(spoke=link.name)
                 if b["state"] == "running"
             }
-            listing = await link.call("box.list", {})
-            reported = {b.box_id for b in getattr(listing, "boxes", [])}
-            result = await link.call("box.reap", {"keep": sorted(known)})
-            removed = list(getattr(result, "removed", []))
+            listing = await link.call(v.BOX_LIST, v.Empty())
+            reported = {b.box_id for b in listing.boxes}
+            result = await link.call(v.BOX_REAP, v.Reap(keep=sorted(known)))
+            removed = list(result.removed)
             if removed:
                 await self.store.audit("box.reaped", link.name, ", ".join(removed))
             for box_id in known - reported:

@@ -19,7 +19,7 @@ import aiohttp
 from aiohttp import web
 
 from hub.http_util import read_limited
-from hub.models import ModelsConfig
+from hub.model_config import ModelsConfig
 from protocol.errors import ErrorCode
 
 log = logging.getLogger("spokehub.hub.relay")

@@ -11,6 +11,14 @@ stream-control notifications tied to a call id: ``$/chunk`` (sequence-numbered d
 ``$/ack`` (cumulative: the receiver consumed everything up to ``seq``), and ``$/cancel``.
 Each call's stream has its own window, so a slow consumer of one stream holds back only
 that stream's sender, never other calls on the same connection.
+
+The two ends differ only in the handshake and in who asks: :class:`protocol.sides.HubConnection`
+greets, checks the spoke's auth and issues verbs; :class:`protocol.sides.SpokeConnection`
+answers the greeting and serves verbs. This module is what they share. Misuse by the program
+driving a connection (``send_hello`` twice, a result for a call never received…) raises
+:class:`LocalProtocolError` ("can't X in state Y"), h11-style, instead of an ``assert`` that
+``python -O`` would remove. The asyncio driver both ends use is protocol/link.py. Pinned by
+tests/protocol/ (tests/protocol/helpers.py wires a pair in memory with a fake clock).
 """
 
 from __future__ import annotations
@@ -19,16 +27,15 @@ import base64
 import binascii
 import enum
 import json
-from collections.abc import Callable
-from dataclasses import dataclass, field
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
 from protocol import events as ev
-from protocol import messages
 from protocol.errors import ErrorCode, RemoteError
-from protocol.verbs import VERBS, Verb, lookup, parse_params, parse_result
+from protocol.verbs import VERBS, Verb, parse_result
 
 
 class Role(enum.Enum):
@@ -57,7 +64,7 @@ class Limits:
 
 @dataclass
 class _Call:
-    verb: Verb
+    verb: Verb[Any, Any]
     deadline: float
     sent_seq: int = -1  # last chunk seq we sent
     acked_seq: int = -1  # last chunk seq the peer consumed
@@ -66,13 +73,25 @@ class _Call:
     done_sending: bool = False
 
 
-@dataclass
-class Connection:
-    role: Role
-    clock: Callable[[], float]
-    limits: Limits = field(default_factory=Limits)
+class LocalProtocolError(RemoteError):
+    """The program driving this connection asked for something the protocol forbids in the
+    current state (a bug on our side, never the peer's): "can't send_hello in state open"."""
 
-    def __post_init__(self) -> None:
+    def __init__(self, message: str) -> None:
+        super().__init__(ErrorCode.INTERNAL, message)
+
+
+class Connection:
+    """What both ends share; use :class:`protocol.sides.HubConnection` or
+    :class:`protocol.sides.SpokeConnection`."""
+
+    role: Role
+    # The notifications the peer may send us once the connection is open.
+    peer_notifications: Mapping[str, type[BaseModel]] = {}
+
+    def __init__(self, clock: Callable[[], float], limits: Limits | None = None) -> None:
+        self.clock = clock
+        self.limits = limits or Limits()
         self.state = State.HANDSHAKE
         self._out: list[str] = []
         self._next_id = 1
@@ -82,7 +101,10 @@ class Connection:
         self._started = self.clock()
         self._last_received = self._started
         self._violations = 0
-        self._notifications = messages.FROM_HUB if self.role is Role.SPOKE else messages.FROM_SPOKE
+
+    def _require(self, state: State, doing: str) -> None:
+        if self.state is not state:
+            raise LocalProtocolError(f"can't {doing} in state {self.state.value}")
 
     # ------------------------------------------------------------------ output
     def data_to_send(self) -> list[str]:
@@ -93,72 +115,19 @@ class Connection:
         frame["jsonrpc"] = "2.0"
         self._out.append(json.dumps(frame, separators=(",", ":")))
 
-    # --------------------------------------------------------------- handshake
-    def send_hello(self, challenge: bytes, server: str) -> None:
-        assert self.role is Role.HUB and self.state is State.HANDSHAKE
-        hello = messages.Hello(
-            versions=list(messages.SUPPORTED_VERSIONS),
-            challenge=base64.b64encode(challenge).decode(),
-            server=server,
-            limits={
-                "max_frame_bytes": self.limits.max_frame_bytes,
-                "max_calls": self.limits.max_calls,
-                "heartbeat_s": self.limits.heartbeat_s,
-                "stale_after_s": self.limits.stale_after_s,
-            },
-        )
-        self._emit({"method": "hello", "params": hello.model_dump()})
-
-    def send_auth(self, params: messages.AuthParams) -> None:
-        assert self.role is Role.SPOKE and self.state is State.HANDSHAKE
-        self._auth_call = self._take_id()
-        self._emit({"id": self._auth_call, "method": "auth", "params": params.model_dump()})
-
-    def accept_auth(self, result: messages.AuthResult) -> None:
-        assert self.role is Role.HUB and self._auth_call is not None
-        self._emit({"id": self._auth_call, "result": result.model_dump()})
-        self.state = State.OPEN
-
-    def reject_auth(self, error: RemoteError) -> None:
-        assert self.role is Role.HUB
-        self._emit({"id": self._auth_call, "error": error.to_wire()})
-        self.state = State.CLOSED
-
     # ------------------------------------------------------------------- calls
-    def send_request(
-        self, verb_name: str, params: BaseModel | dict[str, Any], timeout_s: float | None = None
-    ) -> int:
-        """Validate and queue a request; raises :class:`RemoteError` without sending."""
-        if self.state is not State.OPEN:
-            raise RemoteError(ErrorCode.UNAVAILABLE, "connection is not open")
-        if self.role is not Role.HUB:
-            raise RemoteError(ErrorCode.DENIED, "only the hub issues verbs")
-        verb = lookup(verb_name)
-        model = parse_params(verb, params.model_dump() if isinstance(params, BaseModel) else params)
-        if len(self._outgoing) >= self.limits.max_calls:
-            raise RemoteError(ErrorCode.BUSY, f"{self.limits.max_calls} calls already in flight")
-        timeout = verb.default_timeout_s if timeout_s is None else timeout_s
-        call_id = self._take_id()
-        self._outgoing[call_id] = _Call(verb, self.clock() + timeout + self.limits.deadline_grace_s)
-        self._emit(
-            {
-                "id": call_id,
-                "method": verb.name,
-                "params": model.model_dump(),
-                "timeout_ms": int(timeout * 1000),
-            }
-        )
-        return call_id
-
     def send_result(self, call_id: int, result: BaseModel | dict[str, Any]) -> None:
         call = self._incoming.get(call_id)
         if call is None:
             return  # cancelled or already answered: nothing to say
         # Validate before forgetting the call, so a bad result can still be answered with
-        # send_error instead of leaving the peer waiting for its deadline.
-        model = parse_result(
-            call.verb, result.model_dump() if isinstance(result, BaseModel) else result
-        )
+        # send_error instead of leaving the peer waiting for its deadline. A model of the
+        # verb's result type was validated when it was built.
+        if isinstance(result, BaseModel) and type(result) is call.verb.result:
+            model: BaseModel = result
+        else:
+            raw = result.model_dump() if isinstance(result, BaseModel) else result
+            model = parse_result(call.verb, raw)
         del self._incoming[call_id]
         self._emit({"id": call_id, "result": model.model_dump()})
 
@@ -309,60 +278,29 @@ class Connection:
 
     def _on_request(self, call_id: int, method: str, frame: dict[str, Any]) -> list[ev.Event]:
         if self.state is State.HANDSHAKE:
-            if self.role is not Role.HUB or method != "auth" or self._auth_call is not None:
-                return self._violation(call_id, "expected an auth request first")
-            try:
-                params = messages.AuthParams.model_validate(frame.get("params"))
-            except ValidationError as err:
-                return self._violation(call_id, f"bad auth request: {err.errors()[0].get('msg')}")
-            self._auth_call = call_id
-            return [ev.AuthRequested(call_id, params)]
+            return self._handshake_request(call_id, method, frame)
         if self.state is not State.OPEN:
             return []
-        if self.role is not Role.SPOKE:
-            self._emit(
-                {
-                    "id": call_id,
-                    "error": RemoteError(
-                        ErrorCode.DENIED, f"the hub serves no verbs ({method!r})"
-                    ).to_wire(),
-                }
-            )
-            return [ev.ProtocolViolation(f"spoke sent request {method!r}")]
-        if call_id in self._incoming:
-            return self._violation(call_id, f"call id {call_id} is already in flight")
-        try:
-            verb = lookup(method)
-            request_params = parse_params(verb, frame.get("params"))
-        except RemoteError as err:
-            self._emit({"id": call_id, "error": err.to_wire()})
-            return [ev.ProtocolViolation(str(err))]
-        if len(self._incoming) >= self.limits.max_calls:
-            self._emit(
-                {
-                    "id": call_id,
-                    "error": RemoteError(
-                        ErrorCode.BUSY, f"{self.limits.max_calls} calls already in flight"
-                    ).to_wire(),
-                }
-            )
-            return []
-        timeout_ms = frame.get("timeout_ms")
-        if not isinstance(timeout_ms, int) or isinstance(timeout_ms, bool) or timeout_ms <= 0:
-            timeout_ms = int(verb.default_timeout_s * 1000)
-        deadline = self.clock() + timeout_ms / 1000
-        self._incoming[call_id] = _Call(verb, deadline)
-        return [ev.RequestReceived(call_id, verb.name, request_params, deadline)]
+        return self._open_request(call_id, method, frame)
+
+    def _handshake_request(self, call_id: int, method: str, frame: dict[str, Any]) -> list[ev.Event]:
+        return self._violation(call_id, "expected an auth request first")
+
+    def _open_request(self, call_id: int, method: str, frame: dict[str, Any]) -> list[ev.Event]:
+        raise NotImplementedError
+
+    def _handshake_reply(self, call_id: int, result: Any, error: Any) -> list[ev.Event] | None:
+        """A result (or error) that belongs to the handshake, or None if it does not."""
+        return None
+
+    def _handshake_notification(self, method: str, params: Any) -> list[ev.Event]:
+        return self._violation(None, f"unexpected {method!r} during the handshake")
 
     def _on_result(self, call_id: int, result: Any) -> list[ev.Event]:
-        if self.state is State.HANDSHAKE and self.role is Role.SPOKE and call_id == self._auth_call:
-            try:
-                model = messages.AuthResult.model_validate(result)
-            except ValidationError:
-                self.state = State.CLOSED
-                return [ev.AuthRejected(RemoteError(ErrorCode.INTERNAL, "malformed auth result"))]
-            self.state = State.OPEN
-            return [ev.Authenticated(model)]
+        if self.state is State.HANDSHAKE:
+            handled = self._handshake_reply(call_id, result, None)
+            if handled is not None:
+                return handled
         call = self._outgoing.pop(call_id, None)
         if call is None:
             return []  # late reply to a cancelled or timed-out call
@@ -372,24 +310,17 @@ class Connection:
             return [ev.CallFailed(call_id, err)]
 
     def _on_error(self, call_id: int, error: Any) -> list[ev.Event]:
-        remote = RemoteError.from_wire(error)
-        if self.state is State.HANDSHAKE and self.role is Role.SPOKE and call_id == self._auth_call:
-            self.state = State.CLOSED
-            return [ev.AuthRejected(remote)]
+        if self.state is State.HANDSHAKE:
+            handled = self._handshake_reply(call_id, None, error)
+            if handled is not None:
+                return handled
         if self._outgoing.pop(call_id, None) is None:
             return []
-        return [ev.CallFailed(call_id, remote)]
+        return [ev.CallFailed(call_id, RemoteError.from_wire(error))]
 
     def _on_notification(self, method: str, params: Any) -> list[ev.Event]:
         if self.state is State.HANDSHAKE:
-            if self.role is Role.SPOKE and method == "hello":
-                try:
-                    hello = messages.Hello.model_validate(params)
-                    challenge = base64.b64decode(hello.challenge, validate=True)
-                except (ValidationError, binascii.Error):
-                    return self._violation(None, "malformed hello")
-                return [ev.HelloReceived(tuple(hello.versions), challenge, dict(hello.limits))]
-            return self._violation(None, f"unexpected {method!r} during the handshake")
+            return self._handshake_notification(method, params)
         if not isinstance(params, dict):
             return self._violation(None, f"{method}: params must be an object")
         if method == "$/chunk":
@@ -401,7 +332,7 @@ class Connection:
             if isinstance(call_id, int) and call_id in self._incoming:
                 return [ev.CancelReceived(call_id)]
             return []
-        model_type = self._notifications.get(method)
+        model_type = self.peer_notifications.get(method)
         if model_type is None:
             return self._violation(None, f"notification {method!r} is not on the allowlist")
         try:
@@ -453,4 +384,4 @@ class Connection:
         return call_id
 
 
-__all__ = ["Connection", "Limits", "Role", "State", "VERBS"]
+__all__ = ["Connection", "Limits", "LocalProtocolError", "Role", "State", "VERBS"]

@@ -16,6 +16,9 @@ import re
 import secrets
 from dataclasses import dataclass
 
+from protocol.pins import cert_pin as cert_pin  # re-exported: callers import it here
+from protocol.pins import pins_match as pins_match
+
 TOKEN_PREFIX = "shj1."
 PIN_RE = re.compile(r"^sha256:[0-9a-f]{64}$")
 AUTH_CONTEXT = b"spokehub-auth-v1"
@@ -82,15 +85,6 @@ def hash_secret(secret: str) -> str:
 
 def secret_matches(secret: str, stored_hash: str) -> bool:
     return hmac.compare_digest(hash_secret(secret), stored_hash)
-
-
-def cert_pin(der: bytes) -> str:
-    return "sha256:" + hashlib.sha256(der).hexdigest()
-
-
-def pins_match(expected: str, der: bytes) -> bool:
-    # bytes: compare_digest raises TypeError on non-ASCII str, and a bad pin is a mismatch
-    return hmac.compare_digest(expected.lower().encode(), cert_pin(der).encode())
 
 
 def auth_message(challenge: bytes, spoke_name: str, hub_pin: str) -> bytes:

@@ -4,7 +4,7 @@ The hub's append-only event log is the source of truth of every conversation. Wh
 loses a workstream's agent loop (it restarted, or the workstream moves to another spoke), the
 hub rebuilds the conversation from the log and hands it to ``ws.start`` as ``history``; the
 agent loop (``spoke/agent/loop.py``) continues from it. The format is the one
-``spoke/agent/models.py`` specifies, so this module is where hub and spoke agree on it:
+``spoke/agent/llm.py`` specifies, so this module is where hub and spoke agree on it:
 
 ``{"role": "user", "text": str}``
 ``{"role": "assistant", "text": str, "tool_calls": [{"id", "name", "arguments": dict}]}``

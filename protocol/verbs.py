@@ -10,9 +10,9 @@ from __future__ import annotations
 
 import re
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from protocol.errors import ErrorCode, RemoteError
 
@@ -21,7 +21,16 @@ SPOKE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
 MAX_EXEC_TIMEOUT_S = 24 * 3600.0
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
-BoxId = Annotated[str, Field(pattern=BOX_ID_RE.pattern)]
+
+
+def _box_id(value: str) -> str:
+    if not BOX_ID_RE.fullmatch(value):
+        raise ValueError(f"{value[:80]!r} is not a box id (bx_ + 16 hex digits)")
+    return value
+
+
+# The one definition of a box id, for both ends (spoke/boxes/base.py uses BOX_ID_RE too).
+BoxId = Annotated[str, AfterValidator(_box_id)]
 AbsPath = Annotated[str, Field(min_length=1, max_length=4096, pattern=r"^/")]
 
 
@@ -209,51 +218,54 @@ class WsAck(_Model):
 
 
 Stream = Literal["none", "down", "up"]
+P = TypeVar("P", bound=_Model)
+R = TypeVar("R", bound=_Model)
 
 
 @dataclass(frozen=True)
-class Verb:
-    """One allowlisted verb.
+class Verb(Generic[P, R]):
+    """One allowlisted verb, typed by its parameter and result models.
 
-    ``stream`` says which way chunk frames flow during the call: ``down`` from spoke to
-    hub (exec output, file download), ``up`` from hub to spoke (file upload).
-    ``idempotency_field`` names the hub-chosen id that makes a retried create a no-op.
+    A call site names the constant (``BOX_DESTROY``), hands it a ``BoxRef`` and gets a
+    ``Destroyed`` back: mypy checks both ends (``HubLink.call`` in protocol/link.py, the
+    handlers in spoke/dispatcher.py). ``stream`` says which way chunk frames flow during the
+    call: ``down`` from spoke to hub (exec output, file download), ``up`` from hub to spoke
+    (file upload). ``idempotency_field`` names the hub-chosen id that makes a retried create
+    a no-op. Pinned by tests/protocol/test_verbs.py.
     """
 
     name: str
-    params: type[_Model]
-    result: type[_Model]
+    params: type[P]
+    result: type[R]
     stream: Stream = "none"
     default_timeout_s: float = 30.0
     idempotency_field: str | None = None
 
 
-VERBS: dict[str, Verb] = {
+BOX_CREATE = Verb("box.create", BoxCreate, BoxInfoModel, default_timeout_s=120.0,
+                  idempotency_field="box_id")
+BOX_LIST = Verb("box.list", Empty, BoxList)
+BOX_EXEC = Verb("box.exec", BoxExec, ExecDone, stream="down", default_timeout_s=3600.0)
+BOX_LOGS = Verb("box.logs", BoxLogs, LogsResult)
+BOX_DESTROY = Verb("box.destroy", BoxRef, Destroyed, default_timeout_s=60.0)
+BOX_PUT_FILE = Verb("box.put_file", PutFile, FileDone, stream="up", default_timeout_s=300.0)
+BOX_GET_FILE = Verb("box.get_file", GetFile, FileDone, stream="down", default_timeout_s=300.0)
+BOX_STATS = Verb("box.stats", BoxRef, StatsResult)
+BOX_REAP = Verb("box.reap", Reap, Reaped, default_timeout_s=120.0)
+WS_START = Verb("ws.start", WsStart, WsStarted, default_timeout_s=180.0, idempotency_field="ws_id")
+WS_SEND = Verb("ws.send", WsSend, WsAck)
+WS_APPROVE = Verb("ws.approve", WsApprove, WsAck)
+WS_CANCEL = Verb("ws.cancel", WsRef, WsAck)
+WS_CLOSE = Verb("ws.close", WsRef, WsAck, default_timeout_s=60.0)
+SPOKE_INFO = Verb("spoke.info", Empty, SpokeInfo)
+SPOKE_PING = Verb("spoke.ping", Empty, Empty, default_timeout_s=10.0)
+
+# The allowlist itself: nothing else is ever sent or served.
+VERBS: dict[str, Verb[Any, Any]] = {
     v.name: v
-    for v in (
-        Verb(
-            "box.create",
-            BoxCreate,
-            BoxInfoModel,
-            default_timeout_s=120.0,
-            idempotency_field="box_id",
-        ),
-        Verb("box.list", Empty, BoxList),
-        Verb("box.exec", BoxExec, ExecDone, stream="down", default_timeout_s=3600.0),
-        Verb("box.logs", BoxLogs, LogsResult),
-        Verb("box.destroy", BoxRef, Destroyed, default_timeout_s=60.0),
-        Verb("box.put_file", PutFile, FileDone, stream="up", default_timeout_s=300.0),
-        Verb("box.get_file", GetFile, FileDone, stream="down", default_timeout_s=300.0),
-        Verb("box.stats", BoxRef, StatsResult),
-        Verb("box.reap", Reap, Reaped, default_timeout_s=120.0),
-        Verb("ws.start", WsStart, WsStarted, default_timeout_s=180.0, idempotency_field="ws_id"),
-        Verb("ws.send", WsSend, WsAck),
-        Verb("ws.approve", WsApprove, WsAck),
-        Verb("ws.cancel", WsRef, WsAck),
-        Verb("ws.close", WsRef, WsAck, default_timeout_s=60.0),
-        Verb("spoke.info", Empty, SpokeInfo),
-        Verb("spoke.ping", Empty, Empty, default_timeout_s=10.0),
-    )
+    for v in (BOX_CREATE, BOX_LIST, BOX_EXEC, BOX_LOGS, BOX_DESTROY, BOX_PUT_FILE, BOX_GET_FILE,
+              BOX_STATS, BOX_REAP, WS_START, WS_SEND, WS_APPROVE, WS_CANCEL, WS_CLOSE,
+              SPOKE_INFO, SPOKE_PING)
 }
 
 
@@ -261,11 +273,12 @@ def _explain(err: ValidationError) -> str:
     parts = []
     for item in err.errors()[:3]:
         where = ".".join(str(p) for p in item.get("loc", ())) or "params"
-        parts.append(f"{where}: {item.get('msg', 'invalid')}")
+        message = str(item.get("msg", "invalid")).removeprefix("Value error, ")
+        parts.append(f"{where}: {message}")
     return "; ".join(parts)
 
 
-def lookup(name: str) -> Verb:
+def lookup(name: str) -> Verb[Any, Any]:
     """Return the verb or raise a typed ``denied`` error: unknown verbs are refused."""
     verb = VERBS.get(name)
     if verb is None:
@@ -273,7 +286,8 @@ def lookup(name: str) -> Verb:
     return verb
 
 
-def parse_params(verb: Verb, params: Any) -> _Model:
+def parse_params(verb: Verb[P, R], params: Any) -> P:
+    """Validate untrusted ``params`` (a spoke receiving, or the hub building from a dict)."""
     if params is None:
         params = {}
     if not isinstance(params, dict):
@@ -284,8 +298,14 @@ def parse_params(verb: Verb, params: Any) -> _Model:
         raise RemoteError(ErrorCode.INVALID, f"{verb.name}: {_explain(err)}") from None
 
 
-def parse_result(verb: Verb, result: Any) -> _Model:
+def parse_result(verb: Verb[P, R], result: Any) -> R:
     try:
         return verb.result.model_validate(result)
     except ValidationError as err:
         raise RemoteError(ErrorCode.INTERNAL, f"{verb.name} result: {_explain(err)}") from None
+
+
+def build(verb: Verb[P, R], **fields: Any) -> P:
+    """The hub's one validation of parameters it builds from a user's request: the model,
+    or a typed ``invalid`` error naming the bad field (never a pydantic traceback)."""
+    return parse_params(verb, fields)

@@ -14,9 +14,10 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
 
-from protocol import verbs
+from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
-from spoke.boxes.base import BoxError, BoxManager, BoxSpec
+from protocol.verbs import P, R
+from spoke.boxes.base import BoxError, BoxInfo, BoxManager, BoxSpec
 from spoke.policy import Policy
 
 if TYPE_CHECKING:
@@ -26,17 +27,25 @@ log = logging.getLogger("spokehub.spoke.dispatch")
 
 
 class CallIO(Protocol):
-    """The streaming side of one call, provided by the connector."""
+    """The streaming side of one call (protocol/link.py's ``CallIO`` is the real one)."""
 
     async def send(self, stream: str, data: bytes, eof: bool = False) -> None: ...
 
     def upload(self) -> AsyncIterator[bytes]: ...
 
 
-Handler = Callable[[BaseModel, CallIO], Awaitable[BaseModel | dict[str, Any]]]
+Handler = Callable[[Any, CallIO], Awaitable[BaseModel]]
+
+
+def _on(verb: v.Verb[P, R], handler: Callable[[P, CallIO], Awaitable[R]]) -> tuple[str, Handler]:
+    """One row of the handler table; mypy checks the handler against the verb's types."""
+    return verb.name, handler
 
 
 class Dispatcher:
+    """Serves every verb of the allowlist (a verb without a handler fails at start-up).
+    Pinned by tests/boxes/ (the box manager below it), tests/hub/ and the e2e tests."""
+
     def __init__(
         self,
         name: str,
@@ -51,30 +60,29 @@ class Dispatcher:
         self.boxes, self.policy = boxes, policy
         self.chunk_bytes = chunk_bytes
         self._create_lock = asyncio.Lock()
-        self.handlers: dict[str, Handler] = {
-            "box.create": self.box_create,
-            "box.list": self.box_list,
-            "box.exec": self.box_exec,
-            "box.logs": self.box_logs,
-            "box.destroy": self.box_destroy,
-            "box.put_file": self.box_put_file,
-            "box.get_file": self.box_get_file,
-            "box.stats": self.box_stats,
-            "box.reap": self.box_reap,
-            "spoke.info": self.spoke_info,
-            "spoke.ping": self.spoke_ping,
-            "ws.start": self._ws("start"),
-            "ws.send": self._ws("send"),
-            "ws.approve": self._ws("approve"),
-            "ws.cancel": self._ws("cancel"),
-            "ws.close": self._ws("close"),
-        }
-        missing = set(verbs.VERBS) - set(self.handlers)
-        assert not missing, f"verbs without a handler: {missing}"
+        self.handlers: dict[str, Handler] = dict([
+            _on(v.BOX_CREATE, self.box_create),
+            _on(v.BOX_LIST, self.box_list),
+            _on(v.BOX_EXEC, self.box_exec),
+            _on(v.BOX_LOGS, self.box_logs),
+            _on(v.BOX_DESTROY, self.box_destroy),
+            _on(v.BOX_PUT_FILE, self.box_put_file),
+            _on(v.BOX_GET_FILE, self.box_get_file),
+            _on(v.BOX_STATS, self.box_stats),
+            _on(v.BOX_REAP, self.box_reap),
+            _on(v.SPOKE_INFO, self.spoke_info),
+            _on(v.SPOKE_PING, self.spoke_ping),
+            _on(v.WS_START, self.ws_start),
+            _on(v.WS_SEND, self.ws_send),
+            _on(v.WS_APPROVE, self.ws_approve),
+            _on(v.WS_CANCEL, self.ws_cancel),
+            _on(v.WS_CLOSE, self.ws_close),
+        ])
+        missing = set(v.VERBS) - set(self.handlers)
+        if missing:
+            raise RuntimeError(f"verbs without a handler: {sorted(missing)}")
 
-    async def dispatch(
-        self, verb: str, params: BaseModel, io: CallIO
-    ) -> BaseModel | dict[str, Any]:
+    async def dispatch(self, verb: str, params: BaseModel, io: CallIO) -> BaseModel:
         handler = self.handlers.get(verb)
         if handler is None:  # unreachable while the table and handlers agree
             raise RemoteError(ErrorCode.DENIED, f"verb {verb!r} is not on the allowlist")
@@ -83,7 +91,7 @@ class Dispatcher:
         except BoxError as err:
             raise RemoteError(err.code, str(err)) from None
 
-    async def box_create(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
+    async def box_create(self, p: v.BoxCreate, io: CallIO) -> v.BoxInfoModel:
         async with self._create_lock:  # the count check and the create must not interleave
             live = [b for b in await self.boxes.list() if b.id != p.box_id]
             limits = self.policy.check_create(p, len(live))
@@ -98,10 +106,10 @@ class Dispatcher:
             info = await self.boxes.create(p.box_id, spec)
         return _box_model(info)
 
-    async def box_list(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
-        return {"boxes": [_box_model(b).model_dump() for b in await self.boxes.list()]}
+    async def box_list(self, p: v.Empty, io: CallIO) -> v.BoxList:
+        return v.BoxList(boxes=[_box_model(b) for b in await self.boxes.list()])
 
-    async def box_exec(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
+    async def box_exec(self, p: v.BoxExec, io: CallIO) -> v.ExecDone:
         handle = await self.boxes.exec(
             p.box_id, list(p.cmd), env=dict(p.env) or None, workdir=p.workdir, timeout=p.timeout_s
         )
@@ -113,20 +121,17 @@ class Dispatcher:
         except BaseException:
             await handle.kill()  # deadline, cancel or lost hub: the process must not linger
             raise
-        return {
-            "exit_code": result.exit_code,
-            "timed_out": result.timed_out,
-            "cancelled": result.cancelled,
-        }
+        return v.ExecDone(exit_code=result.exit_code, timed_out=result.timed_out,
+                          cancelled=result.cancelled)
 
-    async def box_logs(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
+    async def box_logs(self, p: v.BoxLogs, io: CallIO) -> v.LogsResult:
         data = await self.boxes.logs(p.box_id, p.tail)
-        return {"data": base64.b64encode(data[-512 * 1024 :]).decode()}
+        return v.LogsResult(data=base64.b64encode(data[-512 * 1024 :]).decode())
 
-    async def box_destroy(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
-        return {"existed": await self.boxes.destroy(p.box_id)}
+    async def box_destroy(self, p: v.BoxRef, io: CallIO) -> v.Destroyed:
+        return v.Destroyed(existed=await self.boxes.destroy(p.box_id))
 
-    async def box_put_file(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
+    async def box_put_file(self, p: v.PutFile, io: CallIO) -> v.FileDone:
         if p.size > self.policy.max_file_bytes:
             raise RemoteError(
                 ErrorCode.DENIED, f"file of {p.size} bytes exceeds this spoke's limit"
@@ -146,9 +151,9 @@ class Dispatcher:
             p.box_id, p.path, b"".join(parts), p.mode,
             parents=p.parents, into_dir_name=p.into_dir_name,
         )
-        return {"size": received, "path": written}
+        return v.FileDone(size=received, path=written)
 
-    async def box_get_file(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
+    async def box_get_file(self, p: v.GetFile, io: CallIO) -> v.FileDone:
         # Resolved here (relative paths mean the box's working directory, which only this
         # side knows) so the result can say which file was read.
         path = await self.boxes.resolve_path(p.box_id, p.path)
@@ -158,52 +163,59 @@ class Dispatcher:
         for start in range(0, len(data), self.chunk_bytes):
             await io.send("file", data[start : start + self.chunk_bytes])
         await io.send("file", b"", eof=True)
-        return {"size": len(data), "path": path}
+        return v.FileDone(size=len(data), path=path)
 
-    async def box_stats(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
+    async def box_stats(self, p: v.BoxRef, io: CallIO) -> v.StatsResult:
         stats = await self.boxes.stats(p.box_id)
-        return {
-            "memory_bytes": int(stats.get("memory_bytes", 0)),
-            "cpu_percent": float(stats.get("cpu_percent", 0.0)),
-            "pids": int(stats.get("pids", 0)),
-        }
+        return v.StatsResult(memory_bytes=int(stats.get("memory_bytes", 0)),
+                             cpu_percent=float(stats.get("cpu_percent", 0.0)),
+                             pids=int(stats.get("pids", 0)))
 
-    async def box_reap(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
+    async def box_reap(self, p: v.Reap, io: CallIO) -> v.Reaped:
         removed = await self.boxes.reap(set(p.keep))
         if removed:
             log.info("reaped %d orphan box(es): %s", len(removed), ", ".join(removed))
-        return {"removed": removed}
+        return v.Reaped(removed=removed)
 
-    def _ws(self, action: str) -> Handler:
-        async def handle(p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
-            if self.workstreams is None:
-                raise RemoteError(ErrorCode.UNAVAILABLE, "this spoke runs no workstreams")
-            result: dict[str, Any] = await getattr(self.workstreams, action)(p)
-            return result
+    def _runner(self) -> WorkstreamRunner:
+        if self.workstreams is None:
+            raise RemoteError(ErrorCode.UNAVAILABLE, "this spoke runs no workstreams")
+        return self.workstreams
 
-        return handle
+    async def ws_start(self, p: v.WsStart, io: CallIO) -> v.WsStarted:
+        return await self._runner().start(p)
 
-    async def spoke_info(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
-        boxes = [_box_model(b).model_dump() for b in await self.boxes.list()]
-        return {
-            "name": self.name,
-            "version": self.version,
-            "boxes": boxes,
-            "labels": list(self.policy.labels),
-            "policy": self.policy.describe(),
-            "capacity": {
-                "max_boxes": self.policy.max_boxes,
-                "free_boxes": self.policy.max_boxes - len(boxes),
-            },
-            "workstreams": self.workstreams.active() if self.workstreams else [],
-        }
+    async def ws_send(self, p: v.WsSend, io: CallIO) -> v.WsAck:
+        return await self._runner().send(p)
 
-    async def spoke_ping(self, p: Any, io: CallIO) -> BaseModel | dict[str, Any]:
-        return {}
+    async def ws_approve(self, p: v.WsApprove, io: CallIO) -> v.WsAck:
+        return await self._runner().approve(p)
+
+    async def ws_cancel(self, p: v.WsRef, io: CallIO) -> v.WsAck:
+        return await self._runner().cancel(p)
+
+    async def ws_close(self, p: v.WsRef, io: CallIO) -> v.WsAck:
+        return await self._runner().close(p)
+
+    async def spoke_info(self, p: v.Empty, io: CallIO) -> v.SpokeInfo:
+        boxes = [_box_model(b) for b in await self.boxes.list()]
+        return v.SpokeInfo(
+            name=self.name,
+            version=self.version,
+            boxes=boxes,
+            labels=list(self.policy.labels),
+            policy=self.policy.describe(),
+            capacity={"max_boxes": self.policy.max_boxes,
+                      "free_boxes": self.policy.max_boxes - len(boxes)},
+            workstreams=self.workstreams.active() if self.workstreams else [],
+        )
+
+    async def spoke_ping(self, p: v.Empty, io: CallIO) -> v.Empty:
+        return v.Empty()
 
 
-def _box_model(info: Any) -> verbs.BoxInfoModel:
-    return verbs.BoxInfoModel(
+def _box_model(info: BoxInfo) -> v.BoxInfoModel:
+    return v.BoxInfoModel(
         box_id=info.id,
         image=info.image,
         state=info.state,

@@ -8,26 +8,22 @@ import logging
 import re
 import signal
 import sys
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 from protocol.tokens import JoinToken
+from protocol.units import parse_size
+from protocol.version import VERSION
 from spoke import connector
 from spoke.dispatcher import Dispatcher
 from spoke.identity import SpokeState
 from spoke.policy import Policy
 
-VERSION = "0.1.0"
 OPTIONS_FILE = "options.json"
+LABEL_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
 log = logging.getLogger("spokehub.spoke")
-
-
-def parse_size(text: str) -> int:
-    match = re.fullmatch(r"(\d+)([kmg]?)b?", text.strip().lower())
-    if not match or int(match.group(1)) <= 0:
-        raise ValueError(f"bad size {text!r} (use e.g. 512m, 4g)")
-    return int(match.group(1)) * {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3}[match.group(2)]
 
 
 @dataclass
@@ -48,6 +44,12 @@ class SpokeOptions:
 
     @classmethod
     def from_cli(cls, data_dir: Path, opts: dict[str, Any]) -> SpokeOptions:
+        """The options saved in ``data_dir`` by the last ``spoke join|run``, overridden by
+        those given now (``opts``: click's parameters, see :data:`CLI_OPTIONS`), checked,
+        and saved again. :class:`ValueError` (the CLI's usage error) names what is wrong.
+
+        Pinned by ``tests/test_spoke_options.py``; end to end by ``tests/test_enrollment.py``,
+        ``tests/test_admin_cli.py`` and ``tests/test_boxes_e2e.py``."""
         saved: dict[str, Any] = {}
         path = data_dir / OPTIONS_FILE
         if path.exists():
@@ -55,33 +57,15 @@ class SpokeOptions:
         from spoke.boxes.image import DEFAULT_IMAGE
 
         options = cls(data_dir=data_dir, **{k: v for k, v in saved.items() if k != "data_dir"})
-        if opts.get("allow_image"):
-            options.allow_images = list(opts["allow_image"])
+        for row in CLI_OPTIONS:
+            value = opts.get(row.name)
+            if row.given(value):
+                setattr(options, row.field, row.convert(value))
         if not options.allow_images:
             options.allow_images = [DEFAULT_IMAGE]
-        if opts.get("max_boxes") is not None:
-            options.max_boxes = int(opts["max_boxes"])
-        if opts.get("max_memory"):
-            options.max_memory_bytes = parse_size(opts["max_memory"])
-        if opts.get("max_cpus") is not None:
-            options.max_cpus = float(opts["max_cpus"])
-        if opts.get("no_network"):
-            options.allow_network = False
-        if opts.get("labels"):
-            options.labels = list(opts["labels"])
-        if opts.get("runtime"):
-            options.runtime = opts["runtime"]
-        if opts.get("default_image"):
-            options.default_image = opts["default_image"]
-        if opts.get("max_workstreams") is not None:
-            options.max_workstreams = int(opts["max_workstreams"])
-        if opts.get("models_file"):
-            options.models_file = str(Path(opts["models_file"]).resolve())
-        if options.default_image and options.default_image not in options.allow_images:
-            raise ValueError(f"--default-image {options.default_image} is not among the allowed images")
-        for label in options.labels:
-            if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", label):
-                raise ValueError(f"bad label {label!r}")
+        for row in CLI_OPTIONS:  # on the result, saved values included
+            if row.check is not None:
+                row.check(options)
         data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         doc = {k: v for k, v in asdict(options).items() if k != "data_dir"}
         path.write_text(json.dumps(doc, indent=2))
@@ -96,6 +80,62 @@ class SpokeOptions:
             allow_network=self.allow_network,
             labels=tuple(self.labels),
         )
+
+
+def _given(value: Any) -> bool:
+    """A flag, list or text option counts when non-empty (click gives None, () or False)."""
+    return bool(value)
+
+
+def _given_number(value: Any) -> bool:
+    """A number counts whenever given: 0 is a value (``--max-workstreams 0``)."""
+    return value is not None
+
+
+def _as_is(value: Any) -> Any:
+    return value
+
+
+def _check_default_image(options: SpokeOptions) -> None:
+    if options.default_image and options.default_image not in options.allow_images:
+        raise ValueError(f"--default-image {options.default_image} is not among the allowed images")
+
+
+def _check_labels(options: SpokeOptions) -> None:
+    for label in options.labels:
+        if not LABEL_RE.fullmatch(label):
+            raise ValueError(f"bad label {label!r}")
+
+
+@dataclass(frozen=True)
+class CliOption:
+    """One ``spoke join|run`` option: how it lands in :class:`SpokeOptions`.
+
+    ``name`` is click's parameter name, ``field`` the attribute it sets, ``convert`` turns
+    the given value into the field's, ``given`` says whether the option was given at all (if
+    not, the saved or default value stays), and ``check`` validates the final options."""
+
+    name: str
+    field: str
+    convert: Callable[[Any], Any]
+    given: Callable[[Any], bool] = _given
+    check: Callable[[SpokeOptions], None] | None = None
+
+
+# One row per option. Checks run in this order (the default image before the labels), so
+# with several problems the first one reported is always the same.
+CLI_OPTIONS: tuple[CliOption, ...] = (
+    CliOption("allow_image", "allow_images", list),
+    CliOption("default_image", "default_image", _as_is, check=_check_default_image),
+    CliOption("labels", "labels", list, check=_check_labels),
+    CliOption("max_boxes", "max_boxes", int, _given_number),
+    CliOption("max_memory", "max_memory_bytes", parse_size),
+    CliOption("max_cpus", "max_cpus", float, _given_number),
+    CliOption("no_network", "allow_network", lambda _: False),
+    CliOption("runtime", "runtime", _as_is),
+    CliOption("max_workstreams", "max_workstreams", int, _given_number),
+    CliOption("models_file", "models_file", lambda value: str(Path(value).resolve())),
+)
 
 
 async def serve(state: SpokeState, token: JoinToken | None, options: SpokeOptions) -> int:

@@ -16,13 +16,14 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from protocol import messages
+from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
 from spoke.boxes.base import BoxManager, BoxSpec
 from spoke.policy import Policy
 
 if TYPE_CHECKING:  # the agent stack (SDKs) loads only when a workstream starts
+    from spoke.agent.llm import ModelClient, ModelSpec, ToolCall
     from spoke.agent.loop import AgentLoop
-    from spoke.agent.models import ModelClient, ModelSpec, ToolCall
 
 log = logging.getLogger("spokehub.spoke.ws")
 Notify = Callable[[str, Any], Awaitable[None]]
@@ -97,7 +98,7 @@ class WorkstreamRunner:
         return f"all {self.max_workstreams} workstream slots of this spoke are busy"
 
     # ------------------------------------------------------------------ verbs
-    async def start(self, p: Any) -> dict[str, Any]:
+    async def start(self, p: v.WsStart) -> v.WsStarted:
         """Start (or, with ``p.history``, resume) a workstream in box ``p.box_id``.
 
         A resumed workstream keeps its box when it still exists, so its files are there; when
@@ -105,7 +106,7 @@ class WorkstreamRunner:
         busy workstreams (see :meth:`busy`). Pinned by tests/test_ws_capacity.py."""
         existing = self._ws.get(p.ws_id)
         if existing is not None:  # a retried start after a reconnect: same answer, no second box
-            return {"box_id": existing.box_id, "image": (await self.boxes.get(existing.box_id)).image}
+            return v.WsStarted(box_id=existing.box_id, image=(await self.boxes.get(existing.box_id)).image)
         if self.busy() >= self.max_workstreams:
             raise RemoteError(ErrorCode.BUSY, self._full())
         image = p.image or self.default_image
@@ -134,34 +135,34 @@ class WorkstreamRunner:
                                             "continuing in a new, empty box (files made before are lost)"})
         ws.inbox.put_nowait(p.message)
         ws.worker = asyncio.get_running_loop().create_task(self._work(ws))
-        return {"box_id": p.box_id, "image": info.image or image, "box_reused": reused}
+        return v.WsStarted(box_id=p.box_id, image=info.image or image, box_reused=reused)
 
-    async def send(self, p: Any) -> dict[str, Any]:
+    async def send(self, p: v.WsSend) -> v.WsAck:
         """Queue a message. An idle workstream needs a free slot to take it (busy: the hub keeps
         the message and delivers it when one frees); a busy one just queues it."""
         ws = self._get(p.ws_id)
         if not ws.busy() and self.busy() >= self.max_workstreams:
             raise RemoteError(ErrorCode.BUSY, self._full())
         ws.inbox.put_nowait(p.message)
-        return {"known": True}
+        return v.WsAck(known=True)
 
-    async def approve(self, p: Any) -> dict[str, Any]:
+    async def approve(self, p: v.WsApprove) -> v.WsAck:
         future = self._get(p.ws_id).approvals.get(p.call_id)
         if future is None or future.done():
-            return {"known": False}
+            return v.WsAck(known=False)
         future.set_result((p.approved, p.reason))
-        return {"known": True}
+        return v.WsAck(known=True)
 
-    async def cancel(self, p: Any) -> dict[str, Any]:
+    async def cancel(self, p: v.WsRef) -> v.WsAck:
         ws = self._get(p.ws_id)
         if ws.current is not None and not ws.current.done():
             ws.current.cancel()
-        return {"known": True}
+        return v.WsAck(known=True)
 
-    async def close(self, p: Any) -> dict[str, Any]:
+    async def close(self, p: v.WsRef) -> v.WsAck:
         ws = self._ws.get(p.ws_id)
         if ws is None:
-            return {"known": False}
+            return v.WsAck(known=False)
         if ws.worker is not None:
             ws.worker.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
@@ -169,7 +170,7 @@ class WorkstreamRunner:
         await self.boxes.destroy(ws.box_id)
         await self._emit(ws, "state", {"state": "closed"})
         self._ws.pop(p.ws_id, None)
-        return {"known": True}
+        return v.WsAck(known=True)
 
     async def shutdown(self) -> None:
         for ws in list(self._ws.values()):
@@ -184,7 +185,7 @@ class WorkstreamRunner:
         return ws
 
     def _client(self, refs: list[Any]) -> ModelClient:
-        from spoke.agent.models import FallbackClient, ModelSpec, make_client
+        from spoke.agent.llm import FallbackClient, ModelSpec, make_client
 
         clients: list[ModelClient] = []
         for ref in refs:
@@ -247,17 +248,28 @@ class _CreateView:
 
 
 def load_local_models(path: Path | None) -> dict[str, ModelSpec]:
-    """Spoke-local models (e.g. a GPU endpoint on this machine), same TOML shape as the hub's."""
+    """Spoke-local models (e.g. a GPU endpoint on this machine) from ``path``
+    (``spoke join|run --models-file``): the same ``[models.ALIAS]`` tables as the hub's
+    ``hub.toml``, parsed and validated by :mod:`protocol.model_config`. A spoke calls these
+    endpoints itself, so each needs a ``base_url``; ``api_key`` defaults to "none" (local
+    servers take any). :class:`protocol.model_config.ModelConfigError` names what is wrong.
+
+    Pinned by ``tests/test_local_models.py``; end to end by ``tests/test_workstreams_e2e.py``."""
     if path is None:
         return {}
-    import tomllib
+    from protocol.model_config import ModelConfigError, model_entry, parse_models_toml
+    from spoke.agent.llm import ModelSpec
 
-    from spoke.agent.models import ModelSpec
-
-    doc = tomllib.loads(path.read_text())
     out: dict[str, ModelSpec] = {}
-    for alias, raw in (doc.get("models") or {}).items():
-        out[alias] = ModelSpec(alias=alias, provider=raw.get("provider", "openai"), base_url=raw["base_url"],
-                               api_key=raw.get("api_key", "none"), model=raw["model"],
-                               context_window=int(raw.get("context_window", 128_000)))
+    for alias, raw in parse_models_toml(path.read_text(), str(path)).models.items():
+        try:
+            entry = model_entry(alias, raw)
+        except ModelConfigError as err:
+            raise ModelConfigError(f"{path}: {err}") from None
+        if entry.base_url is None:
+            raise ModelConfigError(f"{path}: model {alias!r}: 'base_url' is required "
+                                   "(a spoke calls its own models directly)")
+        out[alias] = ModelSpec(alias=alias, provider=entry.provider, base_url=entry.base_url,
+                               api_key="none" if entry.api_key is None else entry.api_key,
+                               model=entry.model, context_window=entry.context_window)
     return out

@@ -14,9 +14,9 @@ import threading
 import pytest
 
 from cli.hub_cli import _parse_box_exec
-from client.http_client import _read_response
+from client.fast_exec import read_response as _read_response
 from protocol.errors import RemoteError
-from spoke.boxes.docker_exec import EngineExec
+from spoke.boxes.docker_raw_api import EngineExec
 
 BOX = "bx_0123456789abcdef"
 
@@ -107,3 +107,16 @@ def test_engine_reads_the_exec_stream_head_and_not_a_byte_more() -> None:
     assert (status, reason) == (101, "UPGRADED")
     assert headers["content-type"] == "application/vnd.docker.raw-stream"
     assert rest == frame
+
+
+def test_the_cli_fast_path_stays_import_light() -> None:
+    """What ``hub box exec`` loads to pin, send and decode must not pull in http.client (the
+    email package), click, or protocol.tokens (dataclasses): each costs milliseconds a run."""
+    import subprocess
+    import sys
+
+    probe = ("import sys, cli.hub_cli, cli.common, client.http_client, client.fast_exec, "
+             "client.errors, protocol.pins; print(sorted(m for m in ('http.client', 'email', "
+             "'click', 'dataclasses', 'protocol.tokens') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    assert out.stdout.strip() == "[]"

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
 
 from protocol import events as ev
 from protocol import messages
-from protocol.connection import Connection, Role
+from protocol.sides import SpokeConnection
 from protocol.tokens import JoinToken
 from spoke.identity import Identity
 from tests.cluster import Hub, Spoke
@@ -24,11 +24,11 @@ def _ctx() -> ssl.SSLContext:
     return ctx
 
 
-async def _enrolled_raw_spoke(hub: Hub, name: str) -> tuple[Any, Connection]:
+async def _enrolled_raw_spoke(hub: Hub, name: str) -> tuple[Any, SpokeConnection]:
     """A hand-driven spoke: the real handshake, then whatever frames a test wants to send."""
     token = JoinToken.decode(hub.token(name))
     ws = await websockets.connect(f"wss://127.0.0.1:{hub.port}/spoke/connect", ssl=_ctx(), max_size=None)
-    conn = Connection(Role.SPOKE, clock=time.monotonic)
+    conn = SpokeConnection(clock=time.monotonic)
     [hello] = conn.receive_data(await ws.recv())
     assert isinstance(hello, ev.HelloReceived)
     key = Ed25519PrivateKey.generate()

@@ -21,7 +21,7 @@ from pathlib import Path
 
 import docker
 
-from hub import models as model_config
+from hub import model_config
 from tests.cluster import free_port, wait_until
 from tests.llm_server import Call, Echo
 from tests.ws_helpers import ThreadedLLM, write_hub_models

@@ -1,10 +1,12 @@
 """The cluster and exec tools of the hub's MCP front-end.
 
-Each tool is a thin adapter over the hub's in-process services (store, registry, BoxService,
-JobRunner): the same code paths as the REST API, so a chatbot gets exactly the checks, typed
-errors and reconciliation the CLI gets. A :class:`RemoteError` becomes an MCP tool error
-(``isError``) whose text starts with the typed code, so the model can read what went wrong
-and the session carries on.
+Each tool is a thin adapter over the hub's in-process services (registry, BoxService,
+JobRunner), passed in one by one rather than the whole ``Hub``: the same code paths as the
+REST API, so a chatbot gets exactly the checks, typed errors and reconciliation the CLI gets.
+A :class:`RemoteError` becomes an MCP tool error (``isError``) whose text starts with the
+typed code, so the model can read what went wrong and the session carries on. The registrar
+(:func:`tool_registrar`), the error mapping and the annotations here are shared with
+:mod:`hub.mcp.workstream_tools`. Pinned end to end by ``tests/test_mcp.py``.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ import contextlib
 import functools
 import time
 from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal, cast
+from typing import Annotated, Any, Literal, cast
 
 from mcp.server.auth.middleware.auth_context import get_access_token
 from mcp.server.mcpserver import Context, MCPServer
@@ -22,13 +24,12 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from hub.api import parse_size
+from hub.boxes import BoxService
 from hub.mcp.jobs import MAX_READ_CHARS, MAX_WAIT_S, JobRunner
+from hub.registry import Registry
 from protocol import verbs
 from protocol.errors import ErrorCode, RemoteError
-
-if TYPE_CHECKING:
-    from hub.app import Hub
+from protocol.units import parse_size
 
 DEFAULT_IMAGE = "spokehub-sandbox:bookworm"
 EXEC_MAX_TIMEOUT_S = 600.0
@@ -70,6 +71,25 @@ def tool_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[An
     return wrapper
 
 
+ToolFn = Callable[..., Awaitable[Any]]
+
+
+def tool_registrar(server: MCPServer) -> Callable[[ToolAnnotations], Callable[[ToolFn], ToolFn]]:
+    """The ``@tool(annotations)`` decorator every tool module registers with: it adds ``fn``
+    to ``server`` behind :func:`tool_errors` and returns ``fn`` unchanged. One registrar, so
+    every tool (cluster and workstream alike) reports typed errors the same way; pinned by
+    ``tests/test_mcp.py`` (tool list with annotations, ``isError`` results with typed codes)."""
+
+    def tool(annotations: ToolAnnotations) -> Callable[[ToolFn], ToolFn]:
+        def register(fn: ToolFn) -> ToolFn:
+            server.add_tool(tool_errors(fn), annotations=annotations)
+            return fn
+
+        return register
+
+    return tool
+
+
 def caller() -> str:
     """The id of the API key that authenticated this request (jobs are scoped to it)."""
     token = get_access_token()
@@ -88,29 +108,25 @@ def as_argv(cmd: list[str] | str) -> list[str]:
     return list(cmd)
 
 
-def register_cluster_tools(server: MCPServer, hub: Hub, jobs: JobRunner) -> None:
-    """Spokes, boxes, files and execs (short and as durable jobs)."""
-
-    def tool(annotations: ToolAnnotations) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
-        def register(fn: Callable[..., Awaitable[Any]]) -> Any:
-            server.add_tool(tool_errors(fn), annotations=annotations)
-            return fn
-
-        return register
+def register_cluster_tools(server: MCPServer, registry: Registry, boxes: BoxService,
+                           jobs: JobRunner) -> None:
+    """Spokes, boxes, files and execs (short and as durable jobs), over exactly the services
+    they use: the registry (spoke list), the box service and the job runner."""
+    tool = tool_registrar(server)
 
     @tool(READ_ONLY)
     async def list_spokes() -> dict[str, Any]:
         """List the machines (spokes) enrolled at this hub: whether each is connected now,
         its labels, models it offers, live box count and when it was last seen. Boxes can only
         be created on a connected spoke."""
-        return {"spokes": await hub.registry.spoke_summaries()}
+        return {"spokes": await registry.spoke_summaries()}
 
     @tool(READ_ONLY)
     async def list_boxes(
         spoke: Annotated[str | None, Field(description="Only boxes on this spoke.")] = None,
     ) -> dict[str, Any]:
         """List live boxes (sandboxed containers) across the cluster or on one spoke."""
-        return {"boxes": await hub.boxes.list(spoke)}
+        return {"boxes": await boxes.list(spoke)}
 
     @tool(MUTATING)
     async def create_box(
@@ -129,12 +145,12 @@ def register_cluster_tools(server: MCPServer, hub: Hub, jobs: JobRunner) -> None
             params["memory_bytes"] = parse_size(memory)
         if cpus is not None:
             params["cpus"] = cpus
-        return await hub.boxes.create(spoke, params)
+        return await boxes.create(spoke, params)
 
     @tool(DESTRUCTIVE)
     async def destroy_box(box: BoxArg) -> dict[str, Any]:
         """Destroy a box and everything in it. Destroying an already destroyed box is a no-op."""
-        return await hub.boxes.destroy(box)
+        return await boxes.destroy(box)
 
     @tool(READ_ONLY)
     async def box_logs(
@@ -143,7 +159,7 @@ def register_cluster_tools(server: MCPServer, hub: Hub, jobs: JobRunner) -> None
     ) -> dict[str, Any]:
         """The box container's own log (its main process), last ``tail`` lines. Output of
         exec/start_exec is returned by those tools, not here."""
-        data = await hub.boxes.logs(box, tail)
+        data = await boxes.logs(box, tail)
         return {"box": box, "logs": data.decode(errors="replace")}
 
     @tool(MUTATING)
@@ -168,7 +184,7 @@ def register_cluster_tools(server: MCPServer, hub: Hub, jobs: JobRunner) -> None
         async def source() -> AsyncIterator[bytes]:
             yield data
 
-        result = await hub.boxes.put_file(box, path, len(data), int(mode, 8), source())
+        result = await boxes.put_file(box, path, len(data), int(mode, 8), source())
         return {"box": box, "path": path, "size": result.get("size", len(data))}
 
     @tool(READ_ONLY)
@@ -183,7 +199,7 @@ def register_cluster_tools(server: MCPServer, hub: Hub, jobs: JobRunner) -> None
         read a part of it with exec instead (head -c, tail -n, sed -n, grep)."""
         parts: list[bytes] = []
         try:
-            download = cast(AsyncGenerator[bytes, None], hub.boxes.get_file(box, path, max_bytes))
+            download = cast(AsyncGenerator[bytes, None], boxes.get_file(box, path, max_bytes))
             async with contextlib.aclosing(download) as stream:
                 async for chunk in stream:
                     parts.append(chunk)
@@ -223,7 +239,7 @@ def register_cluster_tools(server: MCPServer, hub: Hub, jobs: JobRunner) -> None
         kept: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         seen, truncated, last_report = 0, False, float("-inf")  # first output: report at once
         done: dict[str, Any] = {}
-        async with contextlib.aclosing(hub.boxes.exec(box, params)) as stream:
+        async with contextlib.aclosing(boxes.exec(box, params)) as stream:
             async for kind, value in stream:
                 if kind == "exit":
                     done = value

@@ -14,6 +14,12 @@ The SDK's ``RequireAuthMiddleware`` stays in front as a second, fail-closed chec
 
 DNS-rebinding protection: requests must name this hub in ``Host`` (and in ``Origin`` if a
 browser sends one): the host of the hub's public URL, the address it binds, or loopback.
+
+Wiring: the front-end is given the services it uses (:class:`McpServices`), never the ``Hub``,
+so nothing under ``hub/mcp/`` imports ``hub.app``; and it registers no startup or shutdown
+hook of its own: the hub places :meth:`McpFrontend.lifecycle` among its other lifecycles, so
+where MCP stops (first: before the links and the store close) is fixed in one list in
+``hub/app.py``.
 """
 
 from __future__ import annotations
@@ -21,7 +27,8 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from typing import TYPE_CHECKING
+from collections.abc import AsyncIterator
+from dataclasses import dataclass
 from urllib.parse import urlsplit
 
 from aiohttp import web
@@ -32,12 +39,14 @@ from mcp.server.mcpserver import MCPServer
 from mcp.server.transport_security import TransportSecuritySettings
 from starlette.authentication import AuthCredentials
 
+from hub.boxes import BoxService
 from hub.mcp.asgi import Scope, serve_asgi
 from hub.mcp.cluster_tools import register_cluster_tools
 from hub.mcp.jobs import JobRunner
-
-if TYPE_CHECKING:
-    from hub.app import Hub
+from hub.mcp.workstream_tools import register_workstream_tools
+from hub.registry import Registry
+from hub.store import Store
+from hub.workstreams.service import WorkstreamService
 
 log = logging.getLogger("spokehub.hub.mcp")
 
@@ -51,6 +60,22 @@ Typical flow: list_spokes -> create_box on a connected spoke -> write_file / exe
 -> destroy_box. exec is for short commands; for anything long use start_exec, then
 read_output with the returned cursor until done is true (cancel_job stops it). Jobs survive
 disconnects and hub restarts and belong to your API key."""
+
+
+@dataclass(frozen=True)
+class McpServices:
+    """Everything the MCP front-end uses from the hub, and nothing more.
+
+    ``workstreams`` is ``None`` for a hub without agents (the workstream tools are then not
+    offered); ``public_url`` and ``bind_host`` decide the allowed Host/Origin values."""
+
+    store: Store
+    registry: Registry
+    boxes: BoxService
+    workstreams: WorkstreamService | None
+    public_url: str
+    bind_host: str
+    version: str
 
 
 def transport_security(public_url: str, bind_host: str) -> TransportSecuritySettings:
@@ -85,25 +110,21 @@ def _identity(request: web.Request, scope: Scope) -> None:
 class McpFrontend:
     """Owns the MCP server, its session manager and the job runner, for one hub process."""
 
-    def __init__(self, hub: Hub) -> None:
-        from hub.app import VERSION
-
-        self.hub = hub
-        self.jobs = JobRunner(hub.store, hub.boxes)
+    def __init__(self, services: McpServices) -> None:
+        self.services = services
+        self.jobs = JobRunner(services.store, services.boxes)
         self.server: MCPServer = MCPServer(
-            name="spokehub", version=VERSION, instructions=INSTRUCTIONS, log_level="WARNING"
+            name="spokehub", version=services.version, instructions=INSTRUCTIONS,
+            log_level="WARNING",
         )
-        register_cluster_tools(self.server, hub, self.jobs)
-        service = getattr(hub, "workstreams", None)
-        if service is not None:
-            from hub.mcp.workstream_tools import register_workstream_tools
-
-            register_workstream_tools(self.server, service)
+        register_cluster_tools(self.server, services.registry, services.boxes, self.jobs)
+        if services.workstreams is not None:
+            register_workstream_tools(self.server, services.workstreams)
         # Builds the SDK's session manager; the Starlette app it returns is not used (the
         # bridge calls the manager directly, under the hub's own routing and middlewares).
         self.server.streamable_http_app(
             streamable_http_path=MCP_PATH,
-            transport_security=transport_security(hub.config.url(), hub.config.host),
+            transport_security=transport_security(services.public_url, services.bind_host),
             max_request_body_size=MAX_BODY_BYTES,
             session_idle_timeout=SESSION_IDLE_TIMEOUT_S,
         )
@@ -112,7 +133,6 @@ class McpFrontend:
             RequireAuthMiddleware(self.manager.handle_request, required_scopes=[])
         )
         self._stop = asyncio.Event()
-        self._task: asyncio.Task[None] | None = None
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
         return await serve_asgi(self._asgi, request, _identity)
@@ -123,30 +143,37 @@ class McpFrontend:
             ready.set()
             await self._stop.wait()
 
-    async def on_startup(self, app: web.Application) -> None:
+    async def lifecycle(self, app: web.Application) -> AsyncIterator[None]:
+        """An aiohttp cleanup context: the session manager runs until teardown.
+
+        Teardown needs the spoke links and the store still open: running jobs end first
+        (each exec is cancelled on its spoke, which kills the process, and the job is
+        recorded ``interrupted``), then the session manager stops, which ends open MCP
+        streams so the server can drain. Hence the hub sets this up after its store and
+        links and tears it down before them. Pinned by ``tests/test_mcp.py::
+        test_jobs_survive_a_hub_restart_and_are_scoped_to_the_key`` (a job running at the stop
+        reads as interrupted) and ``tests/test_lifecycle.py`` (a stop without a traceback)."""
+        loop = asyncio.get_running_loop()
         ready = asyncio.Event()
-        self._task = asyncio.get_running_loop().create_task(self._run_manager(ready))
-        waiter = asyncio.get_running_loop().create_task(ready.wait())
-        await asyncio.wait({self._task, waiter}, return_when=asyncio.FIRST_COMPLETED)
+        task = loop.create_task(self._run_manager(ready))
+        waiter = loop.create_task(ready.wait())
+        await asyncio.wait({task, waiter}, return_when=asyncio.FIRST_COMPLETED)
         if not ready.is_set():
             waiter.cancel()
-            await self._task  # raises what stopped the manager from starting
-
-    async def on_shutdown(self, app: web.Application) -> None:
-        """Before the store closes: end running jobs (recorded as interrupted), then stop the
-        session manager, which ends open MCP streams so the server can drain."""
-        await self.jobs.stop()
-        self._stop.set()
-        if self._task is not None:
+            await task  # raises what stopped the manager from starting
+        try:
+            yield
+        finally:
+            await self.jobs.stop()
+            self._stop.set()
             with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._task, 10.0)
+                await asyncio.wait_for(task, 10.0)
 
 
-def mount_mcp(app: web.Application, hub: Hub) -> McpFrontend:
-    """Add ``/mcp`` to the hub's app. Call it before the hub registers its own startup and
-    shutdown hooks, so the jobs are stopped while the store is still open."""
-    frontend = McpFrontend(hub)
+def mount_mcp(app: web.Application, services: McpServices) -> McpFrontend:
+    """Add ``/mcp`` to the hub's app. Its lifecycle is left to the caller: put
+    :meth:`McpFrontend.lifecycle` among the app's cleanup contexts after the store's (it
+    must stop while the store is still open)."""
+    frontend = McpFrontend(services)
     app.router.add_route("*", MCP_PATH, frontend.handle)
-    app.on_startup.append(frontend.on_startup)
-    app.on_shutdown.append(frontend.on_shutdown)
     return frontend

@@ -19,14 +19,15 @@ import codecs
 import contextlib
 import json
 import logging
-import secrets
 import time
+from collections.abc import Callable
 from typing import Any
 
 from hub.boxes import BoxService
-from hub.store import LIVE_BOX_STATES, Store
+from hub.store import LIVE_BOX_STATES, Reader, Store, Tx
 from protocol import verbs
 from protocol.errors import ErrorCode, RemoteError
+from protocol.tokens import new_id
 
 log = logging.getLogger("spokehub.hub.mcp.jobs")
 
@@ -34,63 +35,61 @@ MAX_JOB_OUTPUT_CHARS = 16 * 1024 * 1024  # kept per job; past it output is dropp
 MAX_READ_CHARS = 256 * 1024
 MAX_WAIT_S = 30.0
 FINAL_STATES = ("exited", "failed", "cancelled", "timed_out", "interrupted")
+_OUTPUT_PAGE = 64  # output rows read per statement
 
 
 def new_job_id() -> str:
-    return "job_" + secrets.token_hex(8)
+    return new_id("job")
 
 
 class JobStore:
-    """The job tables (migration 3), through the store's single SQLite worker thread."""
+    """The job tables (migration 3), through the store's public transaction API.
 
-    def __init__(self, store: Store) -> None:
+    ``clock`` (wall-clock seconds for ``created_at``, ``finished_at`` and output timestamps)
+    defaults to the store's. Pinned end to end by tests/test_mcp.py and without processes by
+    tests/hub/test_store.py::test_job_output_is_read_by_cursor_within_max_chars."""
+
+    def __init__(self, store: Store, clock: Callable[[], float] | None = None) -> None:
         self.store = store
+        self.clock = clock if clock is not None else store.clock
 
     async def create(self, job_id: str, owner: str, box_id: str, cmd: list[str]) -> None:
         row = {
             "id": job_id, "owner": owner, "box_id": box_id, "cmd": json.dumps(cmd),
-            "state": "running", "exit_code": None, "error": "", "created_at": time.time(),
+            "state": "running", "exit_code": None, "error": "", "created_at": self.clock(),
             "finished_at": None, "last_seq": 0, "out_chars": 0, "truncated": 0,
         }
-        await self.store._run(lambda: self.store.db.table("mcp_jobs").insert(row))
+        await self.store.transaction(lambda tx: tx.insert("mcp_jobs", row))
 
     async def get(self, job_id: str, owner: str) -> dict[str, Any] | None:
         sql = "SELECT * FROM mcp_jobs WHERE id=? AND owner=?"
-        return await self.store._run(lambda: self.store._one(sql, (job_id, owner)))
+        return await self.store.read(lambda r: r.one(sql, (job_id, owner)))
 
     async def recent(self, owner: str, limit: int) -> list[dict[str, Any]]:
         sql = "SELECT * FROM mcp_jobs WHERE owner=? ORDER BY created_at DESC LIMIT ?"
-        return await self.store._run(lambda: self.store._rows(sql, (owner, limit)))
+        return await self.store.read(lambda r: r.rows(sql, (owner, limit)))
 
     async def append(self, job_id: str, chunks: list[tuple[str, str]], truncated: bool) -> int:
-        """Append ``(stream, text)`` chunks in one transaction; returns the new last seq."""
+        """Append ``(stream, text)`` chunks in one transaction; returns the new last seq.
+        ``truncated`` only ever turns the job's flag on."""
+        now = self.clock()
 
-        def run() -> int:
-            conn = self.store.db.conn
-            conn.execute("BEGIN")
-            try:
-                (seq,) = conn.execute(
-                    "SELECT last_seq FROM mcp_jobs WHERE id=?", (job_id,)
-                ).fetchone()
-                now = time.time()
-                rows = [(job_id, seq + i + 1, now, s, d) for i, (s, d) in enumerate(chunks)]
-                conn.executemany(
-                    "INSERT INTO mcp_job_output (job_id, seq, ts, stream, data) VALUES (?,?,?,?,?)",
-                    rows,
-                )
-                seq += len(rows)
-                conn.execute(
-                    "UPDATE mcp_jobs SET last_seq=?, out_chars=out_chars+?, "
-                    "truncated=max(truncated, ?) WHERE id=?",
-                    (seq, sum(len(d) for _, d in chunks), int(truncated), job_id),
-                )
-                conn.execute("COMMIT")
-                return int(seq)
-            except BaseException:
-                conn.execute("ROLLBACK")
-                raise
+        def run(tx: Tx) -> int:
+            job = tx.one("SELECT last_seq, truncated FROM mcp_jobs WHERE id=?", (job_id,))
+            if job is None:
+                raise RemoteError(ErrorCode.NOT_FOUND, f"no job {job_id}")
+            seq = int(job["last_seq"])
+            for stream, data in chunks:
+                seq += 1
+                tx.insert("mcp_job_output", {
+                    "job_id": job_id, "seq": seq, "ts": now, "stream": stream, "data": data})
+            tx.execute(
+                "UPDATE mcp_jobs SET last_seq=?, out_chars=out_chars+?, truncated=? WHERE id=?",
+                (seq, sum(len(d) for _, d in chunks), int(bool(job["truncated"]) or truncated), job_id),
+            )
+            return seq
 
-        return await self.store._run(run)
+        return await self.store.transaction(run)
 
     async def finish(self, job_id: str, state: str, exit_code: int | None, error: str) -> bool:
         """Record a final state, only over ``running`` (the first final word wins)."""
@@ -98,29 +97,33 @@ class JobStore:
             "UPDATE mcp_jobs SET state=?, exit_code=?, error=?, finished_at=? "
             "WHERE id=? AND state='running'"
         )
-        params = (state, exit_code, error[:2000], time.time(), job_id)
-        return await self.store._run(lambda: self.store._exec(sql, params)) == 1
+        params = (state, exit_code, error[:2000], self.clock(), job_id)
+        return await self.store.transaction(lambda tx: tx.execute(sql, params)) == 1
 
     async def output(self, job_id: str, after: int, max_chars: int) -> list[dict[str, Any]]:
         """Chunks after ``after``, in order, stopping once ``max_chars`` is reached (at least
-        one chunk is returned if any is pending, so a reader always makes progress)."""
+        one chunk is returned if any is pending, so a reader always makes progress). Read in
+        pages, so a long backlog is never loaded whole."""
+        sql = (
+            "SELECT seq, stream, data FROM mcp_job_output WHERE job_id=? AND seq>? "
+            "ORDER BY seq LIMIT ?"
+        )
 
-        def run() -> list[dict[str, Any]]:
+        def run(r: Reader) -> list[dict[str, Any]]:
             out: list[dict[str, Any]] = []
-            total = 0
-            cursor = self.store.db.conn.execute(
-                "SELECT seq, stream, data FROM mcp_job_output WHERE job_id=? AND seq>? ORDER BY seq",
-                (job_id, after),
-            )
-            for seq, stream, data in cursor:
-                if out and total + len(data) > max_chars:
-                    break
-                out.append({"seq": seq, "stream": stream, "data": data})
-                total += len(data)
-            cursor.close()
-            return out
+            total, cursor = 0, after
+            while True:
+                page = r.rows(sql, (job_id, cursor, _OUTPUT_PAGE))
+                for chunk in page:
+                    if out and total + len(chunk["data"]) > max_chars:
+                        return out
+                    out.append(chunk)
+                    total += len(chunk["data"])
+                if len(page) < _OUTPUT_PAGE:
+                    return out
+                cursor = page[-1]["seq"]
 
-        return await self.store._run(run)
+        return await self.store.read(run)
 
 
 class _OutputSink:
@@ -170,11 +173,24 @@ class _OutputSink:
 
 
 class JobRunner:
-    """Starts, tracks, reads and cancels jobs; one asyncio task per running job."""
+    """Starts, tracks, reads and cancels jobs; one asyncio task per running job.
 
-    def __init__(self, store: Store, boxes: BoxService) -> None:
-        self.jobs = JobStore(store)
+    ``clock`` stamps the job rows (default: the store's wall clock); ``monotonic`` measures
+    how long :meth:`read` waits (default :func:`time.monotonic`). Pinned end to end by
+    tests/test_mcp.py and without processes by
+    tests/hub/test_store.py::test_a_job_left_running_by_an_earlier_hub_reads_as_interrupted."""
+
+    def __init__(
+        self,
+        store: Store,
+        boxes: BoxService,
+        *,
+        clock: Callable[[], float] | None = None,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.jobs = JobStore(store, clock)
         self.boxes = boxes
+        self.monotonic = monotonic
         self._tasks: dict[str, asyncio.Task[None]] = {}
         self._waiters: dict[str, asyncio.Event] = {}
         self._stop_reason: dict[str, str] = {}
@@ -267,14 +283,14 @@ class JobRunner:
     ) -> dict[str, Any]:
         """Output after ``cursor``; waits up to ``wait_s`` for some if there is none yet."""
         max_chars = max(1, min(max_chars, MAX_READ_CHARS))
-        deadline = time.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
+        deadline = self.monotonic() + max(0.0, min(wait_s, MAX_WAIT_S))
         while True:
             job = await self.status(job_id, owner)  # the row first: a final state implies all
             running = job["state"] == "running"  # of its output is already stored
             # Registered before the output is read, so a flush in between is not missed.
             waiter = self._waiters.setdefault(job_id, asyncio.Event()) if running else None
             chunks = await self.jobs.output(job_id, cursor, max_chars)
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.monotonic()
             if chunks or waiter is None or remaining <= 0:
                 break
             with contextlib.suppress(TimeoutError):

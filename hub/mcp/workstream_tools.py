@@ -8,14 +8,13 @@ event), answers approval requests, and can cancel it.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from typing import Annotated, Any
 
 from mcp.server.mcpserver import MCPServer
-from mcp_types import ToolAnnotations
 from pydantic import Field
 
-from hub.mcp.cluster_tools import DESTRUCTIVE, MUTATING, READ_ONLY, caller, tool_errors
+from hub.mcp.cluster_tools import DESTRUCTIVE, MUTATING, READ_ONLY, caller, tool_registrar
+from hub.workstreams.service import WorkstreamService
 
 WsArg = Annotated[str, Field(description="Workstream id (ws_ + 16 hex digits) from start_workstream.")]
 CallArg = Annotated[str, Field(description="The call_id of a pending approval (see "
@@ -31,15 +30,11 @@ def _summary(ws: dict[str, Any]) -> dict[str, Any]:
     return {k: ws[k] for k in keep if k in ws}
 
 
-def register_workstream_tools(server: MCPServer, service: Any) -> None:
-    """``service`` is the hub's WorkstreamService (typed loosely: it lands separately)."""
-
-    def tool(annotations: ToolAnnotations) -> Callable[[Callable[..., Awaitable[Any]]], Any]:
-        def register(fn: Callable[..., Awaitable[Any]]) -> Any:
-            server.add_tool(tool_errors(fn), annotations=annotations)
-            return fn
-
-        return register
+def register_workstream_tools(server: MCPServer, service: WorkstreamService) -> None:
+    """Start, steer, follow and cancel agent workstreams through the hub's service (the same
+    one the REST API uses). Pinned by
+    ``tests/test_mcp.py::test_workstream_with_an_approval_round_trip``."""
+    tool = tool_registrar(server)
 
     @tool(MUTATING)
     async def start_workstream(

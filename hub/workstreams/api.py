@@ -9,7 +9,7 @@ from typing import Any
 from aiohttp import web
 
 from hub.http_util import json_body, want
-from hub.models import ModelsConfig
+from hub.model_config import ModelsConfig
 from hub.workstreams.service import WorkstreamService
 from protocol.errors import ErrorCode, RemoteError
 

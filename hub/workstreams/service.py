@@ -13,7 +13,6 @@ import asyncio
 import builtins
 import contextlib
 import logging
-import secrets
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -22,16 +21,17 @@ from typing import Any
 from pydantic import BaseModel
 
 from hub import metrics
-from hub.boxes import new_box_id
-from hub.models import ModelsConfig
+from hub.model_config import ModelsConfig
 from hub.registry import Registry
 from hub.spoke_link import SpokeLink
 from hub.store import Store
 from hub.workstreams import routing
 from hub.workstreams.store import WorkstreamStore
 from protocol import messages, transcript
+from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
-from protocol.verbs import MAX_MESSAGE_CHARS
+from protocol.tokens import new_id
+from protocol.verbs import MAX_MESSAGE_CHARS, P, R, Verb
 
 log = logging.getLogger("spokehub.hub.workstreams")
 TERMINAL = ("closed",)
@@ -47,17 +47,15 @@ def _check_message(message: str) -> None:
         raise RemoteError(ErrorCode.INVALID, f"message is {len(message)} characters; the limit is {MAX_MESSAGE_CHARS}")
 
 
-def new_ws_id() -> str:
-    return "ws_" + secrets.token_hex(8)
-
-
 class WorkstreamService:
     def __init__(self, store: Store, registry: Registry, models: Callable[[], ModelsConfig], *,
                  approval_timeout_s: float | None = None, clock: Callable[[], float] = time.time,
+                 monotonic: Callable[[], float] = time.monotonic,
                  models_file: Path | None = None) -> None:
         self.store, self.registry, self.models = store, registry, models
         self.models_file = models_file
-        self.approval_timeout_s, self.clock = approval_timeout_s, clock
+        # clock: wall time (approval deadlines, as stored); monotonic: waits and back-offs.
+        self.approval_timeout_s, self.clock, self.monotonic = approval_timeout_s, clock, monotonic
         self.db = WorkstreamStore(store)
         self._waiters: dict[str, asyncio.Event] = {}
         self._kick = asyncio.Event()
@@ -101,7 +99,7 @@ class WorkstreamService:
             raise RemoteError(ErrorCode.INVALID, f"unknown model {alias!r} (configured: {', '.join(config.models) or 'none'})")
         if spoke is not None and await self.store.get_spoke(spoke) is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no spoke {spoke!r}")
-        ws_id = new_ws_id()
+        ws_id = new_id("ws")
         await self.db.create({"id": ws_id, "spoke": None, "want_spoke": spoke, "want_label": label,
                               "model": alias, "image": image, "auto_approve": int(auto_approve),
                               "state": "queued", "title": message.strip()[:120], "owner": owner})
@@ -145,11 +143,11 @@ class WorkstreamService:
         return await self.db.events(ws_id, after, limit)
 
     async def wait_events(self, ws_id: str, after: int, timeout: float) -> builtins.list[dict[str, Any]]:
-        deadline = time.monotonic() + timeout
+        deadline = self.monotonic() + timeout
         while True:
             waiter = self._waiters.setdefault(ws_id, asyncio.Event())
             found = await self.events(ws_id, after)
-            remaining = deadline - time.monotonic()
+            remaining = deadline - self.monotonic()
             if found or remaining <= 0:
                 return found
             with contextlib.suppress(TimeoutError):
@@ -175,10 +173,7 @@ class WorkstreamService:
         if ws["state"] == "queued":
             await self._set_state(ws_id, "closed", "cancelled before it started")
             return await self.get(ws_id)
-        link = self.registry.live(ws["spoke"] or "")
-        if link is not None:
-            with contextlib.suppress(RemoteError):
-                await link.call("ws.cancel", {"ws_id": ws_id})
+        await self._tell(ws["spoke"], v.WS_CANCEL, v.WsRef(ws_id=ws_id))
         await self._append(ws_id, "cancelled", {})
         return await self.get(ws_id)
 
@@ -189,15 +184,11 @@ class WorkstreamService:
         if ws["state"] == "closed":
             return await self.get(ws_id)
         await self._resolve_approvals(ws_id, "closed")
-        link = self.registry.live(ws["spoke"] or "")
-        removed = False
-        if link is not None:
-            with contextlib.suppress(RemoteError):
-                done = await link.call("ws.close", {"ws_id": ws_id})
-                removed = bool(getattr(done, "known", False))
-                if not removed and ws["box_id"]:  # its agent is gone, its box may not be
-                    await link.call("box.destroy", {"box_id": ws["box_id"]})
-                    removed = True
+        done = await self._tell(ws["spoke"], v.WS_CLOSE, v.WsRef(ws_id=ws_id))
+        removed = done is not None and done.known
+        if done is not None and not done.known and ws["box_id"]:
+            # Its agent is gone (the spoke restarted), its box may not be.
+            removed = await self._tell(ws["spoke"], v.BOX_DESTROY, v.BoxRef(box_id=ws["box_id"])) is not None
         if ws["box_id"]:
             # Not removed now: reconcile reaps it when the spoke is back (only "running" boxes
             # are kept).
@@ -278,15 +269,22 @@ class WorkstreamService:
                 await self._append(ws_id, "approval_resolved_by_hub",
                                    {"call_id": approval["call_id"], "approved": False, "reason": why})
 
-    async def _deliver_approval(self, spoke: str | None, ws_id: str, call_id: str, approve: bool, reason: str) -> None:
+    async def _tell(self, spoke: str | None, verb: Verb[P, R], params: P) -> R | None:
+        """Call ``verb`` on the workstream's spoke if it is connected; None when it is not,
+        or the call failed (what could not be said now is said again at its reconnect)."""
         link = self.registry.live(spoke or "")
         if link is None:
-            return  # delivered when the spoke reconnects
+            return None
         try:
-            await link.call("ws.approve", {"ws_id": ws_id, "call_id": call_id, "approved": approve, "reason": reason})
-            await self.db.approval_delivered(ws_id, call_id)
+            return await link.call(verb, params)
         except RemoteError as err:
-            log.info("approval %s for %s not delivered yet: %s", call_id, ws_id, err)
+            log.info("%s to spoke %s not delivered yet: %s", verb.name, spoke, err)
+            return None
+
+    async def _deliver_approval(self, spoke: str | None, ws_id: str, call_id: str, approve: bool, reason: str) -> None:
+        decision = v.WsApprove(ws_id=ws_id, call_id=call_id, approved=approve, reason=reason)
+        if await self._tell(spoke, v.WS_APPROVE, decision) is not None:
+            await self.db.approval_delivered(ws_id, call_id)
 
     async def _ingest(self, link: SpokeLink, params: BaseModel) -> None:
         assert isinstance(params, messages.WsEvent)
@@ -297,8 +295,7 @@ class WorkstreamService:
                 await self._apply(link, ws, params.kind, params.data)
         elif ws is not None and ws["spoke"] == link.name:
             await self.db.update(params.ws_id, spoke_seq=max(ws["spoke_seq"], params.sseq))
-        link.conn.notify("ws.ack", messages.WsEventAck(ws_id=params.ws_id, sseq=params.sseq))
-        await link.flush()
+        await link.notify("ws.ack", messages.WsEventAck(ws_id=params.ws_id, sseq=params.sseq))
 
     async def _apply(self, link: SpokeLink, ws: dict[str, Any], kind: str, data: dict[str, Any]) -> None:
         ws_id = ws["id"]
@@ -336,7 +333,7 @@ class WorkstreamService:
         if not queued:
             return
         counts = await self.db.busy_counts()
-        now = time.monotonic()
+        now = self.monotonic()
         hub_models = frozenset(self.models().models)
         candidates = [routing.Candidate(link.name, tuple(link.labels), tuple(link.models),
                                         link.max_workstreams)
@@ -380,7 +377,7 @@ class WorkstreamService:
             if not pending:
                 await self._set_state(ws_id, "idle")
                 return
-            box_id = ws["box_id"] or new_box_id()
+            box_id = ws["box_id"] or new_id("bx")
             history = await self._history(ws_id, len(pending))
             await self.db.update(ws_id, spoke=link.name, state="starting", box_id=box_id, waiting="")
             await self._append(ws_id, "assigned", {"spoke": link.name, **({"resumed": True} if history else {})})
@@ -388,20 +385,20 @@ class WorkstreamService:
             if box_row is None:
                 await self.store.add_box(box_id, link.name, ws["image"] or "", {"workstream": ws_id})
             try:
-                started = await link.call("ws.start", {
-                    "ws_id": ws_id, "box_id": box_id, "message": pending[0]["message"],
-                    "models": self._model_refs(ws["model"], link), "image": ws["image"],
-                    "auto_approve": bool(ws["auto_approve"]), "seq_base": ws["spoke_seq"],
-                    "history": history})
+                started = await link.call(v.WS_START, v.build(
+                    v.WS_START, ws_id=ws_id, box_id=box_id, message=pending[0]["message"],
+                    models=self._model_refs(ws["model"], link), image=ws["image"],
+                    auto_approve=bool(ws["auto_approve"]), seq_base=ws["spoke_seq"],
+                    history=history))
             except RemoteError as err:
                 await self._lease_failed(ws, link, box_id, box_row is None, err)
                 return
             await self.store.set_box_state(box_id, "running")
-            await self.store.db_update_box_image(box_id, getattr(started, "image", ""))
+            await self.store.db_update_box_image(box_id, started.image)
             await self.db.update(ws_id, detached=0)
             await self.db.inbox_delivered(pending[0]["id"])
             for extra in pending[1:]:
-                await link.call("ws.send", {"ws_id": ws_id, "message": extra["message"]})
+                await link.call(v.WS_SEND, v.WsSend(ws_id=ws_id, message=extra["message"]))
                 await self.db.inbox_delivered(extra["id"])
         finally:
             self._leasing.discard(ws_id)
@@ -420,7 +417,7 @@ class WorkstreamService:
             await self.db.update(ws_id, error=message[:2000])
             await self._set_state(ws_id, "error")
             return
-        self._refused[(ws_id, link.name)] = time.monotonic() + (5.0 if err.code is ErrorCode.BUSY else 30.0)
+        self._refused[(ws_id, link.name)] = self.monotonic() + (5.0 if err.code is ErrorCode.BUSY else 30.0)
         keep = ws["spoke"] if ws["detached"] else None  # a resumed one waits for its box's spoke
         await self.db.update(ws_id, spoke=keep, state="queued", box_id="" if new_box else box_id)
         await self._append(ws_id, "lease_returned", {"spoke": link.name, "reason": str(err)})
@@ -445,7 +442,7 @@ class WorkstreamService:
             return
         for message in pending:
             try:
-                await link.call("ws.send", {"ws_id": ws_id, "message": message["message"]})
+                await link.call(v.WS_SEND, v.WsSend(ws_id=ws_id, message=message["message"]))
             except RemoteError as err:
                 if err.code is ErrorCode.NOT_FOUND:  # the spoke lost it since it last said
                     await self._detach(ws, f"spoke {link.name} no longer runs it")
@@ -483,8 +480,8 @@ class WorkstreamService:
             await self._set_state(ws_id, "idle")
 
     async def _spoke_connected(self, link: SpokeLink) -> None:
-        info = await link.call("spoke.info", {})
-        running = set(getattr(info, "workstreams", []))
+        info = await link.call(v.SPOKE_INFO, v.Empty())
+        running = set(info.workstreams)
         for ws in await self.db.on_spoke(link.name):
             ws_id = ws["id"]
             if ws_id in self._leasing or ws["state"] == "queued":
@@ -499,7 +496,7 @@ class WorkstreamService:
                                              approval["state"] == "approved", approval["reason"])
         closed = {w["id"] for w in await self.db.in_state("closed")}
         for ws_id in running & closed:
-            await link.call("ws.close", {"ws_id": ws_id})
+            await link.call(v.WS_CLOSE, v.WsRef(ws_id=ws_id))
         self.kick()
 
     async def _spoke_disconnected(self, link: SpokeLink) -> None:

@@ -13,7 +13,7 @@ from typing import Any
 import anthropic
 import httpx2
 
-from spoke.agent.models import (
+from spoke.agent.llm import (
     STOP_REASONS,
     ModelClient,
     ModelError,

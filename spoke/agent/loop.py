@@ -31,7 +31,7 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
-from spoke.agent.models import INTERRUPTED, ModelClient, ModelError, ToolCall
+from spoke.agent.llm import INTERRUPTED, ModelClient, ModelError, ToolCall
 from spoke.agent.tools import DEFAULT_POLICY, TOOLS, Sandbox, ToolOutcome, run_tool
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
@@ -96,7 +96,7 @@ class _Coalescer:
 class AgentLoop:
     """One workstream's agent. Not re-entrant: one :meth:`handle_message` at a time.
 
-    ``history`` is the neutral transcript (see :mod:`spoke.agent.models`); pass a saved one
+    ``history`` is the neutral transcript (see :mod:`spoke.agent.llm`); pass a saved one
     to resume a conversation, here or on another spoke.
     """
 

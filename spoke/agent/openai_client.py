@@ -12,7 +12,7 @@ from typing import Any
 import httpx2
 import openai
 
-from spoke.agent.models import (
+from spoke.agent.llm import (
     STOP_REASONS,
     ModelClient,
     ModelError,

@@ -8,8 +8,8 @@ from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any, Literal
 
+from spoke.agent.llm import ModelClient, ModelSpec, ToolCall, make_client
 from spoke.agent.loop import AgentLoop
-from spoke.agent.models import ModelClient, ModelSpec, ToolCall, make_client
 from spoke.agent.tools import BoxSandbox
 from tests.llm_server import LLMServer
 

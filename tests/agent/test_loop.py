@@ -6,7 +6,7 @@ import asyncio
 
 import pytest
 
-from spoke.agent.models import FallbackClient, ModelError, ToolCall
+from spoke.agent.llm import FallbackClient, ModelError, ToolCall
 from spoke.agent.tools import BoxSandbox
 from tests.agent.helpers import (
     PROVIDERS,

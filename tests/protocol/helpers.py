@@ -8,7 +8,8 @@ from typing import Any
 
 from protocol import events as ev
 from protocol import messages
-from protocol.connection import Connection, Limits, Role
+from protocol.connection import Connection, Limits
+from protocol.sides import HubConnection, SpokeConnection
 
 BOX = "bx_0123456789abcdef"
 WS = "ws_0123456789abcdef"
@@ -95,8 +96,8 @@ def pump(src: Connection, dst: Connection) -> list[ev.Event]:
 @dataclass
 class Pair:
     clock: FakeClock
-    hub: Connection
-    spoke: Connection
+    hub: HubConnection
+    spoke: SpokeConnection
 
     def to_spoke(self) -> list[ev.Event]:
         return pump(self.hub, self.spoke)
@@ -119,8 +120,8 @@ def new_pair(
     clock: FakeClock | None = None,
 ) -> Pair:
     clock = clock or FakeClock()
-    hub = Connection(Role.HUB, clock, limits or Limits())
-    spoke = Connection(Role.SPOKE, clock, spoke_limits or limits or Limits())
+    hub = HubConnection(clock, limits or Limits())
+    spoke = SpokeConnection(clock, spoke_limits or limits or Limits())
     return Pair(clock, hub, spoke)
 
 

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from protocol import events as ev
-from protocol.connection import Connection, Limits, Role, State
+from protocol.connection import Limits, Role, State
+from protocol.sides import SpokeConnection, for_role
 from tests.protocol.helpers import (
     FakeClock,
     Pair,
@@ -140,14 +141,14 @@ def test_too_many_violations_become_fatal() -> None:
 
 @pytest.mark.parametrize("role", list(Role))
 def test_any_violation_during_handshake_is_fatal(role: Role) -> None:
-    conn = Connection(role, FakeClock())
+    conn = for_role(role, FakeClock())
     (got,) = conn.receive_data("junk")
     assert isinstance(got, ev.ProtocolViolation) and got.fatal
     assert error_kind(frames(conn)[0]) == "invalid"
 
 
 def test_peer_error_report_during_handshake_is_fatal_and_unanswered() -> None:
-    conn = Connection(Role.SPOKE, FakeClock())
+    conn = SpokeConnection(FakeClock())
     (got,) = conn.receive_data(frame(id=None, error={"message": "bad hello", "data": {"kind": "invalid"}}))
     assert got == ev.ProtocolViolation("peer reported an error: invalid: bad hello", fatal=True)
     assert frames(conn) == []

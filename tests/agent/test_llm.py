@@ -9,7 +9,7 @@ from typing import Any
 import pytest
 
 from spoke.agent.anthropic_client import to_anthropic
-from spoke.agent.models import FallbackClient, ModelError, ModelSpec, make_client, normalize
+from spoke.agent.llm import FallbackClient, ModelError, ModelSpec, make_client, normalize
 from spoke.agent.openai_client import to_openai
 from spoke.agent.tools import TOOLS
 from tests.agent.helpers import PROVIDERS, Provider, client_for, spec_for

@@ -1,0 +1,47 @@
+"""The hub's store: every table's code over one transaction API, on a swappable engine.
+
+Layout:
+
+- :mod:`hub.store.engine` — the seam: :class:`~hub.store.engine.Engine` (``transaction(fn)``,
+  ``read(fn)``, ``open``, ``close``), the typed :class:`~hub.store.engine.Tx` and
+  :class:`~hub.store.engine.Reader` that table code writes against, what a PostgreSQL engine
+  must provide, and :class:`~hub.store.engine.SqliteEngine`, the embedded default (WAL, one
+  dedicated worker thread so the event loop never blocks, the closed-store ``unavailable`` rule).
+- :mod:`hub.store.migrations` — the versioned schema.
+- :mod:`hub.store.base` — :class:`~hub.store.base.StoreBase`: engine, clock, ``transaction``,
+  ``read``; the only API table code outside this package uses
+  (:mod:`hub.workstreams.store`, :mod:`hub.mcp.jobs`).
+- Table groups: :mod:`~hub.store.tokens` (join tokens, API keys), :mod:`~hub.store.spokes`,
+  :mod:`~hub.store.boxes`, :mod:`~hub.store.audit`.
+
+:class:`Store` is all of them in one object, so callers write ``store.get_spoke(name)``.
+Pinned without processes by tests/hub/test_store.py.
+"""
+
+from __future__ import annotations
+
+from hub.store.audit import AuditTables
+from hub.store.base import StoreBase
+from hub.store.boxes import LIVE_BOX_STATES, BoxTables
+from hub.store.engine import Engine, Reader, SqliteEngine, Tx
+from hub.store.spokes import SpokeTables
+from hub.store.tokens import ApiKeyTables, TokenTables
+
+
+class Store(TokenTables, ApiKeyTables, SpokeTables, BoxTables, AuditTables):
+    """The hub's store: ``Store(path, clock=time.time, engine=None)``; ``await open()`` first.
+
+    Every method runs through :meth:`~hub.store.base.StoreBase.transaction` or
+    :meth:`~hub.store.base.StoreBase.read`; once :meth:`close` has begun, each raises
+    ``RemoteError(UNAVAILABLE, "the hub is shutting down")``."""
+
+
+__all__ = [
+    "LIVE_BOX_STATES",
+    "Engine",
+    "Reader",
+    "SqliteEngine",
+    "Store",
+    "StoreBase",
+    "Tx",
+]

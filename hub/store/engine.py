@@ -1,0 +1,312 @@
+"""The store's engine seam: transactions over one database, and the SQLite engine behind them.
+
+Table code (``hub/store/*.py``, :mod:`hub.workstreams.store`, :mod:`hub.mcp.jobs`) never sees a
+connection. It hands a plain synchronous function to :meth:`Engine.transaction` (reads and
+writes) or :meth:`Engine.read` (reads only); the engine runs it off the event loop and passes it
+a :class:`Tx` (or a :class:`Reader`), valid only while the function runs::
+
+    def take(tx: Tx) -> bool:
+        return tx.execute("UPDATE tokens SET used_at=? WHERE id=? AND used_at IS NULL",
+                          (now, token_id)) == 1
+
+    taken = await store.transaction(take)
+
+:class:`SqliteEngine` is the embedded default: SQLite in WAL mode, one connection used only by
+one dedicated worker thread (so the event loop never blocks and the connection needs no lock),
+every transaction ``BEGIN IMMEDIATE … COMMIT``, rolled back if the function raises.
+
+What a PostgreSQL engine must provide to implement :class:`Engine` for the same table code:
+
+- **Serializable transactions.** A transaction function must behave as if transactions ran one
+  at a time: table code reads and then writes (``append`` reads ``last_seq`` and inserts
+  ``last_seq + 1``). SQLite gets that from ``BEGIN IMMEDIATE`` (the write lock is taken up
+  front). PostgreSQL needs ``ISOLATION LEVEL SERIALIZABLE`` and a retry on serialization failure
+  (SQLSTATE 40001), so **a transaction function may run more than once**: it must have no effect
+  outside ``tx`` (no I/O, no event-loop calls; computing ``clock()`` inside is fine).
+- **Snapshot reads.** :meth:`Engine.read` sees one consistent snapshot across its statements
+  (``REPEATABLE READ READ ONLY``).
+- **Synchronous functions off the loop.** The functions are plain ``def``: run them on a worker
+  thread with a synchronous driver (e.g. psycopg 3 with a connection pool).
+- **One placeholder style.** SQL is written with ``?`` placeholders (qmark), which SQLite takes
+  as is; a PostgreSQL engine rewrites each ``?`` to ``%s`` (psycopg) or ``$n``. Table code keeps
+  ``?`` and ``%`` out of SQL text other than as placeholders (values always go in ``params``).
+- **Portable SQL only in table code.** Standard SQL that both engines accept: ``INSERT … ON
+  CONFLICT (…) DO UPDATE SET c = excluded.c`` (see :func:`upsert_sql`), aggregates ``count``,
+  ``sum``, ``max``; no ``INSERT OR REPLACE``, no two-argument scalar ``max(a, b)``, no PRAGMA,
+  no sqlite-utils helpers. Booleans are stored as INTEGER 0/1 and JSON as TEXT, so rows read
+  back the same from both. The statement builders below are engine-neutral: reuse them.
+- **Generated ids.** :meth:`Tx.insert` returns the generated integer ``id`` for tables that have
+  one (``ws_inbox``, ``usage``, ``audit``): PostgreSQL adds ``RETURNING id`` for those.
+- **Its own migrations** with the same version numbers, tables and columns (identity columns for
+  ``AUTOINCREMENT``, ``DOUBLE PRECISION`` for ``REAL``), its version kept in a table.
+- **The closed-store rule.** Once :meth:`Engine.close` has begun, every call raises
+  ``RemoteError(UNAVAILABLE, "the hub is shutting down")``; calls already submitted finish first.
+
+Pinned by tests/hub/test_store.py.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import functools
+import re
+import sqlite3
+from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Protocol, TypeVar
+
+from protocol.errors import ErrorCode, RemoteError
+
+T = TypeVar("T")
+Params = Sequence[Any]
+Row = dict[str, Any]
+
+
+class Reader(Protocol):
+    """Read-only access inside :meth:`Engine.read` (and, through :class:`Tx`, in transactions)."""
+
+    def rows(self, sql: str, params: Params = ()) -> list[Row]:
+        """Every row of a query, as dicts keyed by column name."""
+        ...
+
+    def one(self, sql: str, params: Params = ()) -> Row | None:
+        """The first row of a query, or None."""
+        ...
+
+
+class Tx(Reader, Protocol):
+    """Reads and writes inside :meth:`Engine.transaction`; valid only while its function runs.
+
+    Table and column names given to ``insert``/``update``/``upsert`` come from code, never from
+    users; they are still checked to be plain lower-case identifiers (ValueError otherwise)."""
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        """Run one statement; returns the number of rows it changed."""
+        ...
+
+    def insert(self, table: str, row: Mapping[str, Any]) -> int:
+        """Insert one row; returns the generated integer ``id`` of tables that have one."""
+        ...
+
+    def update(self, table: str, key_column: str, key: Any, fields: Mapping[str, Any]) -> int:
+        """Set ``fields`` on the row whose ``key_column`` is ``key``; returns rows changed
+        (0 for a missing row, or when ``fields`` is empty)."""
+        ...
+
+    def upsert(self, table: str, row: Mapping[str, Any], key_columns: Sequence[str]) -> None:
+        """Insert a row, or overwrite every non-key column of the row with the same key."""
+        ...
+
+
+class Engine(Protocol):
+    """What :class:`hub.store.Store` needs of a database. Pinned by tests/hub/test_store.py."""
+
+    async def open(self) -> None:
+        """Connect and bring the schema up to date (migrations run once, in order)."""
+        ...
+
+    async def close(self) -> None:
+        """Refuse new calls, let submitted ones finish, then disconnect."""
+        ...
+
+    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+        """Run ``fn`` in one serializable transaction: committed if it returns, rolled back
+        (leaving nothing) if it raises. ``fn`` may be re-run (see the module docstring)."""
+        ...
+
+    async def read(self, fn: Callable[[Reader], T]) -> T:
+        """Run read-only ``fn`` against one consistent snapshot."""
+        ...
+
+
+# ------------------------------------------------------------- engine-neutral statement builders
+# Identifiers are checked, not quoted: SQLite reads an unknown "quoted" name in a WHERE clause as
+# a string literal (a silent no-match); a bare unknown name is an error, as it should be.
+_IDENT = re.compile(r"[a-z_][a-z0-9_]*\Z")
+
+
+def ident(name: str) -> str:
+    """``name`` if it is a plain lower-case SQL identifier, else ValueError."""
+    if not _IDENT.match(name):
+        raise ValueError(f"{name!r} is not a plain SQL identifier")
+    return name
+
+
+@functools.lru_cache(maxsize=256)
+def insert_sql(table: str, columns: tuple[str, ...]) -> str:
+    cols = ", ".join(ident(c) for c in columns)
+    return f"INSERT INTO {ident(table)} ({cols}) VALUES ({', '.join('?' for _ in columns)})"
+
+
+@functools.lru_cache(maxsize=256)
+def update_sql(table: str, key_column: str, columns: tuple[str, ...]) -> str:
+    sets = ", ".join(f"{ident(c)}=?" for c in columns)
+    return f"UPDATE {ident(table)} SET {sets} WHERE {ident(key_column)}=?"
+
+
+@functools.lru_cache(maxsize=256)
+def upsert_sql(table: str, columns: tuple[str, ...], key_columns: tuple[str, ...]) -> str:
+    """``INSERT … ON CONFLICT (keys) DO UPDATE``: the same text on SQLite (3.24+) and PostgreSQL."""
+    if not key_columns or not set(key_columns) <= set(columns):
+        raise ValueError(f"upsert into {table}: key columns {key_columns} must be in the row")
+    rest = [c for c in columns if c not in key_columns]
+    action = ("DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in rest)) if rest else "DO NOTHING"
+    keys = ", ".join(ident(k) for k in key_columns)
+    return f"{insert_sql(table, columns)} ON CONFLICT ({keys}) {action}"
+
+
+# ------------------------------------------------------------------------------- SQLite engine
+class SqliteReader:
+    """:class:`Reader` over the worker thread's connection, for the duration of one call."""
+
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        self._conn: sqlite3.Connection | None = conn
+
+    def _c(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("this transaction has ended: use tx only inside its function")
+        return self._conn
+
+    def end(self) -> None:
+        self._conn = None
+
+    def rows(self, sql: str, params: Params = ()) -> list[Row]:
+        cur = self._c().execute(sql, params)
+        cols = [d[0] for d in cur.description or ()]
+        return [dict(zip(cols, r, strict=True)) for r in cur.fetchall()]
+
+    def one(self, sql: str, params: Params = ()) -> Row | None:
+        cur = self._c().execute(sql, params)
+        try:
+            r = cur.fetchone()
+            return None if r is None else dict(zip([d[0] for d in cur.description], r, strict=True))
+        finally:
+            cur.close()
+
+
+class SqliteTx(SqliteReader):
+    """:class:`Tx` over the worker thread's connection, inside ``BEGIN IMMEDIATE``."""
+
+    def execute(self, sql: str, params: Params = ()) -> int:
+        return self._c().execute(sql, params).rowcount
+
+    def insert(self, table: str, row: Mapping[str, Any]) -> int:
+        cur = self._c().execute(insert_sql(table, tuple(row)), tuple(row.values()))
+        return int(cur.lastrowid or 0)
+
+    def update(self, table: str, key_column: str, key: Any, fields: Mapping[str, Any]) -> int:
+        if not fields:
+            return 0
+        sql = update_sql(table, key_column, tuple(fields))
+        return self._c().execute(sql, (*fields.values(), key)).rowcount
+
+    def upsert(self, table: str, row: Mapping[str, Any], key_columns: Sequence[str]) -> None:
+        self._c().execute(upsert_sql(table, tuple(row), tuple(key_columns)), tuple(row.values()))
+
+
+class SqliteEngine:
+    """:class:`Engine` on one SQLite file (WAL), one connection, one worker thread.
+
+    ``migrations[i]`` is the script that takes the schema from version ``i`` to ``i + 1``
+    (``PRAGMA user_version``); each runs once, atomically with its version bump.
+    Pinned by tests/hub/test_store.py (transactions, closing, migrations, concurrent writers)."""
+
+    def __init__(self, path: Path, migrations: Sequence[str]) -> None:
+        self.path = path
+        self.migrations = list(migrations)
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-store")
+        self._conn: sqlite3.Connection | None = None
+        self._closed = False
+
+    async def open(self) -> None:
+        await self._submit(self._open)
+
+    async def close(self) -> None:
+        """Refuse new work first, then close: calls already queued on the worker thread run
+        before the close (one worker, first in first out), and any call made from now on gets
+        the typed ``unavailable`` error instead of a closed database's traceback.
+        Pinned by tests/hub/test_store.py::test_a_closed_store_refuses_after_queued_calls_finish."""
+        if self._closed:
+            return
+        self._closed = True
+        if self._conn is not None:
+            await asyncio.get_running_loop().run_in_executor(self._pool, self._conn.close)
+        self._pool.shutdown(wait=True)
+
+    async def transaction(self, fn: Callable[[Tx], T]) -> T:
+        """Pinned by tests/hub/test_store.py::test_a_transaction_commits_all_or_nothing."""
+        return await self._submit(functools.partial(self._in_transaction, fn))
+
+    async def read(self, fn: Callable[[Reader], T]) -> T:
+        """Pinned by tests/hub/test_store.py::test_tx_is_valid_only_inside_its_function."""
+        return await self._submit(functools.partial(self._in_read, fn))
+
+    async def _submit(self, fn: Callable[[], T]) -> T:
+        # Requests and spoke links still draining during shutdown get a clear, typed error
+        # instead of a traceback from a closed database or executor. The check and the submit
+        # happen in one step of the event loop, so nothing slips in after close() begins.
+        if self._closed:
+            raise RemoteError(ErrorCode.UNAVAILABLE, "the hub is shutting down")
+        return await asyncio.get_running_loop().run_in_executor(self._pool, fn)
+
+    # ---------------------------------------------------------- on the worker thread only
+    def _connection(self) -> sqlite3.Connection:
+        if self._conn is None:
+            raise RuntimeError("the store is not open")
+        return self._conn
+
+    def _in_transaction(self, fn: Callable[[Tx], T]) -> T:
+        conn = self._connection()
+        conn.execute("BEGIN IMMEDIATE")
+        tx = SqliteTx(conn)
+        try:
+            result = fn(tx)
+            conn.execute("COMMIT")
+            return result
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        finally:
+            tx.end()
+
+    def _in_read(self, fn: Callable[[Reader], T]) -> T:
+        conn = self._connection()
+        conn.execute("BEGIN")  # deferred: a read snapshot from the first SELECT to the end
+        reader = SqliteReader(conn)
+        try:
+            return fn(reader)
+        finally:
+            reader.end()
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+
+    def _open(self) -> None:
+        conn = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
+        conn.execute("PRAGMA journal_mode=WAL")
+        conn.execute("PRAGMA synchronous=NORMAL")
+        conn.execute("PRAGMA foreign_keys=ON")
+        conn.execute("PRAGMA busy_timeout=5000")
+        try:
+            migrate(conn, self.migrations)
+        except BaseException:
+            conn.close()
+            raise
+        self._conn = conn
+
+
+def migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> int:
+    """Run the scripts past ``PRAGMA user_version``, each with its version bump in one
+    transaction (a failing script leaves the schema at the version before it); returns the
+    version reached. Pinned by tests/hub/test_store.py::test_migrations_run_once_in_order."""
+    version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    for number, script in enumerate(migrations[version:], start=version + 1):
+        try:
+            conn.executescript(f"BEGIN;{script};PRAGMA user_version={number};COMMIT;")
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+        version = number
+    return version

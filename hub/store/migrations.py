@@ -1,0 +1,85 @@
+"""The hub's schema, as versioned SQLite migrations (``PRAGMA user_version``).
+
+``MIGRATIONS[i]`` takes the schema from version ``i`` to ``i + 1``; :func:`hub.store.engine.migrate`
+runs each once, in order, atomically with its version bump. Append new migrations, never edit
+one that has shipped. These scripts are SQLite's dialect: a PostgreSQL engine carries its own
+list with the same numbering, tables and columns (see :mod:`hub.store.engine`).
+
+Tables by owner: tokens, api_keys (:mod:`hub.store.tokens`); spokes (:mod:`hub.store.spokes`);
+boxes (:mod:`hub.store.boxes`); audit (:mod:`hub.store.audit`); workstreams, ws_events,
+ws_inbox, approvals, usage (:mod:`hub.workstreams.store`); mcp_jobs, mcp_job_output
+(:mod:`hub.mcp.jobs`). Pinned by tests/hub/test_store.py::test_migrations_run_once_in_order.
+"""
+
+from __future__ import annotations
+
+MIGRATIONS: list[str] = [
+    # 1: enrollment, keys, spokes, boxes, audit log
+    """
+    CREATE TABLE tokens (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, secret_hash TEXT NOT NULL,
+        created_at REAL NOT NULL, expires_at REAL NOT NULL, used_at REAL, revoked_at REAL);
+    CREATE TABLE api_keys (
+        id TEXT PRIMARY KEY, name TEXT NOT NULL, key_hash TEXT NOT NULL UNIQUE,
+        created_at REAL NOT NULL, revoked_at REAL, last_used REAL);
+    CREATE TABLE spokes (
+        name TEXT PRIMARY KEY, public_key TEXT NOT NULL, enrolled_at REAL NOT NULL,
+        last_seen REAL, revoked_at REAL, labels TEXT NOT NULL DEFAULT '[]',
+        version TEXT NOT NULL DEFAULT '', connected INTEGER NOT NULL DEFAULT 0,
+        disconnect_reason TEXT NOT NULL DEFAULT '');
+    CREATE TABLE boxes (
+        id TEXT PRIMARY KEY, spoke TEXT NOT NULL, image TEXT NOT NULL, spec TEXT NOT NULL,
+        state TEXT NOT NULL, created_at REAL NOT NULL, destroyed_at REAL);
+    CREATE INDEX boxes_spoke ON boxes(spoke, state);
+    CREATE TABLE audit (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, kind TEXT NOT NULL,
+        subject TEXT NOT NULL, detail TEXT NOT NULL DEFAULT '');
+    """,
+    # 2: agent workstreams, their append-only event log, approvals, queued input, usage
+    """
+    CREATE TABLE workstreams (
+        id TEXT PRIMARY KEY, spoke TEXT, want_spoke TEXT, want_label TEXT, model TEXT,
+        image TEXT, auto_approve INTEGER NOT NULL DEFAULT 0, state TEXT NOT NULL,
+        created_at REAL NOT NULL, updated_at REAL NOT NULL, error TEXT NOT NULL DEFAULT '',
+        title TEXT NOT NULL DEFAULT '', last_seq INTEGER NOT NULL DEFAULT 0,
+        input_tokens INTEGER NOT NULL DEFAULT 0, output_tokens INTEGER NOT NULL DEFAULT 0,
+        owner TEXT NOT NULL DEFAULT '', spoke_seq INTEGER NOT NULL DEFAULT 0,
+        box_id TEXT NOT NULL DEFAULT '');
+    CREATE INDEX workstreams_state ON workstreams(state, created_at);
+    CREATE TABLE ws_events (
+        ws_id TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, kind TEXT NOT NULL,
+        data TEXT NOT NULL, PRIMARY KEY (ws_id, seq));
+    CREATE TABLE ws_inbox (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ws_id TEXT NOT NULL, message TEXT NOT NULL,
+        created_at REAL NOT NULL, delivered_at REAL);
+    CREATE INDEX ws_inbox_pending ON ws_inbox(ws_id, delivered_at);
+    CREATE TABLE approvals (
+        ws_id TEXT NOT NULL, call_id TEXT NOT NULL, tool TEXT NOT NULL, args TEXT NOT NULL,
+        state TEXT NOT NULL, created_at REAL NOT NULL, decided_at REAL, reason TEXT NOT NULL DEFAULT '',
+        delivered INTEGER NOT NULL DEFAULT 0, PRIMARY KEY (ws_id, call_id));
+    CREATE TABLE usage (
+        id INTEGER PRIMARY KEY AUTOINCREMENT, ts REAL NOT NULL, ws_id TEXT NOT NULL,
+        spoke TEXT NOT NULL, model TEXT NOT NULL, input_tokens INTEGER NOT NULL,
+        output_tokens INTEGER NOT NULL);
+    """,
+    # 3: MCP jobs (long execs started by chatbots), scoped to the API key that made them, and
+    # their output in order; readable by cursor (seq) after the job ends or the hub restarts.
+    """
+    CREATE TABLE mcp_jobs (
+        id TEXT PRIMARY KEY, owner TEXT NOT NULL, box_id TEXT NOT NULL, cmd TEXT NOT NULL,
+        state TEXT NOT NULL, exit_code INTEGER, error TEXT NOT NULL DEFAULT '',
+        created_at REAL NOT NULL, finished_at REAL, last_seq INTEGER NOT NULL DEFAULT 0,
+        out_chars INTEGER NOT NULL DEFAULT 0, truncated INTEGER NOT NULL DEFAULT 0);
+    CREATE INDEX mcp_jobs_owner ON mcp_jobs(owner, created_at);
+    CREATE TABLE mcp_job_output (
+        job_id TEXT NOT NULL, seq INTEGER NOT NULL, ts REAL NOT NULL, stream TEXT NOT NULL,
+        data TEXT NOT NULL, PRIMARY KEY (job_id, seq));
+    """,
+    # 4: why a workstream waits (shown to users), and whether its spoke lost its agent (it is
+    # then resumed from the transcript with the next message).
+    """
+    ALTER TABLE workstreams ADD COLUMN waiting TEXT NOT NULL DEFAULT '';
+    ALTER TABLE workstreams ADD COLUMN detached INTEGER NOT NULL DEFAULT 0;
+    CREATE INDEX ws_inbox_undelivered ON ws_inbox(delivered_at, ws_id);
+    """,
+]

@@ -1,0 +1,100 @@
+"""Enrolled spokes: public keys, labels, and whether each is connected (and why not).
+
+Pinned end to end by tests/test_enrollment.py (enroll, revoke, restart, lost and recovered),
+and without processes by tests/hub/test_store.py (the upsert on re-enrollment).
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from hub.store.base import StoreBase
+from hub.store.boxes import LIVE_BOX_STATES
+from hub.store.engine import Tx
+
+_LIVE = ", ".join(f"'{s}'" for s in LIVE_BOX_STATES)
+
+
+class SpokeTables(StoreBase):
+    """The ``spokes`` table."""
+
+    async def enroll_spoke(
+        self, name: str, public_key: str, labels: list[str], version: str
+    ) -> None:
+        """Register (or re-register, replacing every column) a spoke's key."""
+        now = self.clock()
+        row = {
+            "name": name,
+            "public_key": public_key,
+            "enrolled_at": now,
+            "last_seen": now,
+            "revoked_at": None,
+            "labels": json.dumps(labels),
+            "version": version,
+            "connected": 0,
+            "disconnect_reason": "",
+        }
+
+        def run(tx: Tx) -> None:
+            tx.upsert("spokes", row, ("name",))
+
+        await self.transaction(run)
+
+    async def get_spoke(self, name: str) -> dict[str, Any] | None:
+        return await self.read(lambda r: r.one("SELECT * FROM spokes WHERE name=?", (name,)))
+
+    async def list_spokes(self) -> list[dict[str, Any]]:
+        """Every spoke with ``boxes``, its count of live boxes."""
+        sql = (
+            f"SELECT s.*, (SELECT count(*) FROM boxes b WHERE b.spoke=s.name AND b.state IN "
+            f"({_LIVE})) AS boxes FROM spokes s ORDER BY s.name"
+        )
+        return await self.read(lambda r: r.rows(sql))
+
+    async def mark_spoke(
+        self,
+        name: str,
+        *,
+        connected: bool,
+        reason: str = "",
+        labels: list[str] | None = None,
+        version: str | None = None,
+    ) -> None:
+        sets: dict[str, Any] = {
+            "connected": int(connected),
+            "last_seen": self.clock(),
+            "disconnect_reason": reason,
+        }
+        if labels is not None:
+            sets["labels"] = json.dumps(labels)
+        if version is not None:
+            sets["version"] = version
+
+        def run(tx: Tx) -> None:
+            tx.update("spokes", "name", name, sets)
+
+        await self.transaction(run)
+
+    async def touch_spoke(self, name: str) -> None:
+        now = self.clock()
+
+        def run(tx: Tx) -> None:
+            tx.update("spokes", "name", name, {"last_seen": now})
+
+        await self.transaction(run)
+
+    async def revoke_spoke(self, name: str) -> bool:
+        """Pinned by tests/test_enrollment.py::test_revoke_disconnects_at_once_and_forever."""
+        sql = (
+            "UPDATE spokes SET revoked_at=?, connected=0, disconnect_reason='revoked' "
+            "WHERE name=? AND revoked_at IS NULL"
+        )
+        now = self.clock()
+        return await self.transaction(lambda tx: tx.execute(sql, (now, name))) == 1
+
+    async def mark_all_disconnected(self) -> None:
+        """At hub start: no spoke is connected to a hub that was not running.
+        Pinned by tests/test_enrollment.py::test_reconnect_after_hub_restart_keeps_everything."""
+        sql = "UPDATE spokes SET connected=0, disconnect_reason='hub restarted' WHERE connected=1"
+        await self.transaction(lambda tx: tx.execute(sql))

@@ -1,0 +1,417 @@
+"""The asyncio driver of a connection: one for both ends, over any :class:`Transport`.
+
+The sans-I/O :class:`~protocol.connection.Connection` decides; this module does the I/O
+around it, once, for the hub and the spoke alike (as websockets keeps an asyncio driver
+beside its sans-I/O protocol): one reader feeding frames in and routing the events it
+returns, one writer lock flushing what the connection queued, and one timer task for
+deadlines, staleness and the application heartbeat.
+
+Reading never waits on a consumer: chunks go to per-call queues and are acknowledged as the
+consumer takes them, so a slow reader of one stream only pauses that stream's sender, never
+another call on the link.
+
+- :class:`HubDriver` issues verbs, typed end to end: ``await link.call(BOX_DESTROY,
+  BoxRef(box_id=…))`` returns a ``Destroyed`` (mypy checks it), ``call_stream`` yields
+  chunks then the result, ``call_upload`` sends an up-stream under the spoke's window.
+- :class:`SpokeDriver` serves them: each request runs in its own task under its deadline,
+  and is cancelled when the hub cancels or the link drops (the handler kills what it
+  started).
+
+Pinned by tests/protocol/test_link.py (both drivers over :func:`memory_pipe`) and by every
+end-to-end test.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass, field
+from typing import Any, Generic, Protocol
+
+from pydantic import BaseModel
+
+from protocol import events as ev
+from protocol import messages
+from protocol.connection import Connection
+from protocol.errors import ErrorCode, RemoteError
+from protocol.sides import HubConnection, SpokeConnection
+from protocol.transport import Transport
+from protocol.verbs import VERBS, P, R, Verb
+
+log = logging.getLogger("spokehub.link")
+Heartbeat = Callable[[], tuple[str, BaseModel]]
+OnNotification = Callable[[str, BaseModel], Awaitable[None]]
+_END = object()
+
+
+class LinkDriver:
+    """What both ends do with a connection and a transport."""
+
+    def __init__(self, conn: Connection, transport: Transport, *, name: str = "",
+                 clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0,
+                 heartbeat: Heartbeat | None = None,
+                 on_notification: OnNotification | None = None) -> None:
+        self.conn, self.transport, self.name = conn, transport, name
+        self.clock, self.tick_s = clock, tick_s
+        self.heartbeat = heartbeat
+        self.heartbeat_s = conn.limits.heartbeat_s
+        self.on_notification = on_notification
+        self.close_reason = ""
+        self._write_lock = asyncio.Lock()
+        self._last_beat = float("-inf")
+        self._dispatch: dict[type[ev.Event], Callable[[Any], Awaitable[None]]] = {
+            ev.NotificationReceived: self._notification,
+            ev.ProtocolViolation: self._violation,
+            ev.PeerStale: self._stale,
+            ev.HandshakeTimedOut: self._stale,
+        }
+
+    @property
+    def closed(self) -> bool:
+        return self.transport.closed
+
+    # ------------------------------------------------------------------ output
+    async def flush(self) -> None:
+        """Write everything the connection queued, in order (one writer at a time)."""
+        async with self._write_lock:
+            frames = self.conn.data_to_send()
+            if frames and not self.transport.closed:
+                with contextlib.suppress(ConnectionError):
+                    await self.transport.send(frames)
+
+    async def notify(self, method: str, params: BaseModel) -> None:
+        self.conn.notify(method, params)
+        await self.flush()
+
+    async def close(self, code: int, reason: str) -> None:
+        self.close_reason = self.close_reason or reason
+        await self.flush()
+        await self.transport.close(code, reason[:120])
+        self._lost(reason)
+
+    # ------------------------------------------------------------------- input
+    async def receive_events(self) -> list[ev.Event]:
+        """The events of the next frame (the handshake reads this way); ConnectionError
+        when the transport closes first."""
+        data = await self.transport.receive()
+        if data is None:
+            raise ConnectionError("closed during the handshake")
+        return self.conn.receive_data(data)
+
+    async def run(self) -> None:
+        """Read until the transport closes; every outstanding call then fails."""
+        timers = asyncio.get_running_loop().create_task(self._timers())
+        try:
+            while (data := await self.transport.receive()) is not None:
+                await self.handle(self.conn.receive_data(data))
+                await self.flush()
+        finally:
+            timers.cancel()
+            peer = self.transport.peer_close
+            self.close_reason = self.close_reason or (peer[1] if peer and peer[1] else "peer disconnected")
+            self._lost(self.close_reason)
+
+    async def handle(self, events: list[ev.Event]) -> None:
+        for event in events:
+            handler = self._dispatch.get(type(event))
+            if handler is not None:
+                await handler(event)
+
+    async def _notification(self, event: ev.NotificationReceived) -> None:
+        if self.on_notification is not None:
+            await self.on_notification(event.method, event.params)
+
+    async def _violation(self, event: ev.ProtocolViolation) -> None:
+        log.warning("%s: protocol violation: %s", self.name or "peer", event.message)
+        if event.fatal:
+            await self.close(messages.CLOSE_PROTOCOL, event.message)
+
+    async def _stale(self, event: ev.Event) -> None:
+        log.warning("%s went silent: closing", self.name or "peer")
+        await self.close(messages.CLOSE_STALE, "heartbeats missed")
+
+    async def _timers(self) -> None:
+        """Deadlines and staleness every tick; our heartbeat every ``heartbeat_s``, so the
+        peer can tell a dead end from a quiet one."""
+        while not self.transport.closed:
+            await asyncio.sleep(self.tick_s)
+            await self.tick()
+
+    async def tick(self) -> None:
+        now = self.clock()
+        if self.heartbeat is not None and now - self._last_beat >= self.heartbeat_s:
+            self._last_beat = now
+            self.conn.notify(*self.heartbeat())
+        await self.handle(self.conn.check_timers())
+        await self.flush()
+
+    def _lost(self, reason: str) -> None:
+        """The link is gone: whatever waits on it must stop waiting."""
+
+
+# ----------------------------------------------------------------------- hub side
+@dataclass
+class _Pending:
+    future: asyncio.Future[Any]
+    chunks: asyncio.Queue[Any] | None = None
+    window: asyncio.Event = field(default_factory=asyncio.Event)
+
+
+class CallObserver(Protocol):
+    def __call__(self, verb: str, outcome: str, seconds: float) -> None: ...
+
+
+class StreamCall(Generic[R]):
+    """A call whose result is preceded by streamed chunks (exec output, file download)."""
+
+    def __init__(self, link: HubDriver, call_id: int, pending: _Pending) -> None:
+        self._link, self.call_id, self._pending = link, call_id, pending
+
+    async def chunks(self) -> AsyncIterator[tuple[str, bytes]]:
+        queue = self._pending.chunks
+        assert queue is not None  # made by call_stream
+        while (item := await queue.get()) is not _END:
+            seq, stream, data = item
+            self._link.conn.ack(self.call_id, seq)
+            await self._link.flush()
+            yield stream, data
+
+    async def result(self) -> R:
+        result: R = await self._pending.future
+        return result
+
+    async def cancel(self) -> None:
+        await self._link.cancel(self.call_id)
+
+
+class HubDriver(LinkDriver):
+    """The hub's end: issues verbs and waits for their results."""
+
+    conn: HubConnection
+
+    def __init__(self, conn: HubConnection, transport: Transport, *,
+                 observe: CallObserver | None = None, **kw: Any) -> None:
+        super().__init__(conn, transport, **kw)
+        self.observe = observe
+        self._pending: dict[int, _Pending] = {}
+        self._dispatch.update({
+            ev.ResponseReceived: self._response,
+            ev.CallFailed: self._failed,
+            ev.ChunkReceived: self._chunk,
+            ev.WindowOpened: self._window,
+        })
+
+    def _start(self, verb: Verb[P, R], params: P, timeout_s: float | None,
+               stream: bool) -> tuple[int, _Pending]:
+        call_id = self.conn.send_request(verb, params, timeout_s)
+        pending = _Pending(asyncio.get_running_loop().create_future(),
+                           asyncio.Queue() if stream else None)
+        self._pending[call_id] = pending
+        return call_id, pending
+
+    async def call(self, verb: Verb[P, R], params: P, timeout_s: float | None = None) -> R:
+        started = time.perf_counter()
+        call_id, pending = self._start(verb, params, timeout_s, stream=False)
+        await self.flush()
+        outcome = "ok"
+        try:
+            result: R = await pending.future
+            return result
+        except RemoteError as err:
+            outcome = err.code.value
+            raise
+        except asyncio.CancelledError:
+            outcome = "cancelled"
+            await self.cancel(call_id)
+            raise
+        finally:
+            if self.observe is not None:
+                self.observe(verb.name, outcome, time.perf_counter() - started)
+
+    async def call_stream(self, verb: Verb[P, R], params: P,
+                          timeout_s: float | None = None) -> StreamCall[R]:
+        call_id, pending = self._start(verb, params, timeout_s, stream=True)
+        await self.flush()
+        return StreamCall(self, call_id, pending)
+
+    async def call_upload(self, verb: Verb[P, R], params: P, source: AsyncIterator[bytes],
+                          timeout_s: float | None = None) -> R:
+        """Send ``source`` as the call's up-stream, respecting the spoke's window."""
+        call_id, pending = self._start(verb, params, timeout_s, stream=False)
+        await self.flush()
+        try:
+            buf = b""
+            size = self.conn.limits.chunk_bytes
+            async for piece in source:
+                buf += piece
+                while len(buf) >= size:
+                    await self._send_chunk(call_id, pending, buf[:size], eof=False)
+                    buf = buf[size:]
+            await self._send_chunk(call_id, pending, buf, eof=True)
+            result: R = await pending.future
+            return result
+        except asyncio.CancelledError:
+            await self.cancel(call_id)
+            raise
+
+    async def _send_chunk(self, call_id: int, pending: _Pending, data: bytes, eof: bool) -> None:
+        while not self.conn.send_chunk(call_id, "stdin", data, eof):
+            if pending.future.done():
+                await pending.future  # raises the call's error
+                raise RemoteError(ErrorCode.INTERNAL, "spoke answered before the upload ended")
+            pending.window.clear()
+            waiter: asyncio.Future[Any] = asyncio.ensure_future(pending.window.wait())
+            await asyncio.wait([waiter, pending.future], return_when=asyncio.FIRST_COMPLETED)
+            waiter.cancel()
+        await self.flush()
+
+    async def cancel(self, call_id: int) -> None:
+        self.conn.cancel(call_id)
+        pending = self._pending.pop(call_id, None)
+        if pending is not None:
+            _finish(pending, RemoteError(ErrorCode.CANCELLED, "call cancelled"))
+        await self.flush()
+
+    async def _response(self, event: ev.ResponseReceived) -> None:
+        pending = self._pending.pop(event.call_id, None)
+        if pending is not None:
+            _finish(pending, event.result)
+
+    async def _failed(self, event: ev.CallFailed) -> None:
+        pending = self._pending.pop(event.call_id, None)
+        if pending is not None:
+            _finish(pending, event.error)
+
+    async def _chunk(self, event: ev.ChunkReceived) -> None:
+        pending = self._pending.get(event.call_id)
+        if pending is not None and pending.chunks is not None:
+            pending.chunks.put_nowait((event.seq, event.stream, event.data))
+
+    async def _window(self, event: ev.WindowOpened) -> None:
+        pending = self._pending.get(event.call_id)
+        if pending is not None:
+            pending.window.set()
+
+    def _lost(self, reason: str) -> None:
+        for event in self.conn.connection_lost(reason):
+            if isinstance(event, ev.CallFailed):
+                pending = self._pending.pop(event.call_id, None)
+                if pending is not None:
+                    _finish(pending, event.error)
+        for pending in self._pending.values():
+            _finish(pending, RemoteError(ErrorCode.UNAVAILABLE, f"connection lost ({reason})"))
+        self._pending.clear()
+
+
+def _finish(pending: _Pending, outcome: BaseModel | RemoteError) -> None:
+    if pending.chunks is not None:
+        pending.chunks.put_nowait(_END)
+    pending.window.set()
+    if pending.future.done():
+        return
+    if isinstance(outcome, RemoteError):
+        pending.future.set_exception(outcome)
+        pending.future.exception()  # mark retrieved: nobody may be waiting any more
+    else:
+        pending.future.set_result(outcome)
+
+
+# --------------------------------------------------------------------- spoke side
+class CallIO:
+    """The streaming side of one call being served: chunks down, the upload up."""
+
+    def __init__(self, link: SpokeDriver, call_id: int) -> None:
+        self.link, self.call_id = link, call_id
+
+    async def send(self, stream: str, data: bytes, eof: bool = False) -> None:
+        link = self.link
+        window = link.windows.setdefault(self.call_id, asyncio.Event())
+        while not link.conn.send_chunk(self.call_id, stream, data, eof):
+            window.clear()
+            await window.wait()
+        await link.flush()
+
+    async def upload(self) -> AsyncIterator[bytes]:
+        link = self.link
+        queue = link.uploads.setdefault(self.call_id, asyncio.Queue())
+        while True:
+            seq, data, eof = await queue.get()
+            link.conn.ack(self.call_id, seq)
+            await link.flush()
+            yield data
+            if eof:
+                return
+
+
+Serve = Callable[[ev.RequestReceived, CallIO], Awaitable[BaseModel]]
+
+
+class SpokeDriver(LinkDriver):
+    """The spoke's end: serves each verb request in a task of its own under its deadline."""
+
+    conn: SpokeConnection
+
+    def __init__(self, conn: SpokeConnection, transport: Transport, serve: Serve,
+                 **kw: Any) -> None:
+        super().__init__(conn, transport, **kw)
+        self.serve = serve
+        self.tasks: dict[int, asyncio.Task[None]] = {}
+        self.uploads: dict[int, asyncio.Queue[tuple[int, bytes, bool]]] = {}
+        self.windows: dict[int, asyncio.Event] = {}
+        self._dispatch.update({
+            ev.RequestReceived: self._request,
+            ev.CancelReceived: self._cancel,
+            ev.ChunkReceived: self._chunk,
+            ev.WindowOpened: self._window,
+        })
+
+    async def _request(self, req: ev.RequestReceived) -> None:
+        if VERBS[req.verb].stream == "up":  # chunks may arrive before the handler reads
+            self.uploads[req.call_id] = asyncio.Queue()
+        self.tasks[req.call_id] = asyncio.get_running_loop().create_task(self._serve(req))
+
+    async def _cancel(self, event: ev.CancelReceived) -> None:
+        task = self.tasks.get(event.call_id)
+        if task is not None:
+            task.cancel()
+
+    async def _chunk(self, event: ev.ChunkReceived) -> None:
+        queue = self.uploads.get(event.call_id)
+        if queue is not None:
+            queue.put_nowait((event.seq, event.data, event.eof))
+
+    async def _window(self, event: ev.WindowOpened) -> None:
+        window = self.windows.get(event.call_id)
+        if window is not None:
+            window.set()
+
+    async def _serve(self, req: ev.RequestReceived) -> None:
+        call_id = req.call_id
+        try:
+            async with asyncio.timeout(max(0.0, req.deadline - self.clock())):
+                result = await self.serve(req, CallIO(self, call_id))
+            self.conn.send_result(call_id, result)
+        except RemoteError as err:
+            self.conn.send_error(call_id, err)
+        except TimeoutError:
+            self.conn.send_error(call_id, RemoteError(
+                ErrorCode.TIMEOUT, f"{req.verb}: deadline exceeded on the spoke"))
+        except asyncio.CancelledError:
+            self.conn.send_error(call_id, RemoteError(ErrorCode.CANCELLED, f"{req.verb}: cancelled"))
+        except Exception as err:  # a bug must answer the call, not hang it
+            log.exception("%s failed", req.verb)
+            self.conn.send_error(call_id, RemoteError(
+                ErrorCode.INTERNAL, f"{req.verb}: {type(err).__name__}: {err}"))
+        finally:
+            self.tasks.pop(call_id, None)
+            self.uploads.pop(call_id, None)
+            self.windows.pop(call_id, None)
+            await self.flush()
+
+    def _lost(self, reason: str) -> None:
+        self.conn.connection_lost(reason)
+        for task in list(self.tasks.values()):
+            task.cancel()  # a lost hub: every handler stops (and kills what it started)

@@ -1,0 +1,93 @@
+"""The hub's registry and box service against real spoke sessions over the in-memory pipe:
+enrollment, refusal, revoke, reconcile and box verbs, in milliseconds (no sockets, no Docker).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from protocol.errors import ErrorCode, RemoteError
+from protocol.tokens import new_id
+from spoke.boxes.base import BoxSpec
+from tests.hub.memory_cluster import IMAGE, Fatal, MemoryCluster
+
+
+async def test_a_spoke_enrolls_once_and_resumes_with_its_key(tmp_path: Path) -> None:
+    async with MemoryCluster(tmp_path) as hub:
+        token = await hub.token("alpha")
+        first = await hub.join("alpha", token=token)
+        row = await hub.store.get_spoke("alpha")
+        assert row is not None and row["connected"] == 1
+        assert first.session.rt.state.enrolled
+        await hub.drop("alpha")
+        again = await hub.join("alpha")  # no token: the key pair proves who it is
+        assert again.session.authenticated and hub.registry.live("alpha") is not None
+        summaries = await hub.registry.spoke_summaries()
+        assert [s["name"] for s in summaries] == ["alpha"] and summaries[0]["connected"]
+
+
+async def test_a_used_token_is_refused_and_the_spoke_stops(tmp_path: Path) -> None:
+    async with MemoryCluster(tmp_path) as hub:
+        token = await hub.token("beta")
+        await hub.join("beta", token=token)
+        (tmp_path / "spoke-gamma").mkdir()
+        reused = await hub.join("gamma", token=token, wait=False)
+        outcome = await reused.stopped()
+        assert isinstance(outcome, Fatal) and "already been used" in str(outcome)
+        (tmp_path / "spoke-theta").mkdir()
+        misnamed = await hub.join("theta", token=await hub.token("beta2"), wait=False)
+        outcome = await misnamed.stopped()
+        assert isinstance(outcome, Fatal) and "bound to spoke name 'beta2'" in str(outcome)
+        audit = [a["kind"] for a in await hub.store.recent_audit()]
+        assert "spoke.rejected" in audit
+
+
+async def test_revoke_closes_the_link_and_the_spoke_stops_for_good(tmp_path: Path) -> None:
+    async with MemoryCluster(tmp_path) as hub:
+        spoke = await hub.join("delta")
+        assert await hub.registry.revoke("delta")
+        outcome = await spoke.stopped()
+        assert isinstance(outcome, Fatal) and "revoked" in str(outcome)
+        assert hub.registry.live("delta") is None
+        again = await hub.join("delta", wait=False)
+        assert isinstance(await again.stopped(), Fatal)
+
+
+async def test_reconcile_reaps_unknown_boxes_and_marks_missing_ones_lost(tmp_path: Path) -> None:
+    async with MemoryCluster(tmp_path) as hub:
+        spoke = await hub.join("eps")
+        made = await hub.boxes.create("eps", {"image": IMAGE})
+        await hub.drop("eps")
+        stray = new_id("bx")
+        await spoke.boxes.create(stray, BoxSpec(image=IMAGE))  # made while the hub did not look
+        await spoke.boxes.destroy(made["id"])  # and the hub's box vanished meanwhile
+        await hub.join("eps")
+        assert [b.id for b in await spoke.boxes.list()] == []  # the stray was reaped
+        row = await hub.store.get_box(made["id"])
+        assert row is not None and row["state"] == "lost"
+
+
+async def test_box_verbs_end_to_end_over_the_pipe(tmp_path: Path) -> None:
+    async with MemoryCluster(tmp_path) as hub:
+        await hub.join("zeta")
+        box = await hub.boxes.create("zeta", {"image": IMAGE})
+        events = [e async for e in hub.boxes.exec(box["id"], {"cmd": ["sh", "-c", "echo hi; exit 3"]})]
+        assert events[0] == ("stdout", b"hi\n") and events[-1][1]["exit_code"] == 3
+
+        async def body():  # type: ignore[no-untyped-def]
+            yield b"notes"
+
+        put = await hub.boxes.put_file(box["id"], "/workspace/n.txt", 5, 0o644, body())
+        assert put["size"] == 5
+        got = b"".join([c async for c in hub.boxes.get_file(box["id"], "/workspace/n.txt", 1 << 20)])
+        assert got == b"notes"
+        gone = await hub.boxes.destroy(box["id"])
+        assert gone["removed"] is True
+        with pytest.raises(RemoteError) as err:
+            await hub.boxes.destroy("nope")
+        assert err.value.code is ErrorCode.INVALID and "not a box id" in err.value.message
+        with pytest.raises(RemoteError) as missing:
+            await hub.boxes.create("nobody", {"image": IMAGE})
+        assert missing.value.code is ErrorCode.NOT_FOUND

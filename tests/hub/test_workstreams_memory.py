@@ -1,0 +1,137 @@
+"""The workstream router against real spoke sessions over the in-memory pipe: routing,
+leasing, requeue after a refusal (an injected clock ends the back-off), a lost spoke's
+workstream resumed from the transcript, and a revoked spoke's work moving on. The scripted LLM
+(real loopback HTTP, the one stand-in) answers as each spoke's own model."""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from tests.hub.memory_cluster import MemoryCluster
+from tests.llm_server import Hang, LLMServer, Say
+
+
+@pytest.fixture
+async def llm() -> AsyncIterator[LLMServer]:
+    server = await LLMServer().start()
+    yield server
+    await server.stop()
+
+
+async def _row(hub: MemoryCluster, ws_id: str) -> dict[str, Any]:
+    return await hub.workstreams.get(ws_id)
+
+
+async def _state(hub: MemoryCluster, ws_id: str, *states: str) -> dict[str, Any]:
+    row = await _row(hub, ws_id)
+    for _ in range(2000):
+        if row["state"] in states:
+            return row
+        await asyncio.sleep(0.005)
+        row = await _row(hub, ws_id)
+    raise AssertionError(f"{ws_id} stuck in {row['state']} (wanted {states})")
+
+
+async def test_generic_work_goes_to_the_least_loaded_spoke_and_queues_with_a_reason(
+        tmp_path: Path, llm: LLMServer) -> None:
+    llm.add_script("busy", [Hang("working")])
+    async with MemoryCluster(tmp_path, llm_url=llm.openai_url) as hub:
+        await hub.join("a", slots=1)
+        await hub.join("b", slots=2)
+        first = (await hub.workstreams.start("[script:busy] 1", model="local"))["id"]
+        assert (await _state(hub, first, "thinking"))["spoke"] == "a"  # both empty: by name
+        second = (await hub.workstreams.start("[script:busy] 2", model="local"))["id"]
+        assert (await _state(hub, second, "thinking"))["spoke"] == "b"  # a is full (1/1)
+        third = (await hub.workstreams.start("[script:busy] 3", model="local"))["id"]
+        assert (await _state(hub, third, "thinking"))["spoke"] == "b"  # b at 1/2 beats a at 1/1
+        fourth = (await hub.workstreams.start("[script:busy] 4", model="local"))["id"]
+        await _wait_waiting(hub, fourth, "waiting: no connected spoke has a free slot "
+                                         "(a: 1/1 busy, b: 2/2 busy)")
+        assert (await _row(hub, fourth))["state"] == "queued"
+        llm.release()
+        for ws_id in (first, second, third):
+            await _state(hub, ws_id, "idle")
+        assert (await _state(hub, fourth, "thinking"))["waiting"] == ""  # a slot freed: it runs
+        llm.release()
+        await _state(hub, fourth, "idle")
+
+
+async def test_a_refused_lease_goes_back_to_the_queue_until_the_back_off_ends(
+        tmp_path: Path, llm: LLMServer) -> None:
+    llm.add_script("hi", [Say("hello")])
+    async with MemoryCluster(tmp_path, llm_url=llm.openai_url) as hub:
+        await hub.join("only")
+        # An image the spoke does not allow: generic work is refused, returned, retried later.
+        ws_id = (await hub.workstreams.start("[script:hi] x", model="local", image="other:1"))["id"]
+        events = await _wait_kind(hub, ws_id, "lease_returned")
+        assert "not allowed" in events[-1]["data"]["reason"]
+        row = await _row(hub, ws_id)
+        assert row["state"] == "queued" and row["spoke"] is None
+        await _wait_waiting(hub, ws_id, "refused recently by only")
+        leases = len([e for e in await hub.workstreams.events(ws_id) if e["kind"] == "assigned"])
+        hub.clock.advance(31.0)  # the refusal's back-off is over: it is offered again
+        hub.workstreams.kick()
+        await _wait_count(hub, ws_id, "assigned", leases + 1)
+
+
+async def test_a_lost_spoke_s_workstream_resumes_from_the_transcript(tmp_path: Path,
+                                                                     llm: LLMServer) -> None:
+    llm.add_script("resume", [Say("first answer"), Say("second answer")])
+    async with MemoryCluster(tmp_path, llm_url=llm.openai_url) as hub:
+        await hub.join("s1")
+        ws_id = (await hub.workstreams.start("[script:resume] hi", model="local"))["id"]
+        await _state(hub, ws_id, "idle")
+        await hub.drop("s1")
+        await hub.join("s1")
+        await _wait_kind(hub, ws_id, "notice")
+        assert (await _row(hub, ws_id))["detached"] is True
+        await hub.workstreams.send(ws_id, "again")
+        await _wait_count(hub, ws_id, "assistant_message", 2)
+        answers = [e["data"]["text"] for e in await hub.workstreams.events(ws_id)
+                   if e["kind"] == "assistant_message"]
+        assert answers == ["first answer", "second answer"]
+        sent = llm.requests[-1].body["messages"]
+        assert [m["role"] for m in sent if m["role"] != "system"] == ["user", "assistant", "user"]
+
+
+async def test_a_revoked_spoke_s_generic_work_moves_to_another_spoke(tmp_path: Path,
+                                                                    llm: LLMServer) -> None:
+    llm.add_script("move", [Say("on the first"), Say("on the second")])
+    async with MemoryCluster(tmp_path, llm_url=llm.openai_url) as hub:
+        await hub.join("one")
+        ws_id = (await hub.workstreams.start("[script:move] hi", model="local"))["id"]
+        assert (await _state(hub, ws_id, "idle"))["spoke"] == "one"
+        await hub.join("two")
+        await hub.registry.revoke("one")
+        await hub.workstreams.send(ws_id, "go on")
+        await _wait_count(hub, ws_id, "assistant_message", 2)
+        assert (await _row(hub, ws_id))["spoke"] == "two"
+
+
+# ----------------------------------------------------------------------- helpers
+async def _wait_count(hub: MemoryCluster, ws_id: str, kind: str, count: int) -> list[dict[str, Any]]:
+    for _ in range(2000):
+        events = await hub.workstreams.events(ws_id)
+        if len([e for e in events if e["kind"] == kind]) >= count:
+            return events
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"fewer than {count} {kind} events in {ws_id}: {events}")
+
+
+async def _wait_kind(hub: MemoryCluster, ws_id: str, kind: str) -> list[dict[str, Any]]:
+    events = await _wait_count(hub, ws_id, kind, 1)
+    return [e for e in events if e["kind"] == kind]
+
+
+async def _wait_waiting(hub: MemoryCluster, ws_id: str, fragment: str) -> None:
+    for _ in range(2000):
+        if fragment in (await _row(hub, ws_id))["waiting"]:
+            return
+        hub.workstreams.kick()
+        await asyncio.sleep(0.005)
+    raise AssertionError(f"{ws_id} never said it waits because {fragment!r}")
