@@ -107,6 +107,9 @@ class Connection:
             raise LocalProtocolError(f"can't {doing} in state {self.state.value}")
 
     # ------------------------------------------------------------------ output
+    def has_data_to_send(self) -> bool:
+        return bool(self._out)
+
     def data_to_send(self) -> list[str]:
         out, self._out = self._out, []
         return out

@@ -24,7 +24,6 @@ end-to-end test.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -62,7 +61,9 @@ class LinkDriver:
         self.close_reason = ""
         self._write_lock = asyncio.Lock()
         self._last_beat = float("-inf")
-        self._dispatch: dict[type[ev.Event], Callable[[Any], Awaitable[None]]] = {
+        # Event type -> handler. The hot ones (results, chunks, windows, requests) are plain
+        # functions; those that must do I/O return an awaitable, which handle() awaits.
+        self._dispatch: dict[type[ev.Event], Callable[[Any], Awaitable[None] | None]] = {
             ev.NotificationReceived: self._notification,
             ev.ProtocolViolation: self._violation,
             ev.PeerStale: self._stale,
@@ -76,11 +77,15 @@ class LinkDriver:
     # ------------------------------------------------------------------ output
     async def flush(self) -> None:
         """Write everything the connection queued, in order (one writer at a time)."""
+        if not self.conn.has_data_to_send():
+            return  # the common case after a frame is read: no lock, no await
         async with self._write_lock:
             frames = self.conn.data_to_send()
             if frames and not self.transport.closed:
-                with contextlib.suppress(ConnectionError):
+                try:
                     await self.transport.send(frames)
+                except ConnectionError:
+                    pass  # the reader sees the close and fails what waits
 
     async def notify(self, method: str, params: BaseModel) -> None:
         self.conn.notify(method, params)
@@ -118,7 +123,9 @@ class LinkDriver:
         for event in events:
             handler = self._dispatch.get(type(event))
             if handler is not None:
-                await handler(event)
+                pending = handler(event)
+                if pending is not None:
+                    await pending
 
     async def _notification(self, event: ev.NotificationReceived) -> None:
         if self.on_notification is not None:
@@ -275,22 +282,22 @@ class HubDriver(LinkDriver):
             _finish(pending, RemoteError(ErrorCode.CANCELLED, "call cancelled"))
         await self.flush()
 
-    async def _response(self, event: ev.ResponseReceived) -> None:
+    def _response(self, event: ev.ResponseReceived) -> None:
         pending = self._pending.pop(event.call_id, None)
         if pending is not None:
             _finish(pending, event.result)
 
-    async def _failed(self, event: ev.CallFailed) -> None:
+    def _failed(self, event: ev.CallFailed) -> None:
         pending = self._pending.pop(event.call_id, None)
         if pending is not None:
             _finish(pending, event.error)
 
-    async def _chunk(self, event: ev.ChunkReceived) -> None:
+    def _chunk(self, event: ev.ChunkReceived) -> None:
         pending = self._pending.get(event.call_id)
         if pending is not None and pending.chunks is not None:
             pending.chunks.put_nowait((event.seq, event.stream, event.data))
 
-    async def _window(self, event: ev.WindowOpened) -> None:
+    def _window(self, event: ev.WindowOpened) -> None:
         pending = self._pending.get(event.call_id)
         if pending is not None:
             pending.window.set()
@@ -368,22 +375,22 @@ class SpokeDriver(LinkDriver):
             ev.WindowOpened: self._window,
         })
 
-    async def _request(self, req: ev.RequestReceived) -> None:
+    def _request(self, req: ev.RequestReceived) -> None:
         if VERBS[req.verb].stream == "up":  # chunks may arrive before the handler reads
             self.uploads[req.call_id] = asyncio.Queue()
         self.tasks[req.call_id] = asyncio.get_running_loop().create_task(self._serve(req))
 
-    async def _cancel(self, event: ev.CancelReceived) -> None:
+    def _cancel(self, event: ev.CancelReceived) -> None:
         task = self.tasks.get(event.call_id)
         if task is not None:
             task.cancel()
 
-    async def _chunk(self, event: ev.ChunkReceived) -> None:
+    def _chunk(self, event: ev.ChunkReceived) -> None:
         queue = self.uploads.get(event.call_id)
         if queue is not None:
             queue.put_nowait((event.seq, event.data, event.eof))
 
-    async def _window(self, event: ev.WindowOpened) -> None:
+    def _window(self, event: ev.WindowOpened) -> None:
         window = self.windows.get(event.call_id)
         if window is not None:
             window.set()
