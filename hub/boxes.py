@@ -25,6 +25,9 @@ log = logging.getLogger("spokehub.hub.boxes")
 
 
 class BoxService:
+    """Box operations for the REST API and MCP. Pinned by tests/hub/test_registry_memory.py
+    (over the in-memory pipe), tests/test_boxes_e2e.py and tests/test_box_cp.py."""
+
     def __init__(self, store: Store, registry: Registry) -> None:
         self.store = store
         self.registry = registry
@@ -88,7 +91,7 @@ class BoxService:
         connected = [link.name for link in self.registry.live_links()
                      if spoke is None or link.name == spoke]
 
-        async def ask(name: str) -> tuple[str, tuple[Any, ...] | RemoteError]:
+        async def ask(name: str) -> tuple[str, tuple[v.BoxInfoModel, ...] | RemoteError]:
             try:
                 listing = await self.registry.link(name).call(v.BOX_LIST, v.Empty(), timeout_s=10.0)
                 return name, tuple(listing.boxes)

@@ -119,7 +119,9 @@ class Registry:
     async def serve_link(self, transport: Transport, remote: str) -> None:
         """Handshake, then serve one spoke connection until it ends, over any transport (the
         tests in tests/hub/ use the in-memory pipe). Enrollment or a signed resume first;
-        a refused spoke is told why and the close code says whether retrying can help."""
+        a refused spoke is told why and the close code says whether retrying can help.
+        Pinned by tests/hub/test_registry_memory.py, tests/test_enrollment.py and
+        tests/test_frames_e2e.py."""
         conn = HubConnection(self.clock, self.limits)
         challenge = secrets.token_bytes(32)
         conn.send_hello(challenge, f"spokehub/{self.version}")

@@ -49,7 +49,7 @@ class _Workstream:
     approvals: dict[str, asyncio.Future[tuple[bool, str]]] = field(default_factory=dict)
     sseq: int = 0
     outbox: list[messages.WsEvent] = field(default_factory=list)
-    models: list[Any] = field(default_factory=list)  # the model refs, to rebuild the client
+    models: list[v.ModelRef] = field(default_factory=list)  # to rebuild the client
 
     def busy(self) -> bool:
         return self.current is not None or not self.inbox.empty()
@@ -184,7 +184,7 @@ class WorkstreamRunner:
             raise RemoteError(ErrorCode.NOT_FOUND, f"workstream {ws_id} is not running on this spoke")
         return ws
 
-    def _client(self, refs: list[Any]) -> ModelClient:
+    def _client(self, refs: list[v.ModelRef]) -> ModelClient:
         from spoke.agent.llm import FallbackClient, ModelSpec, make_client
 
         clients: list[ModelClient] = []
