@@ -263,7 +263,7 @@ def test_image_build_progress_is_printed_line_by_line_without_a_terminal(
     from spoke.boxes.image import RECIPE_VERSION, SUITE, default_cache_dir
 
     if not (default_cache_dir() / f"rootfs-{SUITE}-{RECIPE_VERSION}.tar").exists():
-        pytest.skip("no cached sandbox root filesystem to import from")
+        pytest.skip("!!! SKIPPING: no cached sandbox root filesystem to import from (the image was built elsewhere)")
     image = f"spokehub-sandbox:lifecycle-{uuid.uuid4().hex[:8]}"
     code = ("import sys; from cli.up_command import build_sandbox_image; "
             "build_sandbox_image(sys.argv[1])")
