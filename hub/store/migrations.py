@@ -82,4 +82,27 @@ MIGRATIONS: list[str] = [
     ALTER TABLE workstreams ADD COLUMN detached INTEGER NOT NULL DEFAULT 0;
     CREATE INDEX ws_inbox_undelivered ON ws_inbox(delivered_at, ws_id);
     """,
+    # 5: people at the hub's web pages: users (bcrypt password hashes), server-side sessions
+    # (only the SHA-256 of the cookie is stored), roles for users and API keys, and who acted
+    # for every audit row.
+    """
+    CREATE TABLE users (
+        name TEXT PRIMARY KEY, password_hash TEXT NOT NULL, role TEXT NOT NULL,
+        created_at REAL NOT NULL, password_set_at REAL NOT NULL, disabled_at REAL);
+    CREATE TABLE sessions (
+        token_hash TEXT PRIMARY KEY, user TEXT NOT NULL, csrf TEXT NOT NULL,
+        created_at REAL NOT NULL, expires_at REAL NOT NULL, last_seen REAL NOT NULL,
+        ended_at REAL, remote TEXT NOT NULL DEFAULT '');
+    CREATE INDEX sessions_user ON sessions(user);
+    ALTER TABLE api_keys ADD COLUMN role TEXT NOT NULL DEFAULT 'admin';
+    ALTER TABLE audit ADD COLUMN actor TEXT NOT NULL DEFAULT '';
+    """,
+    # 6: the hub's metrics history, sampled at a fixed interval and kept for a retention:
+    # one row per (series, time), so a range read is one indexed scan.
+    """
+    CREATE TABLE history (
+        series TEXT NOT NULL, ts REAL NOT NULL, value REAL NOT NULL,
+        PRIMARY KEY (series, ts));
+    CREATE INDEX history_ts ON history(ts);
+    """,
 ]
