@@ -42,6 +42,11 @@ def box() -> None:
 @click.option("--cpus", type=click.FloatRange(min=0.01), default=None,
               help="CPU limit, e.g. 0.5 (at most the spoke's ceiling).")
 @click.option("--env", "env", multiple=True, metavar="K=V", help="Environment variable (repeatable).")
+@click.option("--user", default=None, metavar="USER",
+              help="uid[:gid] or name to run as (default: the image's non-root USER, else "
+                   "1000:1000; root only where the spoke allows it).")
+@click.option("--workspace", default=None, metavar="SIZE",
+              help="Size limit of /workspace, e.g. 5g (default 1g; at most the spoke's ceiling).")
 def box_create(
     data_dir: Path,
     as_json: bool,
@@ -51,6 +56,8 @@ def box_create(
     memory: str | None,
     cpus: float | None,
     env: tuple[str, ...],
+    user: str | None,
+    workspace: str | None,
 ) -> None:
     """Create a box on a spoke and print its id.
 
@@ -70,6 +77,8 @@ def box_create(
         "memory": memory,
         "cpus": cpus,
         "env": env_map,
+        "user": user,
+        "workspace": workspace,
     }
     data = _guard(lambda: _client(data_dir).request("POST", "/api/boxes", body))
     emit(data, as_json, lambda d: click.echo(d["id"]))

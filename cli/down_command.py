@@ -171,6 +171,8 @@ def rm_boxes_with_docker(name: str, why: str) -> None:
             say(f"removed box {box} ({why})")
         for volume in engine.volumes.list(filters={"label": _labels(name)}):
             volume.remove(force=True)
+        for network in engine.networks.list(filters={"label": _labels(name)}):
+            network.remove()  # the spoke's box network (spoke/boxes/docker_network.py)
     except docker.errors.DockerException as err:
         say(f"could not remove the boxes of spoke {name} with Docker: {err}")
 

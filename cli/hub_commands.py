@@ -21,7 +21,7 @@ hub_dir = data_dir_option("hub", "SPOKEHUB_HUB_DIR")
 
 @click.group(cls=aliased_group(), context_settings={"help_option_names": ["-h", "--help"]})
 def hub() -> None:
-    """spokehub hub: run the hub and administer spokes, tokens, keys and boxes.
+    """spokehub hub: run the hub and administer spokes, tokens, keys, users and boxes.
 
     Admin commands find the local hub through its data dir (SPOKEHUB_HUB_DIR, default
     ~/.local/share/spokehub/hub); `ls` and `list` (and `rm` and `remove`) mean the same.
@@ -50,8 +50,19 @@ def hub() -> None:
               help="Model configuration TOML (default: hub.toml in the data dir).")
 @click.option("--default-model", default=None, help="Default model alias (over env and file).")
 @click.option("--fallback-model", "fallback_models", multiple=True, help="Fallback alias, in order (repeatable).")
+@click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
+              metavar="SECONDS", help="Close a connection whose request headers (or TLS "
+              "handshake) take longer.")
+@click.option("--keepalive-timeout", type=click.FloatRange(min=0.1), default=15.0,
+              show_default=True, metavar="SECONDS", help="Close idle keep-alive connections after this.")
+@click.option("--max-connections-per-ip", type=click.IntRange(1, 1_000_000), default=256,
+              show_default=True, help="Connections one address may hold (spokes included).")
 @click.option("--approval-timeout", default=None, metavar="DURATION",
               help="Deny tool approvals left unanswered this long (e.g. 30m). Default: wait forever.")
+@click.option("--history-interval", default="10s", show_default=True, metavar="DURATION",
+              help="Sample the hub's metrics into its history this often (at least 1s).")
+@click.option("--history-retention", default="7d", show_default=True, metavar="DURATION",
+              help="Keep the metrics history this long.")
 def serve(
     data_dir: Path,
     host: str,
@@ -65,6 +76,11 @@ def serve(
     default_model: str | None,
     fallback_models: tuple[str, ...],
     approval_timeout: str | None,
+    header_timeout: float,
+    keepalive_timeout: float,
+    max_connections_per_ip: int,
+    history_interval: str,
+    history_retention: str,
 ) -> None:
     """Serve HTTPS + wss (self-signed certificate made in the data dir on first start).
 
@@ -89,6 +105,9 @@ def serve(
             approval_timeout_s = parse_ttl(approval_timeout)
         except RemoteError:
             fail(f"--approval-timeout: bad duration {approval_timeout!r} (use e.g. 90s, 30m, 1h)", 2)
+    history_s = _durations(("--history-interval", history_interval), ("--history-retention", history_retention))
+    if history_s[0] < 1:
+        fail("--history-interval must be at least 1s", 2)
     # One hub per data dir, and nothing written before the port is ours: check the lock,
     # bind, then take the lock (which creates the data dir) and only then make files.
     running = holder(data_dir, HUB_LOCK)
@@ -112,6 +131,11 @@ def serve(
         default_model=default_model,
         fallback_models=fallback_models,
         approval_timeout_s=approval_timeout_s,
+        history_interval_s=history_s[0],
+        history_retention_s=history_s[1],
+        header_timeout_s=header_timeout,
+        keepalive_timeout_s=keepalive_timeout,
+        max_connections_per_ip=max_connections_per_ip,
     )
     config.port = int(sock.getsockname()[1])
     lock = RunLock(data_dir, HUB_LOCK)
@@ -128,6 +152,21 @@ def serve(
         fail(f"model configuration: {err}", 2)
     finally:
         lock.release()
+
+
+def _durations(*flags: tuple[str, str]) -> list[float]:
+    """Seconds of each ``(flag, value)`` (``90s``, ``10m``, ``7d``); a usage error (exit 2)
+    naming the flag for one that does not parse."""
+    from protocol.errors import RemoteError
+    from protocol.units import parse_ttl
+
+    out: list[float] = []
+    for flag, value in flags:
+        try:
+            out.append(parse_ttl(value))
+        except RemoteError:
+            fail(f"{flag}: bad duration {value!r} (use e.g. 10s, 1h, 7d)", 2)
+    return out
 
 
 def _already_running(data_dir: Path, running: Any) -> str:
@@ -197,16 +236,21 @@ def apikey() -> None:
 @hub_dir
 @json_option
 @click.option("--name", required=True, help="What the key is for (shown in lists and the audit log).")
-def apikey_create(data_dir: Path, as_json: bool, name: str) -> None:
+@click.option("--role", type=click.Choice(["admin", "operator", "viewer"]), default="admin",
+              show_default=True,
+              help="admin: everything; operator: boxes, workstreams, approvals; viewer: read only.")
+def apikey_create(data_dir: Path, as_json: bool, name: str, role: str) -> None:
     """Make an API key for the SDK, a remote CLI (SPOKEHUB_API_KEY) or an MCP client.
 
     \b
-    Example:  hub apikey create --name claude-desktop
+    Example:  hub apikey create --name claude-desktop --role operator
     """
-    data = _call(lambda: _client(data_dir).request("POST", "/api/apikeys", {"name": name}))
+    data = _call(lambda: _client(data_dir).request("POST", "/api/apikeys",
+                                                   {"name": name, "role": role}))
 
     def human(d: dict[str, Any]) -> None:
-        click.echo(f"API key {d['id']} ({d['name']}); it is shown only once:", err=True)
+        click.echo(f"API key {d['id']} ({d['name']}, {d['role']}); it is shown only once:",
+                   err=True)
         click.echo(d["key"])
 
     emit(data, as_json, human)
@@ -218,7 +262,7 @@ def apikey_create(data_dir: Path, as_json: bool, name: str) -> None:
 def apikey_list(data_dir: Path, as_json: bool) -> None:
     """API keys (never the keys themselves: only their hashes are kept)."""
     data = _call(lambda: _client(data_dir).request("GET", "/api/apikeys"))
-    emit(data, as_json, lambda d: table(d, ["id", "name", "created_at", "revoked_at"]))
+    emit(data, as_json, lambda d: table(d, ["id", "name", "role", "created_at", "revoked_at"]))
 
 
 @apikey.command("revoke")
@@ -281,3 +325,7 @@ hub.add_command(down)
 from cli.mcp_command import mcp_stdio  # noqa: E402
 
 hub.add_command(mcp_stdio)
+
+from cli.admin_commands import admin  # noqa: E402
+
+hub.add_command(admin)

@@ -39,6 +39,12 @@ def _policy_options(fn: Any) -> Any:
                 help="Routing label (repeatable).",
             ),
             click.option("--runtime", default=None, help="Docker runtime for boxes, e.g. runsc."),
+            click.option("--allow-root", is_flag=True, default=None,
+                         help="Let boxes run as root when asked (hub box create --user 0); "
+                              "by default they never do."),
+            click.option("--max-workspace", default=None, metavar="SIZE",
+                         help="Ceiling on a box's /workspace size, e.g. 20g (default 10g; "
+                              "boxes get 1g unless they ask)."),
         click.option("--default-image", default=None, help="Image for workstream boxes (default: first allowed)."),
         click.option("--max-workstreams", type=click.IntRange(0, 1000), default=None,
                      help="Concurrent agent workstreams this spoke takes (default 4)."),

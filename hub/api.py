@@ -15,8 +15,10 @@ from typing import Any
 
 from aiohttp import web
 
+from hub import roles
 from hub.boxes import BoxService
-from hub.http_util import json_body, want
+from hub.disconnect import cancelled_on_disconnect
+from hub.http_util import actor, json_body, want
 from hub.registry import Registry
 from hub.store import Store
 from protocol import verbs as v
@@ -89,7 +91,7 @@ class Api:
         token = JoinToken(
             url=self.public_url, pin=self.pin, token_id=token_id, secret=secret, name=name
         )
-        await self.store.audit("token.created", name, token_id)
+        await self.store.audit("token.created", name, token_id, actor=actor(request))
         return web.json_response(
             {
                 "token": token.encode(),
@@ -120,6 +122,8 @@ class Api:
         if await self.store.get_token(token_id) is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no token {token_id}")
         revoked = await self.store.revoke_token(token_id)
+        if revoked:
+            await self.store.audit("token.revoked", token_id, actor=actor(request))
         return web.json_response({"id": token_id, "revoked": revoked})
 
     # -------------------------------------------------------------- api keys
@@ -128,10 +132,15 @@ class Api:
         name = want(body, "name", str)
         if not 0 < len(name) <= 100:
             raise RemoteError(ErrorCode.INVALID, "name must be 1..100 characters")
+        try:  # admin by default, as every key was before roles existed
+            role = roles.check_role(want(body, "role", str, roles.ADMIN))
+        except ValueError as err:
+            raise RemoteError(ErrorCode.INVALID, str(err)) from None
         key_id, key = new_id("key"), "shk_" + new_secret()
-        await self.store.add_api_key(key_id, name, hash_secret(key))
-        await self.store.audit("apikey.created", name, key_id)
-        return web.json_response({"key": key, "id": key_id, "name": name}, status=201)
+        await self.store.add_api_key(key_id, name, hash_secret(key), role)
+        await self.store.audit("apikey.created", name, f"{key_id} role {role}", actor=actor(request))
+        return web.json_response({"key": key, "id": key_id, "name": name, "role": role},
+                                 status=201)
 
     async def apikey_list(self, request: web.Request) -> web.Response:
         return web.json_response(await self.store.list_api_keys())
@@ -140,6 +149,7 @@ class Api:
         key_id = request.match_info["id"]
         if not await self.store.revoke_api_key(key_id):
             raise RemoteError(ErrorCode.NOT_FOUND, f"no active API key {key_id}")
+        await self.store.audit("apikey.revoked", key_id, actor=actor(request))
         return web.json_response({"id": key_id, "revoked": True})
 
     # ---------------------------------------------------------------- spokes
@@ -151,6 +161,8 @@ class Api:
         if await self.store.get_spoke(name) is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no spoke {name!r}")
         revoked = await self.registry.revoke(name)
+        if revoked:  # the registry records the revocation itself; this records who asked
+            await self.store.audit("spoke.revoke", name, actor=actor(request))
         return web.json_response({"name": name, "revoked": revoked})
 
     async def spoke_ping(self, request: web.Request) -> web.Response:
@@ -191,9 +203,15 @@ class Api:
             params["memory_bytes"] = parse_size(body["memory"])
         if body.get("cpus") is not None:
             params["cpus"] = want(body, "cpus", (int, float))
+        params.update({"user": want(body, "user", str)} if body.get("user") is not None else {})
+        if body.get("workspace") is not None:
+            params["workspace_bytes"] = parse_size(body["workspace"])
         env = want(body, "env", dict, {})
         params["env"] = {str(k): str(v) for k, v in env.items()}
-        return web.json_response(await self.boxes.create(spoke, params), status=201)
+        box = await self.boxes.create(spoke, params)
+        await self.store.audit("box.created", str(box["id"]), f"on {spoke}: {params['image']}",
+                               actor=actor(request))
+        return web.json_response(box, status=201)
 
     async def box_list(self, request: web.Request) -> web.Response:
         if request.query.get("all", "").lower() in ("1", "true", "yes"):
@@ -201,7 +219,10 @@ class Api:
         return web.json_response(await self.boxes.list(request.query.get("spoke")))
 
     async def box_destroy(self, request: web.Request) -> web.Response:
-        return web.json_response(await self.boxes.destroy(request.match_info["id"]))
+        result = await self.boxes.destroy(request.match_info["id"])
+        if result.get("removed"):
+            await self.store.audit("box.destroyed", request.match_info["id"], actor=actor(request))
+        return web.json_response(result)
 
     async def box_logs(self, request: web.Request) -> web.Response:
         tail = (
@@ -224,28 +245,29 @@ class Api:
             "timeout_s": want(body, "timeout_s", (int, float), None),
         }
         stream = self.boxes.exec(request.match_info["id"], params)
-        first = await anext(stream)  # errors before any output become proper HTTP statuses
-        response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
-        await response.prepare(request)
         try:
-            item: tuple[str, Any] | None = first
-            while item is not None:
-                kind, value = item
-                if kind == "exit":
-                    line = {"t": "exit", **value}
-                else:
-                    line = {"t": kind, "d": base64.b64encode(value).decode()}
-                await response.write(json.dumps(line).encode() + b"\n")
-                item = await anext(stream, None)
-        except RemoteError as err:
-            await response.write(
-                json.dumps({"t": "error", "code": err.code.value, "message": err.message}).encode()
-                + b"\n"
-            )
+            # Errors before any output become proper HTTP statuses; and the exec dies with
+            # its caller (hub/disconnect.py), before and after the first output alike.
+            first = await cancelled_on_disconnect(request, anext(stream))
+            response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
+            await response.prepare(request)
+            try:
+                item: tuple[str, Any] | None = first
+                while item is not None:
+                    kind, value = item
+                    if kind == "exit":
+                        line = {"t": "exit", **value}
+                    else:
+                        line = {"t": kind, "d": base64.b64encode(value).decode()}
+                    await response.write(json.dumps(line).encode() + b"\n")
+                    item = await cancelled_on_disconnect(request, anext(stream, None))
+            except RemoteError as err:
+                await response.write(json.dumps(
+                    {"t": "error", "code": err.code.value, "message": err.message}).encode() + b"\n")
+            await response.write_eof()
+            return response
         finally:
-            await stream.aclose()
-        await response.write_eof()
-        return response
+            await stream.aclose()  # cancels the call on the spoke if it has not ended
 
     async def box_put_file(self, request: web.Request) -> web.Response:
         path = request.query.get("path", "")
@@ -276,12 +298,14 @@ class Api:
     async def box_get_file(self, request: web.Request) -> web.StreamResponse:
         path = request.query.get("path", "")
         stream = self.boxes.get_file(request.match_info["id"], path, v.MAX_FILE_BYTES)
-        first = await anext(stream, None)
-        response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
-        await response.prepare(request)
-        chunk = first
-        while chunk is not None:
-            await response.write(chunk)
-            chunk = await anext(stream, None)
-        await response.write_eof()
-        return response
+        try:  # like exec, a download stops on the spoke when its caller goes away
+            chunk = await cancelled_on_disconnect(request, anext(stream, None))
+            response = web.StreamResponse(headers={"Content-Type": "application/octet-stream"})
+            await response.prepare(request)
+            while chunk is not None:
+                await response.write(chunk)
+                chunk = await cancelled_on_disconnect(request, anext(stream, None))
+            await response.write_eof()
+            return response
+        finally:
+            await stream.aclose()

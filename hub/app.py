@@ -21,11 +21,18 @@ from aiohttp import web
 from hub import metrics, model_config, tls
 from hub.api import Api
 from hub.boxes import BoxService
+from hub.conn_limits import GuardedSite
+from hub.events_api import EventsApi
+from hub.fleet import Fleet, FleetApi
+from hub.history import HistoryApi, HistorySampler
 from hub.http_util import auth_middleware, errors_middleware
 from hub.mcp.frontend import McpServices, mount_mcp
 from hub.registry import Registry
 from hub.relay import Relay
 from hub.store import Store
+from hub.web import pages
+from hub.web.auth import WebAuth, ensure_first_admin
+from hub.web.headers import install_security_headers
 from hub.workstreams.api import WorkstreamApi
 from hub.workstreams.service import WorkstreamService
 from protocol.connection import Limits
@@ -49,6 +56,14 @@ class HubConfig:
     default_model: str | None = None
     fallback_models: tuple[str, ...] = ()
     approval_timeout_s: float | None = None  # None: approvals wait until answered
+    history_interval_s: float = 10.0  # metrics history: one sample every … (hub/history.py)
+    history_retention_s: float = 7 * 86400.0  # … kept this long
+    # HTTP connection bounds (hub/conn_limits.py): headers of a first request must arrive
+    # within header_timeout_s (and a TLS handshake complete), an idle keep-alive connection
+    # closes after keepalive_timeout_s, and one address holds at most max_connections_per_ip.
+    header_timeout_s: float = 10.0
+    keepalive_timeout_s: float = 15.0
+    max_connections_per_ip: int = 256
 
     def url(self) -> str:
         if self.public_url:
@@ -94,10 +109,26 @@ class Lifecycles:
         await self._stack.aclose()
 
 
+async def _server_header(request: web.Request, response: web.StreamResponse) -> None:
+    """``Server: spokehub`` instead of aiohttp's ``Python/3.x aiohttp/3.x``: versions only
+    help a scanner. Pinned by tests/test_tls_suites.py."""
+    response.headers["Server"] = "spokehub"
+
+
+def secure_dir(path: Path) -> None:
+    """The data dir holds the TLS key, the admin key and the database: owner only (0700),
+    with a warning if it was not. Pinned by tests/test_file_modes.py."""
+    mode = path.stat().st_mode & 0o777
+    if mode & 0o077:
+        log.warning("%s was open to others (mode %o): setting it to 0700", path, mode)
+        path.chmod(0o700)
+
+
 class Hub:
     def __init__(self, config: HubConfig) -> None:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        secure_dir(config.data_dir)
         self.store = Store(config.data_dir / "hub.db")
         self.pin = ""
         self.ssl_context: ssl.SSLContext | None = None
@@ -117,6 +148,12 @@ class Hub:
                                             approval_timeout_s=config.approval_timeout_s,
                                             models_file=config.config_file or config.data_dir / "hub.toml")
         self.relay = Relay(lambda: self.models, self.registry.spoke_for_relay_token)
+        self.events = EventsApi(self.store)
+        self.history = HistorySampler(self.store, self.registry, self.boxes,
+                                      interval_s=config.history_interval_s,
+                                      retention_s=config.history_retention_s)
+        self.https = config.url().startswith("https://")  # the cookie's Secure flag, HSTS
+        self.web_auth = WebAuth(self.store, config.url(), https=self.https)
 
     def make_app(self) -> web.Application:
         """The hub's one aiohttp app: routes, middlewares and the lifecycles of its services.
@@ -125,26 +162,38 @@ class Hub:
         (running jobs are cancelled over their still-open links, so the spoke kills the
         process and the job is recorded ``interrupted``, not ``failed``; then open MCP
         streams end); then the scheduler, so nothing new is leased to a spoke about to be cut
-        off; then the links, each handler recording its disconnect; then the relay; and the
+        off; then the history sampler and the open event streams; then the links, each
+        handler recording its disconnect; then the relay; and the
         store last, so no handler ever meets a closed database."""
         app = web.Application(
             client_max_size=1024 * 1024,
-            middlewares=[errors_middleware, auth_middleware(self.store, ("/healthz", "/metrics"), ("/spoke/", "/relay/"))],
+            # Who may call what: one table, hub/roles.py (pages, sign-in, health are public there).
+            middlewares=[errors_middleware, auth_middleware(self.store, self.config.url())],
         )
+        install_security_headers(app, https=self.https)
+        app.on_response_prepare.append(_server_header)
         app.router.add_get("/spoke/connect", self.registry.handle_connect)
         app.router.add_get("/metrics", metrics.handle_metrics)
         app.router.add_routes(self.api.routes())
         app.router.add_routes(WorkstreamApi(self.workstreams, lambda: self.models).routes())
         app.router.add_routes(self.relay.routes())
+        app.router.add_routes(self.web_auth.routes())  # sign-in, sessions, users
+        app.router.add_routes(pages.Pages().routes())  # the web pages: public, no data in them
         self.mcp = mount_mcp(app, McpServices(
             store=self.store, registry=self.registry, boxes=self.boxes,
             workstreams=self.workstreams, public_url=self.config.url(),
             bind_host=self.config.host, version=VERSION))
+        # The fleet views, the events timeline and the metrics history (docs/api.md).
+        app.router.add_routes(FleetApi(Fleet(self.store, self.registry, self.boxes,
+                                             job_running=self.mcp.jobs.is_running)).routes())
+        app.router.add_routes(self.events.routes())
+        app.router.add_routes(HistoryApi(self.store, self.config.history_interval_s).routes())
         # Set up top to bottom, torn down bottom to top (see Lifecycles and the methods).
         Lifecycles(
             self._database,       # opened first, closed last: no handler meets a closed store
             self._relay_client,
             self._spoke_links,
+            self._history_and_streams,
             self._scheduler,
             self.mcp.lifecycle,   # stopped first, while links and store still work
         ).install(app)
@@ -154,6 +203,10 @@ class Hub:
         """The store, and the admin file written from it; closed after everything else."""
         await self.store.open()
         try:
+            password = await ensure_first_admin(self.store)
+            if password is not None:  # first start: shown here once, stored only as a bcrypt hash
+                print(f"admin password (shown once): {password}; change it with "
+                      "`hub admin set-password`", flush=True)
             await self._write_admin_file()
             yield
         finally:
@@ -176,6 +229,17 @@ class Hub:
             yield
         finally:
             await self.registry.close_all(timeout_s=10.0)
+
+    async def _history_and_streams(self, app: web.Application) -> AsyncIterator[None]:
+        """The history sampler runs while the store is open; at the stop it ends before the
+        links close (no sample of a hub half torn down), and open event streams are ended
+        so the server need not wait for them."""
+        self.history.start()
+        try:
+            yield
+        finally:
+            self.events.close()
+            await self.history.stop()
 
     async def _scheduler(self, app: web.Application) -> AsyncIterator[None]:
         """Leasing work to spokes; stops before the links close, so nothing new is leased to
@@ -242,9 +306,12 @@ async def serve(config: HubConfig, ready: asyncio.Event | None = None,
     config.port = int(sock.getsockname()[1])  # --port 0: the port the kernel chose
     hub = Hub(config)
     app = hub.make_app()
-    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=15.0)
+    runner = web.AppRunner(app, access_log=None, handle_signals=False, shutdown_timeout=15.0,
+                           keepalive_timeout=config.keepalive_timeout_s)
     await runner.setup()
-    site = web.SockSite(runner, sock, ssl_context=hub.ssl_context, backlog=1024)
+    site = GuardedSite(runner, sock, ssl_context=hub.ssl_context, backlog=1024,
+                       header_timeout_s=config.header_timeout_s,
+                       max_per_ip=config.max_connections_per_ip)
     await site.start()
     # One line on stdout whatever the log level (and not again as a log line).
     print(f"hub listening on {config.url()} (pin {hub.pin or 'none: plain HTTP'})", flush=True)

@@ -11,6 +11,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import logging
+from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
@@ -22,6 +23,7 @@ from protocol.errors import ErrorCode, RemoteError
 from protocol.tokens import new_id
 
 log = logging.getLogger("spokehub.hub.boxes")
+ENDED_EXECS_KEPT = 256  # ended execs the fleet views still answer for
 
 
 class BoxService:
@@ -31,6 +33,17 @@ class BoxService:
     def __init__(self, store: Store, registry: Registry) -> None:
         self.store = store
         self.registry = registry
+        # Execs in flight (REST, MCP jobs and MCP's short exec alike), by run id, and the last
+        # few that ended: the fleet views' exec runs (hub/fleet.py). Memory only, bounded.
+        self.execs: dict[str, dict[str, Any]] = {}
+        self.ended_execs: deque[dict[str, Any]] = deque(maxlen=ENDED_EXECS_KEPT)
+
+    def exec_run(self, run_id: str) -> dict[str, Any] | None:
+        """A running or recently ended exec by its run id (``ex_…``, or a job's id), or None.
+        Pinned by tests/hub/test_fleet_memory.py::test_workers_active_lists_busy_work."""
+        if run_id in self.execs:
+            return self.execs[run_id]
+        return next((e for e in self.ended_execs if e["id"] == run_id), None)
 
     async def _link(self, spoke: str) -> SpokeLink:
         """The live link to ``spoke``. A name the hub never enrolled is ``not_found`` (a typo
@@ -169,25 +182,44 @@ class BoxService:
         return result.model_dump()
 
     async def exec(
-        self, box_id: str, params: dict[str, Any]
+        self, box_id: str, params: dict[str, Any], *, run_id: str | None = None,
     ) -> AsyncGenerator[tuple[str, Any], None]:
-        """Yields ("stdout"|"stderr", bytes) as output arrives, then ("exit", ExecDone dict)."""
+        """Yields ("stdout"|"stderr", bytes) as output arrives, then ("exit", ExecDone dict).
+
+        While it runs it is listed in :attr:`execs` under ``run_id`` (an MCP job passes its
+        job id; default: a new ``ex_…`` id), for ``GET /api/workers/active``."""
         model = v.build(v.BOX_EXEC, **params, box_id=box_id)
         box = await self._live_box(box_id)
         timeout = model.timeout_s
         call = await (await self._link(box["spoke"])).call_stream(
             v.BOX_EXEC, model, timeout_s=(timeout + 30.0) if timeout else None
         )
+        run = {"id": run_id or new_id("ex"), "kind": "job" if run_id else "exec", "box": box_id,
+               "spoke": box["spoke"], "cmd": list(model.cmd), "state": "running",
+               "started_at": self.store.clock(), "ended_at": None, "exit_code": None}
+        self.execs[run["id"]] = run
         finished = False
         try:
             async for stream, data in call.chunks():
                 yield stream, data
             result = await call.result()
             finished = True
+            run["exit_code"] = result.exit_code
+            run["state"] = ("timed_out" if result.timed_out else
+                            "cancelled" if result.cancelled else "exited")
             yield "exit", result.model_dump()
+        except RemoteError as err:
+            run["state"], run["error"] = "failed", str(err)
+            raise
+        except BaseException:  # the caller went away (aclose, cancel): the exec is cancelled
+            run["state"] = "cancelled" if run["state"] == "running" else run["state"]
+            raise
         finally:
             if not finished:
                 await call.cancel()
+            self.execs.pop(run["id"], None)
+            run["ended_at"] = self.store.clock()
+            self.ended_execs.append(run)
 
     async def put_file(
         self,
@@ -209,7 +241,7 @@ class BoxService:
         result = await link.call_upload(v.BOX_PUT_FILE, params, source)
         return result.model_dump()
 
-    async def get_file(self, box_id: str, path: str, max_bytes: int) -> AsyncIterator[bytes]:
+    async def get_file(self, box_id: str, path: str, max_bytes: int) -> AsyncGenerator[bytes, None]:
         params = v.build(v.BOX_GET_FILE, box_id=box_id, path=path, max_bytes=max_bytes)
         box = await self._live_box(box_id)
         call = await (await self._link(box["spoke"])).call_stream(v.BOX_GET_FILE, params)

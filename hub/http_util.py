@@ -1,20 +1,35 @@
-"""Small HTTP helpers shared by the hub's handlers: typed errors, JSON bodies, auth."""
+"""Small HTTP helpers shared by the hub's handlers: typed errors, JSON bodies, auth.
+
+Auth (:func:`auth_middleware`) is one middleware for the whole hub: it accepts a bearer API
+key or a session cookie, sets ``request["principal"]``, enforces CSRF on cookie-authenticated
+writes, and checks the role the route needs in :data:`hub.roles.ROUTE_ROLES`.
+"""
 
 from __future__ import annotations
 
+import hmac
 import json
+import logging
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any
+from urllib.parse import urlsplit
 
 from aiohttp import web
 
+from hub import roles
 from hub.store import Store
 from protocol.errors import HTTP_STATUS, ErrorCode, RemoteError
 from protocol.tokens import hash_secret
 
+log = logging.getLogger("spokehub.hub.auth")
+
 MAX_JSON_BODY = 1024 * 1024
 Handler = Callable[[web.Request], Awaitable[web.StreamResponse]]
+SESSION_COOKIE = "spokehub_session"
+CSRF_HEADER = "X-CSRF-Token"
+STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
+KEY_CACHE_S = 2.0
 
 
 def error_response(code: ErrorCode, message: str) -> web.Response:
@@ -89,43 +104,137 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
         raise
 
 
-def auth_middleware(store: Store, open_paths: tuple[str, ...], own_auth_prefixes: tuple[str, ...]) -> Callable[..., Any]:
-    """Bearer API keys for everything but ``open_paths`` and routes that authenticate
-    themselves (``own_auth_prefixes``: the spoke link and the model relay)."""
+def unauthorized(message: str) -> web.Response:
+    """401 in the hub's error shape; ``WWW-Authenticate`` as HTTP requires (Bearer: it makes
+    no browser open a password dialog). Pinned by
+    tests/test_roles.py::test_requests_without_credentials_get_401 and tests/test_mcp.py."""
+    return web.json_response({"error": {"code": "denied", "message": message}}, status=401,
+                             headers={"WWW-Authenticate": "Bearer"})
+
+
+def actor(request: web.Request) -> str:
+    """Who made this request, for the audit log: ``user:NAME``, ``key:KEY_ID``, or ``""``.
+    Pinned by tests/test_roles.py::test_audit_rows_name_the_actor."""
+    who = request.get("principal")
+    return f"{who['kind']}:{who['id']}" if who else ""
+
+
+def _origin(scheme: str, netloc: str) -> str:
+    """``scheme://host[:port]`` as a browser writes it in ``Origin`` (no default port)."""
+    scheme, netloc = scheme.lower(), netloc.lower()
+    return f"{scheme}://{netloc.removesuffix(':443' if scheme == 'https' else ':80')}"
+
+
+def origin_allowed(request: web.Request, public_url: str) -> bool:
+    """True unless the request carries an ``Origin`` naming another site: the hub's own
+    origins are its public URL's and the one the client connected to (scheme + ``Host``).
+    Browsers send ``Origin`` on every cross-site POST and WebSocket handshake. Pinned by
+    tests/test_web_auth.py::test_sign_in_refuses_a_cross_site_post."""
+    origin = request.headers.get("Origin")
+    if origin is None:
+        return True
+    parts = urlsplit(public_url)
+    own = {_origin(parts.scheme, parts.netloc), _origin(request.scheme, request.host)}
+    return origin.strip().lower().rstrip("/") in own
+
+
+def _key_principal(row: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "key", "id": row["id"], "name": row["name"], "role": row.get("role", "admin")}
+
+
+def _describe(principal: dict[str, Any]) -> str:
+    if principal["kind"] == "user":
+        return f"user {principal['name']}"
+    return f"API key {principal['name']} ({principal['id']})"
+
+
+def auth_middleware(store: Store, public_url: str) -> Callable[..., Any]:
+    """Authenticate and authorize every request, by the rule :func:`hub.roles.rule_for`
+    gives its route.
+
+    - Public routes and routes with their own auth (spoke link, relay) pass untouched.
+    - ``Authorization: Bearer <key>``: the key's SHA-256 is looked up in a unique index (no
+      secret-dependent byte compare), cached 2 s, so a revoked key dies within 2 s.
+    - Otherwise the ``spokehub_session`` cookie: its SHA-256 must name a live session (not
+      ended, not expired, user still there). A cookie-authenticated write (POST, PUT, PATCH,
+      DELETE) must carry ``X-CSRF-Token`` equal to the session's (constant-time compare), and
+      any cookie-authenticated request with a foreign ``Origin`` is refused. Bearer requests
+      carry no cookie a browser could attach, so they need neither check.
+    - No valid credentials: 401; a role below the route's: 403 naming the role needed. A
+      route missing from the table is allowed to admins only (and fails the router test).
+
+    Sets ``request["principal"]`` (``{"kind": "key"|"user", "id", "name", "role"}``) and, for
+    code that reads it (workstream owner, MCP identity), ``request["api_key"]``: the key's
+    row, or ``{"id": "user:NAME", "name", "role"}`` for a user. Pinned by
+    tests/test_web_auth.py and tests/test_roles.py."""
     cache: dict[str, tuple[float, dict[str, Any]]] = {}
+
+    async def key_row(key: str) -> dict[str, Any] | None:
+        key_hash = hash_secret(key)
+        hit = cache.get(key_hash)
+        now = time.monotonic()
+        if hit is not None and now - hit[0] < KEY_CACHE_S:
+            return hit[1]
+        row = await store.api_key_by_hash(key_hash)
+        if row is None:
+            cache.pop(key_hash, None)
+            return None
+        if len(cache) > 10_000:  # forget stale entries rather than grow without bound
+            for stale in [h for h, (t, _) in cache.items() if now - t >= KEY_CACHE_S]:
+                del cache[stale]
+        cache[key_hash] = (now, row)
+        await store.touch_api_key(row["id"])  # at most every 2 s per key: the cache
+        return row
+
+    async def authenticate(request: web.Request) -> web.Response | None:
+        """Set the principal, or return the refusal (401/403) to send instead."""
+        header = request.headers.get("Authorization", "")
+        if header.startswith("Bearer "):
+            row = await key_row(header[7:].strip())
+            if row is None:
+                return unauthorized("invalid or revoked API key")
+            request["principal"] = _key_principal(row)
+            request["api_key"] = row
+            return None
+        cookie = request.cookies.get(SESSION_COOKIE)
+        if not cookie:
+            return unauthorized("missing bearer API key or session: sign in, or send "
+                                "Authorization: Bearer <API key>")
+        session = await store.session_by_hash(hash_secret(cookie))
+        if session is None:
+            return unauthorized("session expired or ended: sign in again")
+        if not origin_allowed(request, public_url):
+            return error_response(ErrorCode.DENIED, "cross-site request refused")
+        if request.method in STATE_CHANGING:
+            sent = request.headers.get(CSRF_HEADER, "")
+            if not hmac.compare_digest(sent.encode(), str(session["csrf"]).encode()):
+                return error_response(ErrorCode.DENIED, "CSRF token missing or wrong")
+        name, role = str(session["user"]), str(session["role"])
+        request["principal"] = {"kind": "user", "id": name, "name": name, "role": role}
+        request["session"] = session
+        request["api_key"] = {"id": f"user:{name}", "name": name, "role": role}
+        return None
 
     @web.middleware
     async def middleware(request: web.Request, handler: Handler) -> web.StreamResponse:
-        if request.path in open_paths or request.path.startswith(own_auth_prefixes):
+        resource = request.match_info.route.resource
+        route = resource.canonical if resource is not None else None
+        rule = roles.rule_for(request.method, route) if route is not None else None
+        if rule in (roles.PUBLIC, roles.OWN_AUTH):
             return await handler(request)
-        header = request.headers.get("Authorization", "")
-        if not header.startswith("Bearer "):
-            return web.json_response(
-                {"error": {"code": "denied", "message": "missing bearer API key"}},
-                status=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        key_hash = hash_secret(header[7:].strip())
-        hit = cache.get(key_hash)
-        now = time.monotonic()
-        if hit is not None and now - hit[0] < 2.0:
-            row: dict[str, Any] | None = hit[1]
-        else:
-            # Lookup by hash (an index on SHA-256 of a 256-bit key): nothing secret-dependent
-            # is compared byte by byte, and revocation takes effect within two seconds.
-            row = await store.api_key_by_hash(key_hash)
-            if row is None:
-                cache.pop(key_hash, None)
-            else:
-                cache[key_hash] = (now, row)
-                await store.touch_api_key(row["id"])  # at most every 2 s per key: the cache
-        if row is None:
-            return web.json_response(
-                {"error": {"code": "denied", "message": "invalid or revoked API key"}},
-                status=401,
-                headers={"WWW-Authenticate": "Bearer"},
-            )
-        request["api_key"] = row
+        refusal = await authenticate(request)
+        if refusal is not None:
+            return refusal
+        if route is None:  # no such route (404/405): the router's answer, after auth
+            return await handler(request)
+        if rule is None:
+            log.warning("route %s %s has no rule in hub.roles.ROUTE_ROLES: admins only",
+                        request.method, route)
+            rule = roles.ADMIN
+        who = request["principal"]
+        if not roles.allows(who["role"], rule):
+            return error_response(ErrorCode.DENIED, f"this needs the {rule} role; "
+                                                    f"{_describe(who)} has the {who['role']} role")
         return await handler(request)
 
     return middleware

@@ -81,17 +81,39 @@ class Registry:
             raise RemoteError(ErrorCode.UNAVAILABLE, f"spoke {name!r} is not connected")
         return link
 
+    @staticmethod
+    def spoke_state(row: dict[str, Any], link: SpokeLink | None) -> str:
+        """The state the dashboard shows (docs/operator-guide.md, "Spoke states"):
+        ``revoked`` wins; a live link is ``connected``, or ``stale`` once nothing came from it
+        for two heartbeat intervals (until the link is closed as ``heartbeats missed``);
+        without one, how it went: ``left`` (a clean goodbye) or ``lost`` (anything else, a hub
+        restart included), as stored when the link closed. Pinned by
+        tests/hub/test_fleet_memory.py::test_spoke_goes_connected_stale_lost and
+        ::test_a_clean_stop_is_left_and_states_survive_a_restart."""
+        if row.get("revoked_at") is not None:
+            return "revoked"
+        if link is not None:
+            return "stale" if link.is_stale() else "connected"
+        return "left" if row.get("state") == "left" else "lost"
+
     async def spoke_summaries(self) -> list[dict[str, Any]]:
         """Every enrolled spoke as the REST API and MCP ``list_spokes`` show it: the stored row
-        joined with its live link. Pinned by tests/test_enrollment.py and tests/test_mcp.py."""
+        joined with its live link: its state (:meth:`spoke_state`), load and capacity, and the
+        per-verb latency of its recent calls (hub/latency.py). Pinned by
+        tests/test_enrollment.py, tests/test_mcp.py, tests/hub/test_fleet_memory.py and
+        tests/test_fleet_api.py."""
         out = []
         for row in await self.store.list_spokes():
             link = self.live(row["name"])
             beat = link.last_heartbeat if link else None
             out.append({
                 "name": row["name"],
+                "state": self.spoke_state(row, link),
                 "connected": link is not None,
                 "last_seen": row["last_seen"],
+                "connected_at": link.connected_at if link else None,
+                "last_heartbeat_at": link.last_heartbeat_at if link else None,
+                "silent_s": round(link.silent_s(), 3) if link else None,
                 "boxes": row["boxes"],
                 "labels": json.loads(row["labels"]),
                 "models": list(link.models) if link else [],
@@ -102,8 +124,19 @@ class Registry:
                 "running_calls": beat.running_calls if beat else 0,
                 "workstreams": link.workstreams if link else 0,
                 "max_workstreams": link.max_workstreams if link else 0,
+                "latency": link.latency.summary() if link else {},
             })
         return out
+
+    def latency_since(self, start: float) -> dict[str, list[float]]:
+        """Durations of the calls every live link finished after ``start`` (the registry's
+        clock), by verb: what the history sampler turns into p50/p95/p99 series. Pinned by
+        tests/hub/test_fleet_memory.py::test_the_sampler_writes_and_prunes."""
+        merged: dict[str, list[float]] = {}
+        for link in self.live_links():
+            for verb, values in link.latency.since(start).items():
+                merged.setdefault(verb, []).extend(values)
+        return merged
 
     def spoke_for_relay_token(self, token: str) -> str | None:
         name = self._relay_tokens.get(hash_secret(token))
@@ -142,7 +175,8 @@ class Registry:
             return
         name = params.name
         link = SpokeLink(name, transport, conn, self._dispatch_notification, clock=self.clock,
-                         tick_s=self.tick_s)
+                         wall_clock=self.wall_clock, tick_s=self.tick_s)
+        link.on_stale = self._on_stale
         link.labels, link.models = list(params.labels), list(params.models)
         link.max_workstreams = params.max_workstreams
         relay_token = new_secret()
@@ -181,9 +215,11 @@ class Registry:
                 metrics.SPOKES_CONNECTED.set(len(self.links))
                 try:
                     spoke = await self.store.get_spoke(name)
+                    gone = link.gone_state()  # left (a clean goodbye) or lost
                     if spoke is not None and spoke["revoked_at"] is None:
-                        await self.store.mark_spoke(name, connected=False, reason=link.close_reason)
-                    await self.store.audit("spoke.disconnected", name, link.close_reason)
+                        await self.store.mark_spoke(name, connected=False, reason=link.close_reason,
+                                                    state=gone)
+                        await self.store.audit(f"spoke.{gone}", name, link.close_reason)
                     for hook in self.on_disconnected:
                         await hook(link)
                 except RemoteError as err:  # the hub is shutting down: startup marks all disconnected
@@ -260,6 +296,14 @@ class Registry:
             self._last_touch[link.name] = now
             await self.store.touch_spoke(link.name)
 
+    async def _on_stale(self, link: SpokeLink, stale: bool) -> None:
+        """A live link went quiet (or spoke again): a line in the events timeline."""
+        if stale:
+            await self.store.audit("spoke.stale", link.name,
+                                   f"nothing received for {link.silent_s():.0f} s")
+        else:
+            await self.store.audit("spoke.recovered", link.name, "heard from again")
+
     async def _reconcile(self, link: SpokeLink) -> None:
         """Inventories are reconciled, not trusted: labelled boxes the hub does not know are
         reaped on the spoke, and boxes the hub thought alive but the spoke lacks are marked lost."""
@@ -291,6 +335,7 @@ class Registry:
         if link is not None:
             await link.close(messages.CLOSE_REVOKED, "spoke revoked")
         if changed:
+            await self.store.runs_ended_on_spoke(name, "revoked", "the spoke was revoked")
             await self.store.audit("spoke.revoked", name)
         return changed
 

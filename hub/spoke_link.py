@@ -1,5 +1,7 @@
 """One live spoke connection at the hub: the shared link driver plus what the hub knows of
-the spoke (its declared labels and models, capacity, last heartbeat, relay token).
+the spoke (its declared labels and models, capacity, last heartbeat, relay token), how it is
+answering (a bounded per-verb latency window, hub/latency.py), whether it has gone quiet
+(stale), and, once closed, how it ended (a clean goodbye or not).
 
 The I/O is protocol/link.py's :class:`~protocol.link.HubDriver` (the same driver the spoke
 uses, so flushing, timers, heartbeats and chunking live in one place) over
@@ -9,6 +11,7 @@ Pinned by tests/hub/ (over the in-memory pipe) and the end-to-end tests.
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 
@@ -16,11 +19,13 @@ from aiohttp import WSMsgType, web
 from pydantic import BaseModel
 
 from hub import metrics
+from hub.latency import LatencyWindow
 from protocol import messages
 from protocol.link import HubDriver
 from protocol.sides import HubConnection
 from protocol.transport import Transport
 
+log = logging.getLogger("spokehub.hub.link")
 
 class AiohttpTransport:
     """aiohttp's server WebSocket as a :class:`~protocol.transport.Transport`."""
@@ -66,8 +71,19 @@ def _observe(verb: str, outcome: str, seconds: float) -> None:
     metrics.CALL_SECONDS.labels(verb).observe(seconds)
 
 
+CLOSE_NORMAL = 1000  # what a stopping spoke closes with ("spoke stopping", spoke/session.py)
+StaleHook = Callable[["SpokeLink", bool], Awaitable[None]]
+
+
 class SpokeLink(HubDriver):
-    """The hub's end of one spoke's connection."""
+    """The hub's end of one spoke's connection.
+
+    Liveness, as the registry reports it (docs/operator-guide.md, "Spoke states"): a link is
+    *stale* once nothing has been received for longer than two heartbeat intervals; the
+    connection's own rule closes it as ``heartbeats missed`` after ``stale_after_s``. When it
+    has closed, :meth:`gone_state` says ``left`` for a clean goodbye (the spoke closed with
+    1000 before the hub closed anything) and ``lost`` for everything else. Pinned by
+    tests/hub/test_fleet_memory.py."""
 
     def __init__(
         self,
@@ -82,10 +98,16 @@ class SpokeLink(HubDriver):
     ) -> None:
         super().__init__(conn, transport, name=f"spoke {name}", clock=clock, tick_s=tick_s,
                          heartbeat=lambda: ("hub.heartbeat", messages.HubHeartbeat()),
-                         on_notification=self._notified, observe=_observe)
+                         on_notification=self._notified, observe=self._observe_call)
         self.name = name
+        self.wall_clock = wall_clock
         self.connected_at = wall_clock()
         self.last_heartbeat: messages.SpokeHeartbeat | None = None
+        self.last_heartbeat_at: float | None = None  # wall clock, when that heartbeat came
+        self.latency = LatencyWindow(clock)
+        self.stale = False
+        self.on_stale: StaleHook | None = None  # told when ``stale`` changes (the registry)
+        self.closed_by_hub: str | None = None  # the reason, when the hub closed it first
         self._on_spoke_notification = on_notification
         # What the spoke declared at connect time; refreshed by heartbeats where they carry it.
         self.labels: list[str] = []
@@ -94,9 +116,48 @@ class SpokeLink(HubDriver):
         self.workstreams = 0  # busy ones, as the spoke's heartbeat says
         self.relay_token_hash = ""
 
+    def _observe_call(self, verb: str, outcome: str, seconds: float) -> None:
+        _observe(verb, outcome, seconds)
+        self.latency.observe(verb, outcome, seconds)
+
+    def silent_s(self) -> float:
+        """Seconds since anything was received from the spoke (on the link's clock)."""
+        return max(0.0, self.clock() - self.conn.last_received)
+
+    def is_stale(self) -> bool:
+        """Open, but nothing received for longer than two heartbeat intervals."""
+        return not self.closed and self.silent_s() > 2 * self.heartbeat_s
+
+    def gone_state(self) -> str:
+        """How a closed link ended: ``left`` if the spoke said goodbye (close code 1000, and
+        the hub had not closed it first), else ``lost`` (dropped, timed out, stale, or closed
+        by the hub: replaced, shutting down)."""
+        peer = self.transport.peer_close
+        if self.closed_by_hub is None and peer is not None and peer[0] == CLOSE_NORMAL:
+            return "left"
+        return "lost"
+
+    async def close(self, code: int, reason: str) -> None:
+        if self.closed_by_hub is None and not self.closed:
+            self.closed_by_hub = reason
+        await super().close(code, reason)
+
+    async def tick(self) -> None:
+        """The driver's timers, then the stale check (every tick, so at most a tick late)."""
+        await super().tick()
+        stale = self.is_stale()
+        if stale != self.stale and not self.closed:
+            self.stale = stale
+            if self.on_stale is not None:
+                try:
+                    await self.on_stale(self, stale)
+                except Exception:  # the timers must outlive a failing hook (a closing store)
+                    log.warning("stale hook of %s failed", self.name, exc_info=True)
+
     async def _notified(self, method: str, params: BaseModel) -> None:
         if isinstance(params, messages.SpokeHeartbeat):
             self.last_heartbeat = params
+            self.last_heartbeat_at = self.wall_clock()
             self.workstreams = params.workstreams
             self.max_workstreams = params.max_workstreams or self.max_workstreams
         await self._on_spoke_notification(self, method, params)

@@ -61,8 +61,15 @@ def certificate_pin(cert_path: Path) -> str:
     return cert_pin(cert.public_bytes(serialization.Encoding.DER))
 
 
+# TLS 1.2 suites with forward secrecy and authenticated encryption only (no CBC, no RSA key
+# exchange); TLS 1.3's suites are all AEAD. Pinned by tests/test_tls_suites.py.
+TLS12_CIPHERS = "ECDHE+AESGCM:ECDHE+CHACHA20:!aNULL:!eNULL:!MD5:!SHA1"
+
+
 def server_context(cert_path: Path, key_path: Path) -> ssl.SSLContext:
     ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
     ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+    ctx.set_ciphers(TLS12_CIPHERS)
+    ctx.options |= ssl.OP_NO_COMPRESSION | ssl.OP_CIPHER_SERVER_PREFERENCE
     ctx.load_cert_chain(str(cert_path), str(key_path))
     return ctx

@@ -51,8 +51,16 @@ class State(enum.Enum):
 
 @dataclass(frozen=True)
 class Limits:
+    """What one connection may hold. ``max_calls`` is the cap on calls in flight; within it
+    each class of verb (protocol/verbs.py ``Verb.kind``: cheap ``control`` calls and real
+    ``work``) has ``reserved`` slots the other class cannot take, so 256 pings never starve
+    an exec and a flood of execs never blocks a cancel-free ``box.list``. Pinned by
+    tests/protocol/test_calls.py and tests/test_call_slots.py."""
+
     max_frame_bytes: int = 1024 * 1024
     max_calls: int = 256
+    reserved_per_class: int | None = None  # default: max_calls // 8 (32 of 256)
+    queue_s: float = 10.0  # how long the hub waits for a free slot before answering busy
     window_chunks: int = 16
     chunk_bytes: int = 64 * 1024
     handshake_timeout_s: float = 10.0
@@ -60,6 +68,14 @@ class Limits:
     stale_after_s: float = 10.0
     deadline_grace_s: float = 5.0
     max_violations: int = 50
+
+    def reserved(self) -> int:
+        return self.max_calls // 8 if self.reserved_per_class is None else self.reserved_per_class
+
+    def room(self, calls: Mapping[int, _Call], kind: str) -> bool:
+        """Whether one more call of ``kind`` fits beside ``calls``."""
+        mine = sum(1 for c in calls.values() if c.verb.kind == kind)
+        return len(calls) < self.max_calls and mine < self.max_calls - self.reserved()
 
 
 @dataclass
@@ -150,6 +166,12 @@ class Connection:
 
     def in_flight(self) -> int:
         return len(self._outgoing) + len(self._incoming)
+
+    @property
+    def last_received(self) -> float:
+        """When (on the injected clock) the peer was last heard from: the time the staleness
+        rule counts from, so a hub can tell a quiet peer from a silent one before it closes."""
+        return self._last_received
 
     # ----------------------------------------------------------------- streams
     def _stream_call(self, call_id: int) -> _Call | None:

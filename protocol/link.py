@@ -24,6 +24,7 @@ end-to-end test.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -204,6 +205,7 @@ class HubDriver(LinkDriver):
         super().__init__(conn, transport, **kw)
         self.observe = observe
         self._pending: dict[int, _Pending] = {}
+        self._slot_waiters: list[asyncio.Future[None]] = []
         self._dispatch.update({
             ev.ResponseReceived: self._response,
             ev.CallFailed: self._failed,
@@ -211,8 +213,31 @@ class HubDriver(LinkDriver):
             ev.WindowOpened: self._window,
         })
 
-    def _start(self, verb: Verb[P, R], params: P, timeout_s: float | None,
-               stream: bool) -> tuple[int, _Pending]:
+    async def _slot(self, verb: Verb[P, R]) -> None:
+        """Wait (at most ``Limits.queue_s``) for a free slot of the verb's class: a burst
+        queues briefly instead of failing at once (send_request still answers busy after)."""
+        if self.conn.can_send(verb) or self.closed:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.conn.limits.queue_s
+        while not self.conn.can_send(verb) and not self.closed:
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return
+            waiter: asyncio.Future[None] = loop.create_future()
+            self._slot_waiters.append(waiter)
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(waiter, remaining)
+
+    def _slot_freed(self) -> None:
+        waiters, self._slot_waiters = self._slot_waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
+
+    async def _start(self, verb: Verb[P, R], params: P, timeout_s: float | None,
+                     stream: bool) -> tuple[int, _Pending]:
+        await self._slot(verb)
         call_id = self.conn.send_request(verb, params, timeout_s)
         pending = _Pending(asyncio.get_running_loop().create_future(),
                            asyncio.Queue() if stream else None)
@@ -221,7 +246,7 @@ class HubDriver(LinkDriver):
 
     async def call(self, verb: Verb[P, R], params: P, timeout_s: float | None = None) -> R:
         started = time.perf_counter()
-        call_id, pending = self._start(verb, params, timeout_s, stream=False)
+        call_id, pending = await self._start(verb, params, timeout_s, stream=False)
         await self.flush()
         outcome = "ok"
         try:
@@ -240,14 +265,14 @@ class HubDriver(LinkDriver):
 
     async def call_stream(self, verb: Verb[P, R], params: P,
                           timeout_s: float | None = None) -> StreamCall[R]:
-        call_id, pending = self._start(verb, params, timeout_s, stream=True)
+        call_id, pending = await self._start(verb, params, timeout_s, stream=True)
         await self.flush()
         return StreamCall(self, call_id, pending)
 
     async def call_upload(self, verb: Verb[P, R], params: P, source: AsyncIterator[bytes],
                           timeout_s: float | None = None) -> R:
         """Send ``source`` as the call's up-stream, respecting the spoke's window."""
-        call_id, pending = self._start(verb, params, timeout_s, stream=False)
+        call_id, pending = await self._start(verb, params, timeout_s, stream=False)
         await self.flush()
         try:
             buf = b""
@@ -280,17 +305,22 @@ class HubDriver(LinkDriver):
         pending = self._pending.pop(call_id, None)
         if pending is not None:
             _finish(pending, RemoteError(ErrorCode.CANCELLED, "call cancelled"))
+        self._slot_freed()
         await self.flush()
 
     def _response(self, event: ev.ResponseReceived) -> None:
         pending = self._pending.pop(event.call_id, None)
         if pending is not None:
             _finish(pending, event.result)
+        if self._slot_waiters:
+            self._slot_freed()
 
     def _failed(self, event: ev.CallFailed) -> None:
         pending = self._pending.pop(event.call_id, None)
         if pending is not None:
             _finish(pending, event.error)
+        if self._slot_waiters:
+            self._slot_freed()
 
     def _chunk(self, event: ev.ChunkReceived) -> None:
         pending = self._pending.get(event.call_id)
@@ -311,6 +341,7 @@ class HubDriver(LinkDriver):
         for pending in self._pending.values():
             _finish(pending, RemoteError(ErrorCode.UNAVAILABLE, f"connection lost ({reason})"))
         self._pending.clear()
+        self._slot_freed()
 
 
 def _finish(pending: _Pending, outcome: BaseModel | RemoteError) -> None:

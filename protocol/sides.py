@@ -97,14 +97,19 @@ class HubConnection(Connection):
         else:
             raw = params.model_dump() if isinstance(params, BaseModel) else params
             model = parse_params(verb_def, raw)
-        if len(self._outgoing) >= self.limits.max_calls:
-            raise RemoteError(ErrorCode.BUSY, f"{self.limits.max_calls} calls already in flight")
+        if not self.can_send(verb_def):
+            raise RemoteError(ErrorCode.BUSY, f"{self.limits.max_calls} calls already in flight "
+                              f"(or all {verb_def.kind} slots)")
         timeout = verb_def.default_timeout_s if timeout_s is None else timeout_s
         call_id = self._take_id()
         self._outgoing[call_id] = _Call(verb_def, self.clock() + timeout + self.limits.deadline_grace_s)
         self._emit({"id": call_id, "method": verb_def.name, "params": model.model_dump(),
                     "timeout_ms": int(timeout * 1000)})
         return call_id
+
+    def can_send(self, verb: Verb[Any, Any]) -> bool:
+        """Whether a call of ``verb`` fits now (its class has a free slot)."""
+        return self.limits.room(self._outgoing, verb.kind)
 
     def _open_request(self, call_id: int, method: str, frame: dict[str, Any]) -> list[ev.Event]:
         denied = RemoteError(ErrorCode.DENIED, f"the hub serves no verbs ({method!r})")
@@ -161,8 +166,9 @@ class SpokeConnection(Connection):
         except RemoteError as err:
             self._emit({"id": call_id, "error": err.to_wire()})
             return [ev.ProtocolViolation(str(err))]
-        if len(self._incoming) >= self.limits.max_calls:
-            busy = RemoteError(ErrorCode.BUSY, f"{self.limits.max_calls} calls already in flight")
+        if not self.limits.room(self._incoming, verb.kind):
+            busy = RemoteError(ErrorCode.BUSY, f"{self.limits.max_calls} calls already in flight "
+                               f"(or all {verb.kind} slots)")
             self._emit({"id": call_id, "error": busy.to_wire()})
             return []
         timeout_ms = frame.get("timeout_ms")

@@ -63,6 +63,11 @@ class JoinToken:
             raise TokenError("join token is corrupted (was it copied completely?)")
         if not token.url.startswith(("https://", "http://")):
             raise TokenError(f"join token has a bad hub URL: {token.url!r}")
+        if token.url.startswith("http://") and token.pin:
+            # A pin promises a verified TLS hub; over http:// the secret would go in clear
+            # and the pin would be ignored. Pinned by tests/protocol/test_tokens.py.
+            raise TokenError("join token has a certificate pin but a plain http:// hub URL: "
+                             "refusing to send its secret in clear (was it edited?)")
         # An empty pin on an https URL means the hub sits behind a TLS proxy with a
         # CA-issued certificate: the spoke then verifies it against the system's CAs.
         if token.url.startswith("https://") and token.pin and not PIN_RE.match(token.pin):

@@ -18,6 +18,12 @@ from protocol.errors import ErrorCode, RemoteError
 
 BOX_ID_RE = re.compile(r"^bx_[0-9a-f]{16}$")
 SPOKE_NAME_RE = re.compile(r"^[a-z0-9][a-z0-9-]{0,62}$")
+# A box's user: uid[:gid] or name[:group] (each part digits or a POSIX-ish name): it ends up
+# in the container's config, so no control characters, spaces or other punctuation.
+_USER_PART = r"(?:[0-9]{1,10}|[A-Za-z_][A-Za-z0-9_.-]{0,31})"
+BOX_USER_RE = re.compile(rf"^{_USER_PART}(?::{_USER_PART})?$")
+MIN_WORKSPACE_BYTES = 16 * 1024 * 1024
+MAX_WORKSPACE_BYTES = 1024**4
 MAX_EXEC_TIMEOUT_S = 24 * 3600.0
 MAX_FILE_BYTES = 256 * 1024 * 1024
 
@@ -50,6 +56,11 @@ class BoxCreate(_Model):
     cpus: float | None = Field(default=None, gt=0, le=256)
     pids: int | None = Field(default=None, gt=0, le=1_000_000)
     env: dict[str, str] = Field(default_factory=dict)
+    # None: the image's USER if it is not root, else 1000:1000 (root only if the spoke allows)
+    user: str | None = Field(default=None, max_length=65, pattern=BOX_USER_RE.pattern)
+    # Size limit of /workspace; None: the spoke's default (1 GiB), under its ceiling
+    workspace_bytes: int | None = Field(default=None, ge=MIN_WORKSPACE_BYTES,
+                                        le=MAX_WORKSPACE_BYTES)
 
     @field_validator("env")
     @classmethod
@@ -240,25 +251,28 @@ class Verb(Generic[P, R]):
     stream: Stream = "none"
     default_timeout_s: float = 30.0
     idempotency_field: str | None = None
+    # "control": cheap and quick (pings, listings, stats, messages to an agent); "work": what
+    # may run long or hold resources. Each class has reserved call slots (Limits.room).
+    kind: Literal["control", "work"] = "work"
 
 
 BOX_CREATE = Verb("box.create", BoxCreate, BoxInfoModel, default_timeout_s=120.0,
                   idempotency_field="box_id")
-BOX_LIST = Verb("box.list", Empty, BoxList)
+BOX_LIST = Verb("box.list", Empty, BoxList, kind="control")
 BOX_EXEC = Verb("box.exec", BoxExec, ExecDone, stream="down", default_timeout_s=3600.0)
-BOX_LOGS = Verb("box.logs", BoxLogs, LogsResult)
+BOX_LOGS = Verb("box.logs", BoxLogs, LogsResult, kind="control")
 BOX_DESTROY = Verb("box.destroy", BoxRef, Destroyed, default_timeout_s=60.0)
 BOX_PUT_FILE = Verb("box.put_file", PutFile, FileDone, stream="up", default_timeout_s=300.0)
 BOX_GET_FILE = Verb("box.get_file", GetFile, FileDone, stream="down", default_timeout_s=300.0)
-BOX_STATS = Verb("box.stats", BoxRef, StatsResult)
+BOX_STATS = Verb("box.stats", BoxRef, StatsResult, kind="control")
 BOX_REAP = Verb("box.reap", Reap, Reaped, default_timeout_s=120.0)
 WS_START = Verb("ws.start", WsStart, WsStarted, default_timeout_s=180.0, idempotency_field="ws_id")
-WS_SEND = Verb("ws.send", WsSend, WsAck)
-WS_APPROVE = Verb("ws.approve", WsApprove, WsAck)
-WS_CANCEL = Verb("ws.cancel", WsRef, WsAck)
+WS_SEND = Verb("ws.send", WsSend, WsAck, kind="control")
+WS_APPROVE = Verb("ws.approve", WsApprove, WsAck, kind="control")
+WS_CANCEL = Verb("ws.cancel", WsRef, WsAck, kind="control")
 WS_CLOSE = Verb("ws.close", WsRef, WsAck, default_timeout_s=60.0)
-SPOKE_INFO = Verb("spoke.info", Empty, SpokeInfo)
-SPOKE_PING = Verb("spoke.ping", Empty, Empty, default_timeout_s=10.0)
+SPOKE_INFO = Verb("spoke.info", Empty, SpokeInfo, kind="control")
+SPOKE_PING = Verb("spoke.ping", Empty, Empty, default_timeout_s=10.0, kind="control")
 
 # The allowlist itself: nothing else is ever sent or served.
 VERBS: dict[str, Verb[Any, Any]] = {

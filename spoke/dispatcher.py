@@ -8,8 +8,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
 from pydantic import BaseModel
@@ -60,6 +61,7 @@ class Dispatcher:
         self.boxes, self.policy = boxes, policy
         self.chunk_bytes = chunk_bytes
         self._create_lock = asyncio.Lock()
+        self._transfers = 0  # file transfers in progress (policy.max_transfers at most)
         self.handlers: dict[str, Handler] = dict([
             _on(v.BOX_CREATE, self.box_create),
             _on(v.BOX_LIST, self.box_list),
@@ -92,6 +94,8 @@ class Dispatcher:
             raise RemoteError(err.code, str(err)) from None
 
     async def box_create(self, p: v.BoxCreate, io: CallIO) -> v.BoxInfoModel:
+        """The policy's checks and defaults (user, workspace size, limits), then the box.
+        Pinned by tests/test_box_hardening.py and tests/boxes/."""
         async with self._create_lock:  # the count check and the create must not interleave
             live = [b for b in await self.boxes.list() if b.id != p.box_id]
             limits = self.policy.check_create(p, len(live))
@@ -102,6 +106,10 @@ class Dispatcher:
                 cpus=limits["cpus"],
                 pids=limits["pids"],
                 env=dict(p.env),
+                user=p.user,
+                workspace_bytes=limits["workspace_bytes"],
+                require_workspace_limit=p.workspace_bytes is not None,
+                allow_root=self.policy.allow_root,
             )
             info = await self.boxes.create(p.box_id, spec)
         return _box_model(info)
@@ -131,39 +139,54 @@ class Dispatcher:
     async def box_destroy(self, p: v.BoxRef, io: CallIO) -> v.Destroyed:
         return v.Destroyed(existed=await self.boxes.destroy(p.box_id))
 
+    @contextlib.contextmanager
+    def _transfer_slot(self) -> Iterator[None]:
+        """One of the spoke's ``policy.max_transfers`` file transfers, or ``busy``: each
+        holds a worker thread and a Docker stream for as long as it lasts."""
+        if self._transfers >= self.policy.max_transfers:
+            raise RemoteError(ErrorCode.BUSY, f"too many file transfers in progress on spoke "
+                              f"{self.name} (limit {self.policy.max_transfers}); retry shortly")
+        self._transfers += 1
+        try:
+            yield
+        finally:
+            self._transfers -= 1
+
     async def box_put_file(self, p: v.PutFile, io: CallIO) -> v.FileDone:
+        """Streamed into the box as the chunks arrive (never held whole: issue 8 item 6);
+        the manager checks the upload is exactly ``size`` bytes. Pinned by
+        tests/test_box_hardening.py (spoke RSS) and tests/test_box_cp.py."""
         if p.size > self.policy.max_file_bytes:
             raise RemoteError(
                 ErrorCode.DENIED, f"file of {p.size} bytes exceeds this spoke's limit"
             )
-        parts: list[bytes] = []
-        received = 0
-        async for piece in io.upload():
-            received += len(piece)
-            if received > p.size:
-                raise RemoteError(
-                    ErrorCode.INVALID, f"upload is longer than the declared {p.size} bytes"
-                )
-            parts.append(piece)
-        if received != p.size:
-            raise RemoteError(ErrorCode.INVALID, f"upload ended after {received} of {p.size} bytes")
-        written = await self.boxes.put_file(
-            p.box_id, p.path, b"".join(parts), p.mode,
-            parents=p.parents, into_dir_name=p.into_dir_name,
-        )
-        return v.FileDone(size=received, path=written)
+        with self._transfer_slot():
+            written = await self.boxes.put_file(
+                p.box_id, p.path, io.upload(), p.size, p.mode,
+                parents=p.parents, into_dir_name=p.into_dir_name,
+            )
+        return v.FileDone(size=p.size, path=written)
 
     async def box_get_file(self, p: v.GetFile, io: CallIO) -> v.FileDone:
+        """Streamed out of the box chunk by chunk, each sent under the call's flow control."""
         # Resolved here (relative paths mean the box's working directory, which only this
         # side knows) so the result can say which file was read.
         path = await self.boxes.resolve_path(p.box_id, p.path)
-        data = await self.boxes.get_file(
-            p.box_id, path, min(p.max_bytes, self.policy.max_file_bytes)
-        )
-        for start in range(0, len(data), self.chunk_bytes):
-            await io.send("file", data[start : start + self.chunk_bytes])
+        sent = 0
+        with self._transfer_slot():
+            stream = self.boxes.get_file(p.box_id, path,
+                                         min(p.max_bytes, self.policy.max_file_bytes))
+            try:
+                async for data in stream:
+                    for start in range(0, len(data), self.chunk_bytes):
+                        await io.send("file", data[start : start + self.chunk_bytes])
+                    sent += len(data)
+            finally:
+                aclose = getattr(stream, "aclose", None)
+                if aclose is not None:
+                    await aclose()
         await io.send("file", b"", eof=True)
-        return v.FileDone(size=len(data), path=path)
+        return v.FileDone(size=sent, path=path)
 
     async def box_stats(self, p: v.BoxRef, io: CallIO) -> v.StatsResult:
         stats = await self.boxes.stats(p.box_id)

@@ -15,6 +15,7 @@ from typing import Any
 
 from protocol.tokens import JoinToken
 from protocol.units import parse_size
+from protocol.verbs import MIN_WORKSPACE_BYTES
 from protocol.version import VERSION
 from spoke import connector
 from spoke.dispatcher import Dispatcher
@@ -41,6 +42,8 @@ class SpokeOptions:
     default_image: str | None = None
     max_workstreams: int = 4
     models_file: str | None = None
+    allow_root: bool = False
+    max_workspace_bytes: int = 10 * 1024**3
 
     @classmethod
     def from_cli(cls, data_dir: Path, opts: dict[str, Any]) -> SpokeOptions:
@@ -79,6 +82,8 @@ class SpokeOptions:
             max_cpus=self.max_cpus,
             allow_network=self.allow_network,
             labels=tuple(self.labels),
+            allow_root=self.allow_root,
+            max_workspace_bytes=self.max_workspace_bytes,
         )
 
 
@@ -99,6 +104,11 @@ def _as_is(value: Any) -> Any:
 def _check_default_image(options: SpokeOptions) -> None:
     if options.default_image and options.default_image not in options.allow_images:
         raise ValueError(f"--default-image {options.default_image} is not among the allowed images")
+
+
+def _check_max_workspace(options: SpokeOptions) -> None:
+    if options.max_workspace_bytes < MIN_WORKSPACE_BYTES:
+        raise ValueError(f"--max-workspace must be at least {MIN_WORKSPACE_BYTES >> 20}m")
 
 
 def _check_labels(options: SpokeOptions) -> None:
@@ -135,6 +145,8 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
     CliOption("runtime", "runtime", _as_is),
     CliOption("max_workstreams", "max_workstreams", int, _given_number),
     CliOption("models_file", "models_file", lambda value: str(Path(value).resolve())),
+    CliOption("allow_root", "allow_root", lambda _: True),
+    CliOption("max_workspace", "max_workspace_bytes", parse_size, check=_check_max_workspace),
 )
 
 
@@ -144,7 +156,12 @@ async def serve(state: SpokeState, token: JoinToken | None, options: SpokeOption
     from spoke.identity import Identity
     from spoke.workstreams import WorkstreamRunner, load_local_models
 
-    boxes = DockerBoxManager(state.name, runtime=options.runtime)
+    boxes = DockerBoxManager(state.name, runtime=options.runtime,
+                             workspace_dir=options.data_dir / "workspaces")
+    why = await boxes.workspace_limit_unavailable()
+    if why:  # issue 8 item 7: say so, loudly, rather than pretend workspaces are limited
+        log.warning("workspace size limits are unavailable on this spoke: %s; boxes get an "
+                    "unlimited /workspace volume (a box can fill the disk)", why)
     policy = options.policy()
     local = load_local_models(Path(options.models_file) if options.models_file else None)
     runner = WorkstreamRunner(boxes, policy, default_image=options.default_image,

@@ -121,7 +121,8 @@ class WorkstreamRunner:
                                           len([b for b in boxes if b.id != p.box_id]))
         client = self._client(p.models)
         info = await self.boxes.create(p.box_id, BoxSpec(image=image, memory_bytes=limits["memory_bytes"],
-                                                         cpus=limits["cpus"], pids=limits["pids"]))
+                                                         cpus=limits["cpus"], pids=limits["pids"],
+                                                         workspace_bytes=limits["workspace_bytes"]))
         ws = _Workstream(p.ws_id, p.box_id, loop=None)  # type: ignore[arg-type]
         ws.sseq = p.seq_base
         ws.models = list(p.models)

@@ -14,7 +14,8 @@ from spoke.service import CLI_OPTIONS, OPTIONS_FILE, SpokeOptions
 
 NOTHING: dict[str, Any] = {"allow_image": (), "max_boxes": None, "max_memory": None, "max_cpus": None,
                            "no_network": None, "labels": (), "runtime": None, "default_image": None,
-                           "max_workstreams": None, "models_file": None}
+                           "max_workstreams": None, "models_file": None, "allow_root": None,
+                           "max_workspace": None}
 
 
 def test_every_click_option_has_a_row() -> None:
@@ -67,3 +68,17 @@ def test_saved_values_are_checked_too(tmp_path: Path) -> None:
     (tmp_path / OPTIONS_FILE).write_text(json.dumps({"labels": ["NOPE"]}))
     with pytest.raises(ValueError, match="bad label 'NOPE'"):
         SpokeOptions.from_cli(tmp_path, dict(NOTHING))
+
+
+def test_root_and_workspace_options_reach_the_policy(tmp_path: Path) -> None:
+    """``--allow-root`` and ``--max-workspace`` (issue 8 items 2 and 7) land in the policy the
+    hub cannot override, and are kept for ``spoke run``."""
+    default = SpokeOptions.from_cli(tmp_path, dict(NOTHING)).policy()
+    assert (default.allow_root, default.max_workspace_bytes) == (False, 10 * 1024**3)
+    given = SpokeOptions.from_cli(tmp_path, {**NOTHING, "allow_root": True,
+                                             "max_workspace": "2g"})
+    assert (given.policy().allow_root, given.policy().max_workspace_bytes) == (True, 2 * 1024**3)
+    again = SpokeOptions.from_cli(tmp_path, dict(NOTHING))
+    assert (again.allow_root, again.max_workspace_bytes) == (True, 2 * 1024**3)
+    with pytest.raises(ValueError, match="max-workspace"):
+        SpokeOptions.from_cli(tmp_path, {**NOTHING, "max_workspace": "1m"})

@@ -40,6 +40,9 @@ AsgiApp = Callable[[Scope, Receive, Send], Awaitable[None]]
 ScopeHook = Callable[[web.Request, Scope], None]
 
 DISCONNECT_POLL_S = 0.25
+# Where the bridge leaves the aiohttp request in the ASGI scope, for tools whose work must
+# end when their caller disconnects (the MCP exec tool).
+HTTP_REQUEST_KEY = "spokehub.request"
 READ_CHUNK = 64 * 1024
 # Hop-by-hop or framing headers that aiohttp computes itself.
 _SKIP_RESPONSE_HEADERS = {"transfer-encoding", "connection", "keep-alive"}

@@ -24,7 +24,10 @@ from mcp.server.mcpserver.exceptions import ToolError
 from mcp_types import ToolAnnotations
 from pydantic import Field
 
+from hub import roles
 from hub.boxes import BoxService
+from hub.disconnect import ClientGone, cancelled_on_disconnect
+from hub.mcp.asgi import HTTP_REQUEST_KEY
 from hub.mcp.jobs import MAX_READ_CHARS, MAX_WAIT_S, JobRunner
 from hub.registry import Registry
 from protocol import verbs
@@ -74,15 +77,45 @@ def tool_errors(fn: Callable[..., Awaitable[Any]]) -> Callable[..., Awaitable[An
 ToolFn = Callable[..., Awaitable[Any]]
 
 
-def tool_registrar(server: MCPServer) -> Callable[[ToolAnnotations], Callable[[ToolFn], ToolFn]]:
-    """The ``@tool(annotations)`` decorator every tool module registers with: it adds ``fn``
-    to ``server`` behind :func:`tool_errors` and returns ``fn`` unchanged. One registrar, so
-    every tool (cluster and workstream alike) reports typed errors the same way; pinned by
-    ``tests/test_mcp.py`` (tool list with annotations, ``isError`` results with typed codes)."""
+def caller_role() -> str:
+    """The role of the key (or user) behind this request: the access token's scope, set by
+    :func:`hub.mcp.frontend._identity`; ``""`` (which allows nothing) if there is none."""
+    token = get_access_token()
+    found = [s for s in (token.scopes if token is not None else []) if s in roles.ROLES]
+    return found[0] if found else ""
 
-    def tool(annotations: ToolAnnotations) -> Callable[[ToolFn], ToolFn]:
+
+def role_required(needed: str, fn: ToolFn) -> ToolFn:
+    """``fn`` behind a check that the caller's role is at least ``needed``; a lower role gets
+    a ``denied`` tool error naming the role needed (the session carries on)."""
+
+    @functools.wraps(fn)
+    async def wrapper(*args: Any, **kwargs: Any) -> Any:
+        role = caller_role()
+        if not roles.allows(role, needed):
+            raise ToolError(f"denied: {fn.__name__} needs the {needed} role (you are "
+                            f"{'a ' + role if role else 'without a role'})")
+        return await fn(*args, **kwargs)
+
+    return wrapper
+
+
+def tool_registrar(
+    server: MCPServer,
+) -> Callable[..., Callable[[ToolFn], ToolFn]]:
+    """The ``@tool(annotations, role=None)`` decorator every tool module registers with: it
+    adds ``fn`` to ``server`` behind :func:`role_required` and :func:`tool_errors` and returns
+    ``fn`` unchanged. One registrar, so every tool (cluster and workstream alike) reports
+    typed errors the same way and checks the caller's role: ``viewer`` for read-only tools,
+    ``operator`` for the others (boxes, exec, files, jobs, workstreams) unless ``role`` says
+    otherwise. Pinned by ``tests/test_mcp.py`` (tool list with annotations, ``isError`` results
+    with typed codes) and ``tests/test_roles.py::test_mcp_tools_check_the_role``."""
+
+    def tool(annotations: ToolAnnotations, role: str | None = None) -> Callable[[ToolFn], ToolFn]:
+        needed = role or (roles.VIEWER if annotations.read_only_hint else roles.OPERATOR)
+
         def register(fn: ToolFn) -> ToolFn:
-            server.add_tool(tool_errors(fn), annotations=annotations)
+            server.add_tool(tool_errors(role_required(needed, fn)), annotations=annotations)
             return fn
 
         return register
@@ -239,18 +272,29 @@ def register_cluster_tools(server: MCPServer, registry: Registry, boxes: BoxServ
         kept: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         seen, truncated, last_report = 0, False, float("-inf")  # first output: report at once
         done: dict[str, Any] = {}
-        async with contextlib.aclosing(boxes.exec(box, params)) as stream:
-            async for kind, value in stream:
-                if kind == "exit":
-                    done = value
-                    continue
-                room = EXEC_OUTPUT_CAP - len(kept["stdout"]) - len(kept["stderr"])
-                truncated = truncated or len(value) > room
-                kept[kind] += value[: max(room, 0)]
-                seen += len(value)
-                if time.monotonic() - last_report >= PROGRESS_EVERY_S:
-                    last_report = time.monotonic()
-                    await ctx.report_progress(seen, None, f"{seen} bytes of output so far")
+
+        async def consume() -> None:
+            nonlocal seen, truncated, last_report, done
+            async with contextlib.aclosing(boxes.exec(box, params)) as stream:
+                async for kind, value in stream:
+                    if kind == "exit":
+                        done = value
+                        continue
+                    room = EXEC_OUTPUT_CAP - len(kept["stdout"]) - len(kept["stderr"])
+                    truncated = truncated or len(value) > room
+                    kept[kind] += value[: max(room, 0)]
+                    seen += len(value)
+                    if time.monotonic() - last_report >= PROGRESS_EVERY_S:
+                        last_report = time.monotonic()
+                        await ctx.report_progress(seen, None, f"{seen} bytes of output so far")
+
+        # The exec dies with its caller (long work that must outlive it is start_exec's).
+        http = getattr(ctx.request_context, "request", None)
+        origin = http.scope.get(HTTP_REQUEST_KEY) if http is not None else None
+        try:
+            await (cancelled_on_disconnect(origin, consume()) if origin is not None else consume())
+        except ClientGone:
+            raise ToolError("cancelled: the client went away") from None
         return {
             "exit_code": done.get("exit_code"),
             "timed_out": bool(done.get("timed_out")),

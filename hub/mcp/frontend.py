@@ -40,7 +40,7 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.authentication import AuthCredentials
 
 from hub.boxes import BoxService
-from hub.mcp.asgi import Scope, serve_asgi
+from hub.mcp.asgi import HTTP_REQUEST_KEY, Scope, serve_asgi
 from hub.mcp.cluster_tools import register_cluster_tools
 from hub.mcp.jobs import JobRunner
 from hub.mcp.workstream_tools import register_workstream_tools
@@ -99,10 +99,15 @@ def transport_security(public_url: str, bind_host: str) -> TransportSecuritySett
 
 
 def _identity(request: web.Request, scope: Scope) -> None:
-    """Pass the API key the hub's auth middleware accepted on to the SDK."""
+    """Pass the API key the hub's auth middleware accepted on to the SDK, and the aiohttp
+    request itself, so a tool whose work belongs to its caller (``exec``) can end it when the
+    caller's connection goes (hub/disconnect.py)."""
+    scope[HTTP_REQUEST_KEY] = request
     row = request.get("api_key")
     if isinstance(row, dict) and row.get("id"):
-        token = AccessToken(token=f"apikey:{row['id']}", client_id=str(row["id"]), scopes=[])
+        # The role travels as the token's one scope: the tool registrar checks it per tool.
+        token = AccessToken(token=f"apikey:{row['id']}", client_id=str(row["id"]),
+                            scopes=[str(row.get("role") or "")])
         scope["user"] = AuthenticatedUser(token)
         scope["auth"] = AuthCredentials([])
 

@@ -195,6 +195,11 @@ class JobRunner:
         self._waiters: dict[str, asyncio.Event] = {}
         self._stop_reason: dict[str, str] = {}
 
+    def is_running(self, job_id: str) -> bool:
+        """Whether this process runs job ``job_id`` now (a row still marked ``running``
+        without a task here was left by an earlier hub). Used by hub/fleet.py."""
+        return job_id in self._tasks
+
     def _notify(self, job_id: str) -> None:
         event = self._waiters.pop(job_id, None)
         if event is not None:
@@ -231,7 +236,8 @@ class JobRunner:
         sink = _OutputSink(self.jobs, job_id, self._notify)
         try:
             await ready.wait()
-            async with contextlib.aclosing(self.boxes.exec(box_id, params)) as stream:
+            # Under the job's id, so the fleet views (hub/fleet.py) show it as this run.
+            async with contextlib.aclosing(self.boxes.exec(box_id, params, run_id=job_id)) as stream:
                 async for kind, value in stream:
                     if kind == "exit":
                         exit_code = int(value.get("exit_code", -1))

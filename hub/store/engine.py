@@ -49,6 +49,8 @@ from __future__ import annotations
 
 import asyncio
 import functools
+import logging
+import os
 import re
 import sqlite3
 from collections.abc import Callable, Mapping, Sequence
@@ -57,6 +59,8 @@ from pathlib import Path
 from typing import Any, Protocol, TypeVar
 
 from protocol.errors import ErrorCode, RemoteError
+
+log = logging.getLogger("spokehub.hub.store")
 
 T = TypeVar("T")
 Params = Sequence[Any]
@@ -283,6 +287,13 @@ class SqliteEngine:
                 conn.execute("ROLLBACK")
 
     def _open(self) -> None:
+        # The database holds hashes of every secret and the whole transcript history: only
+        # its owner may read it, whatever the umask (and the data dir may not stay 0700).
+        # SQLite gives the -wal and -shm files the database file's mode, so making that one
+        # 0600 first (and tightening old ones) covers all three.
+        if not self.path.exists():
+            os.close(os.open(self.path, os.O_CREAT | os.O_WRONLY, 0o600))
+        secure_files([self.path, Path(f"{self.path}-wal"), Path(f"{self.path}-shm")])
         conn = sqlite3.connect(self.path, isolation_level=None)  # transactions are explicit
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
@@ -310,3 +321,17 @@ def migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> int:
             raise
         version = number
     return version
+
+
+def secure_files(paths: Sequence[Path]) -> None:
+    """Make the existing ``paths`` owner-only (0600), warning about any that were not: a
+    database made by an older hub, or copied in with a loose mode. Pinned by
+    tests/test_file_modes.py."""
+    for path in paths:
+        try:
+            mode = path.stat().st_mode & 0o777
+        except FileNotFoundError:
+            continue
+        if mode & 0o077:
+            log.warning("%s was readable by others (mode %o): setting it to 0600", path, mode)
+            path.chmod(0o600)

@@ -8,7 +8,8 @@ list with the same numbering, tables and columns (see :mod:`hub.store.engine`).
 Tables by owner: tokens, api_keys (:mod:`hub.store.tokens`); spokes (:mod:`hub.store.spokes`);
 boxes (:mod:`hub.store.boxes`); audit (:mod:`hub.store.audit`); workstreams, ws_events,
 ws_inbox, approvals, usage (:mod:`hub.workstreams.store`); mcp_jobs, mcp_job_output
-(:mod:`hub.mcp.jobs`). Pinned by tests/hub/test_store.py::test_migrations_run_once_in_order.
+(:mod:`hub.mcp.jobs`); runs (:mod:`hub.store.runs`); history (:mod:`hub.store.history`).
+Pinned by tests/hub/test_store.py::test_migrations_run_once_in_order.
 """
 
 from __future__ import annotations
@@ -104,5 +105,23 @@ MIGRATIONS: list[str] = [
         series TEXT NOT NULL, ts REAL NOT NULL, value REAL NOT NULL,
         PRIMARY KEY (series, ts));
     CREATE INDEX history_ts ON history(ts);
+    """,
+    # 7: fleet views. A run is one attempt of a workstream on a spoke (its lease: a workstream
+    # resumed elsewhere after a loss has two); exec jobs are runs too but keep their own table
+    # (mcp_jobs). Workstreams name their current run. Spokes keep how they were last seen
+    # (connected, lost without a goodbye, left cleanly, revoked), so the state of a spoke that
+    # is not connected survives a hub restart.
+    """
+    CREATE TABLE runs (
+        id TEXT PRIMARY KEY, kind TEXT NOT NULL DEFAULT 'workstream', ws_id TEXT NOT NULL,
+        spoke TEXT NOT NULL, box_id TEXT NOT NULL DEFAULT '', attempt INTEGER NOT NULL,
+        state TEXT NOT NULL, started_at REAL NOT NULL, ended_at REAL,
+        outcome TEXT NOT NULL DEFAULT '', detail TEXT NOT NULL DEFAULT '');
+    CREATE INDEX runs_ws ON runs(ws_id, started_at);
+    CREATE INDEX runs_state ON runs(state, spoke);
+    ALTER TABLE workstreams ADD COLUMN run_id TEXT NOT NULL DEFAULT '';
+    ALTER TABLE spokes ADD COLUMN state TEXT NOT NULL DEFAULT 'lost';
+    UPDATE spokes SET state = CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
+                                   WHEN connected = 1 THEN 'connected' ELSE 'lost' END;
     """,
 ]

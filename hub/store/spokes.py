@@ -34,6 +34,7 @@ class SpokeTables(StoreBase):
             "version": version,
             "connected": 0,
             "disconnect_reason": "",
+            "state": "lost",  # until the connect that follows marks it connected
         }
 
         def run(tx: Tx) -> None:
@@ -60,11 +61,15 @@ class SpokeTables(StoreBase):
         reason: str = "",
         labels: list[str] | None = None,
         version: str | None = None,
+        state: str | None = None,
     ) -> None:
+        """Record a connect or a disconnect; ``state`` (default ``connected`` / ``lost``) is
+        how it ended: ``left`` for a clean goodbye (the fleet views, hub/registry.py)."""
         sets: dict[str, Any] = {
             "connected": int(connected),
             "last_seen": self.clock(),
             "disconnect_reason": reason,
+            "state": state or ("connected" if connected else "lost"),
         }
         if labels is not None:
             sets["labels"] = json.dumps(labels)
@@ -87,14 +92,17 @@ class SpokeTables(StoreBase):
     async def revoke_spoke(self, name: str) -> bool:
         """Pinned by tests/test_enrollment.py::test_revoke_disconnects_at_once_and_forever."""
         sql = (
-            "UPDATE spokes SET revoked_at=?, connected=0, disconnect_reason='revoked' "
+            "UPDATE spokes SET revoked_at=?, connected=0, disconnect_reason='revoked', state='revoked' "
             "WHERE name=? AND revoked_at IS NULL"
         )
         now = self.clock()
         return await self.transaction(lambda tx: tx.execute(sql, (now, name))) == 1
 
     async def mark_all_disconnected(self) -> None:
-        """At hub start: no spoke is connected to a hub that was not running.
+        """At hub start: no spoke is connected to a hub that was not running. Rows still
+        marked connected were left by a hub that stopped without closing its links (killed):
+        their spokes are ``lost`` with the reason ``hub restarted``.
         Pinned by tests/test_enrollment.py::test_reconnect_after_hub_restart_keeps_everything."""
-        sql = "UPDATE spokes SET connected=0, disconnect_reason='hub restarted' WHERE connected=1"
+        sql = ("UPDATE spokes SET connected=0, disconnect_reason='hub restarted', state='lost' "
+               "WHERE connected=1")
         await self.transaction(lambda tx: tx.execute(sql))

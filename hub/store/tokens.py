@@ -59,7 +59,10 @@ class TokenTables(StoreBase):
 class ApiKeyTables(StoreBase):
     """The ``api_keys`` table. Pinned by tests/test_admin_cli.py::test_api_keys_create_list_use_and_revoke."""
 
-    async def add_api_key(self, key_id: str, name: str, key_hash: str) -> dict[str, Any]:
+    async def add_api_key(self, key_id: str, name: str, key_hash: str,
+                          role: str = "admin") -> dict[str, Any]:
+        """A key with ``role`` (admin, operator or viewer; see :mod:`hub.roles`). Pinned by
+        tests/test_roles.py::test_a_viewer_key_reads_but_cannot_write."""
         row = {
             "id": key_id,
             "name": name,
@@ -67,6 +70,7 @@ class ApiKeyTables(StoreBase):
             "created_at": self.clock(),
             "revoked_at": None,
             "last_used": None,
+            "role": role,
         }
         await self.transaction(lambda tx: tx.insert("api_keys", row))
         return row
@@ -84,7 +88,7 @@ class ApiKeyTables(StoreBase):
         await self.transaction(run)
 
     async def list_api_keys(self) -> list[dict[str, Any]]:
-        sql = "SELECT id, name, created_at, revoked_at, last_used FROM api_keys ORDER BY created_at"
+        sql = "SELECT id, name, role, created_at, revoked_at, last_used FROM api_keys ORDER BY created_at"
         return await self.read(lambda r: r.rows(sql))
 
     async def revoke_api_key(self, key_id: str) -> bool:

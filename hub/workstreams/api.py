@@ -8,6 +8,7 @@ from typing import Any
 
 from aiohttp import web
 
+from hub.events_api import resume_cursor, serve_sse
 from hub.http_util import json_body, want
 from hub.model_config import ModelsConfig
 from hub.workstreams.service import WorkstreamService
@@ -70,9 +71,23 @@ class WorkstreamApi:
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """Every event after the cursor, then live ones, one JSON object per line; a reader
-        that reconnects with the last seq it saw loses and repeats nothing."""
-        ws_id, after = request.match_info["id"], _cursor(request)
+        that reconnects with the last seq it saw loses and repeats nothing. With
+        ``format=sse``, the same as Server-Sent Events (``id:`` = the seq, ``Last-Event-ID``
+        honoured; hub/events_api.py), for the browser's EventSource. Pinned by
+        tests/hub/test_fleet_memory.py::test_ws_stream_as_sse."""
+        ws_id = request.match_info["id"]
+        fmt = request.query.get("format", "ndjson")
+        if fmt not in ("ndjson", "sse"):
+            raise RemoteError(ErrorCode.INVALID, f"format must be ndjson or sse, got {fmt[:20]!r}")
         await self.service.get(ws_id)
+        if fmt == "sse":
+            start = resume_cursor(request)
+
+            async def wait(cursor: int, timeout: float) -> list[dict[str, Any]]:
+                return await self.service.wait_events(ws_id, cursor, timeout)
+
+            return await serve_sse(request, start or 0, wait, lambda event: int(event["seq"]))
+        after = _cursor(request)
         response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson", "Cache-Control": "no-cache"})
         await response.prepare(request)
         try:

@@ -135,6 +135,7 @@ class Leasing:
                 await self.journal.set_state(ws_id, "idle")
                 return
             box_id = ws["box_id"] or new_id("bx")
+            leased_at = self.store.clock()
             history = await self._history(ws_id, len(pending))
             await self.journal.db.update(ws_id, spoke=link.name, state="starting", box_id=box_id, waiting="")
             await self.journal.append(ws_id, "assigned", {"spoke": link.name, **({"resumed": True} if history else {})})
@@ -152,6 +153,7 @@ class Leasing:
                 return
             await self.store.set_box_state(box_id, "running")
             await self.store.db_update_box_image(box_id, started.image)
+            await self.store.run_started(ws_id, link.name, box_id, leased_at)  # a new run (attempt)
             await self.journal.db.update(ws_id, detached=0)
             await self.journal.db.inbox_delivered(pending[0]["id"])
             for extra in pending[1:]:
@@ -173,6 +175,7 @@ class Leasing:
             await self.journal.append(ws_id, "error", {"message": message})
             await self.journal.db.update(ws_id, error=message[:2000])
             await self.journal.set_state(ws_id, "error")
+            await self.store.audit("ws.error", ws_id, message)
             return
         self._refused[(ws_id, link.name)] = self.monotonic() + (5.0 if err.code is ErrorCode.BUSY else 30.0)
         keep = ws["spoke"] if ws["detached"] else None  # a resumed one waits for its box's spoke
@@ -216,6 +219,7 @@ class Leasing:
         from the transcript (in its old box if that survived) with the next message."""
         ws_id = ws["id"]
         interrupted = ws["state"] in BUSY_STATES
+        await self.store.run_ended(ws_id, "lost", why)  # a resume is a new run
         await self.journal.resolve_approvals(ws_id, "the spoke lost the workstream")
         await self.journal.db.update(ws_id, detached=1)
         note = (f"{why}{' during a turn, which was interrupted' if interrupted else ''}; the "

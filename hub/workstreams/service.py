@@ -143,6 +143,7 @@ class WorkstreamService:
         if not await self.db.approval_decide(ws_id, call_id, state, reason):
             raise RemoteError(ErrorCode.INVALID, f"approval {call_id} was decided concurrently")
         await self.journal.append(ws_id, "approval_decided", {"call_id": call_id, "approved": approve, "reason": reason})
+        await self.store.audit("approval.decided", ws_id, f"{call_id} {state}" + (f": {reason}" if reason else ""))
         await self.leasing.deliver_approval(ws["spoke"], ws_id, call_id, approve, reason)
         return {"ws_id": ws_id, "call_id": call_id, "state": state}
 
@@ -174,6 +175,7 @@ class WorkstreamService:
             await self.store.set_box_state(ws["box_id"], "destroyed" if removed else "closing")
         await self.db.update(ws_id, waiting="")
         await self.journal.set_state(ws_id, "closed")
+        await self.store.run_ended(ws_id, "closed")
         self.leasing.kick()
         return await self.get(ws_id)
 
@@ -243,6 +245,7 @@ class WorkstreamService:
             await self.db.update(ws_id, state=data["state"])
         elif kind == "approval_requested":
             await self.db.approval_add(ws_id, str(data.get("call_id")), str(data.get("tool")), data.get("args"))
+            await self.store.audit("approval.requested", ws_id, f"{data.get('call_id')}: {data.get('tool')}")
         elif kind == "approval_resolved":
             state = "approved" if data.get("approved") else "denied"
             await self.db.approval_decide(ws_id, str(data.get("call_id")), state, str(data.get("reason", "")))
@@ -251,3 +254,4 @@ class WorkstreamService:
                                     int(data.get("input_tokens", 0)), int(data.get("output_tokens", 0)))
         elif kind == "error":
             await self.db.update(ws_id, error=str(data.get("message", ""))[:2000])
+            await self.store.audit("ws.error", ws_id, str(data.get("message", "")))

@@ -17,7 +17,7 @@ import posixpath
 from dataclasses import dataclass
 from typing import Any, Protocol
 
-from spoke.boxes.base import BoxManager, ExecHandle
+from spoke.boxes.base import BoxManager, ExecHandle, one_chunk, read_all
 
 WORKSPACE = "/workspace"
 MAX_OUTPUT = 30_000  # characters of tool output the model sees
@@ -80,10 +80,10 @@ class BoxSandbox(Sandbox):
         return result.exit_code, out.value(), err.value(), result.timed_out
 
     async def write(self, path: str, data: bytes) -> None:
-        await self.manager.put_file(self.box_id, path, data)
+        await self.manager.put_file(self.box_id, path, one_chunk(data), len(data))
 
     async def read(self, path: str, max_bytes: int) -> bytes:
-        return await self.manager.get_file(self.box_id, path, max_bytes)
+        return await read_all(self.manager.get_file(self.box_id, path, max_bytes))
 
 
 async def _kill_and_confirm(handle: ExecHandle, grace: float = 5.0) -> None:

@@ -1,13 +1,18 @@
 """The real box manager: hardened Docker containers, one per box.
 
 Every Docker SDK call runs in a thread pool owned by the manager, never on the event loop.
-Exec output readers get a second pool, so long-running commands cannot starve API calls.
+Exec output readers get a second pool and file transfers a third, so long-running commands
+or big files cannot starve API calls.
 
-The manager only ever touches containers (and volumes) labelled with its own spoke name:
-several spokes may share one Docker engine, and a spoke must never reap its neighbour's
-boxes. Files are copied with Docker's archive API, which sees the image filesystem and the
-``/workspace`` volume but *not* tmpfs mounts (``/tmp``, ``/run``): put/get files under
-``/workspace``. Writes outside it fail because the root filesystem is read-only.
+The manager only ever touches containers, volumes and networks labelled with its own spoke
+name: several spokes may share one Docker engine, and a spoke must never reap its
+neighbour's boxes. What each box gets, and why, lives beside the code doing it:
+:mod:`~spoke.boxes.docker_users` (never root unless asked for and allowed),
+:mod:`~spoke.boxes.docker_workspace` (a size-limited ``/workspace``),
+:mod:`~spoke.boxes.docker_network` (networked boxes cannot reach each other),
+:mod:`~spoke.boxes.docker_files` (streamed copies through the archive API) and
+:mod:`~spoke.boxes.docker_tmpfs` (copies to ``/tmp`` and ``/run``, which the archive API
+cannot see). Writes outside those fail: the root filesystem is read-only.
 """
 
 from __future__ import annotations
@@ -17,14 +22,13 @@ import builtins
 import contextlib
 import functools
 import time
-from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
-from typing import Any, TypeVar
+from collections.abc import AsyncIterator
+from typing import Any
 
 import docker
 import docker.errors
 
-from spoke.boxes import docker_files
+from spoke.boxes import docker_files, docker_tmpfs
 from spoke.boxes import docker_util as du
 from spoke.boxes.base import (
     BoxError,
@@ -36,9 +40,11 @@ from spoke.boxes.base import (
     check_box_path,
     plan_put,
     resolve_box_path,
+    tmpfs_mount,
     validate_box_id,
     validate_spec,
 )
+from spoke.boxes.docker_engine import DockerEngine
 from spoke.boxes.docker_exec import (
     DockerExecHandle,
     make_pidfile_path,
@@ -46,99 +52,10 @@ from spoke.boxes.docker_exec import (
     wrap_command,
 )
 
-T = TypeVar("T")
 
-
-class DockerBoxManager:
-    """:class:`~spoke.boxes.base.BoxManager` backed by the local Docker engine."""
-
-    def __init__(
-        self,
-        spoke_name: str,
-        *,
-        client: docker.DockerClient | None = None,
-        runtime: str | None = None,
-        executor_threads: int = 16,
-        max_concurrent_execs: int = 64,
-    ) -> None:
-        if not spoke_name:
-            raise ValueError("spoke_name must not be empty")
-        self.spoke_name = spoke_name
-        self.runtime = runtime
-        self._prefix = f"spokehub-{du.sanitize_spoke_name(spoke_name)}-"
-        self._client = client
-        self._owns_client = client is None
-        self._client_lock = asyncio.Lock()
-        self._pool = ThreadPoolExecutor(executor_threads, thread_name_prefix="spokehub-docker")
-        self._stream_pool = ThreadPoolExecutor(
-            max_concurrent_execs, thread_name_prefix="spokehub-exec"
-        )
-        self._max_execs = max_concurrent_execs
-        self._execs: dict[str, set[DockerExecHandle]] = {}
-        self._owners: dict[str, tuple[int, int]] = {}
-        # box id -> id of the container an earlier exec verified as ours. Labels of a
-        # container id never change and ids are never reused, so exec can skip the inspect
-        # round trip; Docker itself refuses an exec in a stopped (409) or removed (404)
-        # container, and then exec falls back to the full check for the usual errors.
-        self._exec_targets: dict[str, str] = {}
-        self._create_locks: dict[str, asyncio.Lock] = {}
-        self._closed = False
-
-    # ------------------------------------------------------------------ plumbing
-    def container_name(self, box_id: str) -> str:
-        return self._prefix + box_id
-
-    def volume_name(self, box_id: str) -> str:
-        return self._prefix + box_id + "-ws"
-
-    async def _call(self, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        """Run a blocking SDK call in our pool; raw docker exceptions propagate."""
-        if self._closed:
-            raise BoxError("the box manager is closed", "unavailable")
-        loop = asyncio.get_running_loop()
-        return await loop.run_in_executor(self._pool, functools.partial(fn, *args, **kwargs))
-
-    async def _api(self) -> Any:
-        if self._client is None:
-            async with self._client_lock:
-                if self._client is None:
-                    try:
-                        self._client = await self._call(docker.from_env)
-                    except docker.errors.DockerException as exc:
-                        raise du.map_docker_error(exc, "connecting to Docker") from exc
-        assert self._client is not None
-        return self._client.api
-
-    async def _run(self, what: str, fn: Callable[..., T], *args: Any, **kwargs: Any) -> T:
-        try:
-            return await self._call(fn, *args, **kwargs)
-        except BoxError:
-            raise
-        except Exception as exc:
-            raise du.map_docker_error(exc, what) from exc
-
-    async def _inspect_own(self, box_id: str) -> dict[str, Any]:
-        """Inspect our container for ``box_id``; anything not labelled ours is "not found"."""
-        validate_box_id(box_id)
-        api = await self._api()
-        try:
-            data: dict[str, Any] = await self._call(api.inspect_container,
-                                                    self.container_name(box_id))
-        except docker.errors.NotFound:
-            raise BoxNotFound(f"box {box_id} does not exist on spoke {self.spoke_name}") from None
-        except Exception as exc:
-            raise du.map_docker_error(exc, f"inspecting box {box_id}") from exc
-        labels = data.get("Config", {}).get("Labels")
-        if not du.is_own(labels, self.spoke_name) or (labels or {}).get(du.LABEL_BOX) != box_id:
-            raise BoxNotFound(f"box {box_id} does not exist on spoke {self.spoke_name}")
-        return data
-
-    async def _running_id(self, box_id: str) -> str:
-        data = await self._inspect_own(box_id)
-        if not data.get("State", {}).get("Running"):
-            state = data.get("State", {}).get("Status", "unknown")
-            raise BoxError(f"box {box_id} is not running (state: {state})", "unavailable")
-        return str(data["Id"])
+class DockerBoxManager(DockerEngine):
+    """:class:`~spoke.boxes.base.BoxManager` backed by the local Docker engine (the engine
+    plumbing — pools, client, ownership checks — is :class:`DockerEngine`'s)."""
 
     # ------------------------------------------------------------------ lifecycle
     async def create(self, box_id: str, spec: BoxSpec) -> BoxInfo:
@@ -146,11 +63,21 @@ class DockerBoxManager:
         validate_spec(spec)
         lock = self._create_locks.setdefault(box_id, asyncio.Lock())
         try:
-            async with lock:  # same-process races; other processes are handled by 409
+            # Same-process races; other processes of this spoke wait for the box's file
+            # lock (its workspace is made and attached once), and Docker's 409 remains.
+            async with lock, self.workspaces.box_lock(box_id):
                 return await self._create(box_id, spec)
+        except BaseException:
+            await self.workspaces.forget(box_id)
+            raise
         finally:
             if not lock.locked():
                 self._create_locks.pop(box_id, None)
+
+    async def workspace_limit_unavailable(self) -> str | None:
+        """Why workspaces cannot be size-limited here (None: they can); the spoke warns at
+        start. See :mod:`spoke.boxes.docker_workspace`."""
+        return await self.workspaces.status()
 
     async def _create(self, box_id: str, spec: BoxSpec) -> BoxInfo:
         api = await self._api()
@@ -158,23 +85,21 @@ class DockerBoxManager:
         with contextlib.suppress(BoxNotFound):
             return await self._ensure_started(box_id, await self._inspect_own(box_id))
         try:
-            await self._call(api.inspect_image, spec.image)
+            image = await self._call(api.inspect_image, spec.image)
         except docker.errors.ImageNotFound:
             raise BoxInvalid(f"image {spec.image} is not present on this spoke") from None
         except Exception as exc:
             raise du.map_docker_error(exc, f"checking image {spec.image}") from exc
+        user, uid, gid = await self._users.choose(api, spec, image)
         labels = {
             du.LABEL_MANAGED: "1",
             du.LABEL_SPOKE: self.spoke_name,
             du.LABEL_BOX: box_id,
             du.LABEL_CREATED: f"{time.time():.3f}",
         }
-        volume = self.volume_name(box_id)
-        await self._run(f"creating workspace volume for box {box_id}", api.create_volume,
-                        name=volume, labels={k: v for k, v in labels.items()
-                                             if k != du.LABEL_CREATED})
+        volume = await self.volumes.make(box_id, spec, uid, gid)
         host_config = api.create_host_config(
-            network_mode="bridge" if spec.network else "none",
+            network_mode=self.network.name if spec.network else "none",
             read_only=True,
             tmpfs=dict(du.TMPFS),
             binds={volume: {"bind": du.WORKSPACE, "mode": "rw"}},
@@ -187,31 +112,65 @@ class DockerBoxManager:
             init=True,
             runtime=self.runtime,
         )
+        create = functools.partial(
+            self._call, api.create_container, spec.image, command=du.KEEPALIVE_CMD, name=name,
+            labels=labels, host_config=host_config, user=user, working_dir=spec.workdir,
+            environment=dict(spec.env), detach=True)
         try:
-            await self._call(
-                api.create_container, spec.image, command=du.KEEPALIVE_CMD, name=name,
-                labels=labels, host_config=host_config, user=spec.user,
-                working_dir=spec.workdir, environment=dict(spec.env), detach=True,
-            )
-        except docker.errors.APIError as exc:
-            if exc.status_code != 409:
-                with contextlib.suppress(Exception):
-                    await self._call(api.remove_volume, volume)
-                raise du.map_docker_error(exc, f"creating box {box_id}") from exc
-            # 409: another process won the race. Docker reserves the name before the
-            # container is inspectable, so give the winner a moment to finish.
-            for _ in range(50):
-                with contextlib.suppress(BoxNotFound):
-                    return await self._ensure_started(box_id, await self._inspect_own(box_id))
-                await asyncio.sleep(0.1)
-            raise BoxError(f"cannot create box {box_id}: a container named {name} exists "
-                           "but is not managed by this spoke", "busy") from exc
-        return await self._ensure_started(box_id, await self._inspect_own(box_id))
+            async with self.volumes.attached(box_id) as device:  # mounted at create, start
+                try:
+                    if spec.network:
+                        async with self.network.lock:  # not removed between ensure and create
+                            await self.network.ensure()
+                            await create()
+                    else:
+                        await create()
+                except docker.errors.APIError as exc:
+                    if exc.status_code != 409:
+                        raise du.map_docker_error(exc, f"creating box {box_id}") from exc
+                    # 409: another process won the race. Docker reserves the name before
+                    # the container is inspectable, so give the winner a moment to finish.
+                    for _ in range(50):
+                        with contextlib.suppress(BoxNotFound):
+                            return await self._ensure_started(
+                                box_id, await self._inspect_own(box_id), attach=False)
+                        await asyncio.sleep(0.1)
+                    raise BoxError(f"cannot create box {box_id}: a container named {name} "
+                                   "exists but is not managed by this spoke", "busy") from exc
+                if device is not None:  # after Docker's copy-up, before anything mounts it
+                    await self.workspaces.own_root(device, uid, gid)
+                self._owners[box_id] = (uid, gid)
+                return await self._ensure_started(box_id, await self._inspect_own(box_id),
+                                                  attach=False)
+        except BaseException:
+            # No container: leave nothing behind. A container that failed to start stays,
+            # for the hub's destroy (it records the create failed).
+            if not await self._exists(box_id):
+                await self._undo_create(box_id, spec)
+            raise
 
-    async def _ensure_started(self, box_id: str, data: dict[str, Any]) -> BoxInfo:
+    async def _exists(self, box_id: str) -> bool:
+        try:
+            await self._inspect_own(box_id)
+            return True
+        except BoxError:
+            return False
+
+    async def _undo_create(self, box_id: str, spec: BoxSpec) -> None:
+        with contextlib.suppress(Exception):
+            await self.volumes.remove(box_id)
+        if spec.network:
+            with contextlib.suppress(Exception):
+                await self.network.release_if_unused()
+
+    async def _ensure_started(self, box_id: str, data: dict[str, Any], *,
+                              attach: bool = True) -> BoxInfo:
+        """Start a stopped box (its workspace attached first, unless the caller did);
+        the caller holds the box's lock."""
         if not data.get("State", {}).get("Running"):
             api = await self._api()
-            await self._run(f"starting box {box_id}", api.start, data["Id"])
+            async with self.volumes.attached(box_id) if attach else contextlib.nullcontext():
+                await self._run(f"starting box {box_id}", api.start, data["Id"])
             data = await self._inspect_own(box_id)
         return du.info_from_inspect(data)
 
@@ -244,39 +203,21 @@ class DockerBoxManager:
                 existed = False  # a concurrent destroy got there first
             except Exception as exc:
                 raise du.map_docker_error(exc, f"destroying box {box_id}") from exc
-        await self._remove_volume(box_id)
+        await self.volumes.remove(box_id)
         self._owners.pop(box_id, None)
+        if existed and (data.get("HostConfig") or {}).get("NetworkMode") == self.network.name:
+            await self.network.release_if_unused()  # the spoke's last networked box went
         return existed
-
-    async def _remove_volume(self, box_id: str) -> None:
-        api = await self._api()
-        volume = self.volume_name(box_id)
-        try:
-            info = await self._call(api.inspect_volume, volume)
-        except docker.errors.NotFound:
-            return
-        except Exception as exc:
-            raise du.map_docker_error(exc, f"inspecting volume of box {box_id}") from exc
-        if not du.is_own(info.get("Labels"), self.spoke_name):
-            return
-        with contextlib.suppress(docker.errors.NotFound):
-            await self._run(f"removing volume of box {box_id}", api.remove_volume, volume,
-                            force=True)
 
     async def reap(self, keep: set[str]) -> builtins.list[str]:
         removed: builtins.list[str] = []
         for info in await self.list():
             if info.id not in keep and await self.destroy(info.id):
                 removed.append(info.id)
-        # Workspace volumes whose container vanished (crash between the two removals).
+        await self.volumes.reap(keep)
         api = await self._api()
-        vols = await self._run("listing volumes", api.volumes,
-                               filters=du.own_filters(self.spoke_name))
-        for vol in (vols or {}).get("Volumes") or []:
-            box_id = (vol.get("Labels") or {}).get(du.LABEL_BOX, "")
-            if box_id and box_id not in keep and du.is_own(vol.get("Labels"), self.spoke_name):
-                with contextlib.suppress(BoxError):
-                    await self._remove_volume(box_id)
+        await self._users.reap_probes(api)
+        await self.network.release_if_unused()
         return removed
 
     async def close(self) -> None:
@@ -287,8 +228,10 @@ class DockerBoxManager:
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(handle.abandon(), timeout=10)
         self._closed = True
-        self._pool.shutdown(wait=False, cancel_futures=True)
-        self._stream_pool.shutdown(wait=False, cancel_futures=True)
+        for pool in (self._pool, self._stream_pool, self._transfer_pool):
+            pool.shutdown(wait=False, cancel_futures=True)
+        with contextlib.suppress(OSError):  # only if empty: no box has a workspace image
+            self.workspaces.directory.rmdir()
         if self._owns_client and self._client is not None:
             with contextlib.suppress(Exception):
                 self._client.close()
@@ -376,27 +319,59 @@ class DockerBoxManager:
     async def resolve_path(self, box_id: str, path: str) -> str:
         return resolve_box_path(path, du.workdir(await self._inspect_own(box_id)))[0]
 
-    async def put_file(self, box_id: str, path: str, data: bytes, mode: int = 0o644, *,
-                       parents: bool = False, into_dir_name: str | None = None) -> str:
-        """Write under /workspace: the root is read-only, tmpfs is invisible to archives."""
+    @staticmethod
+    def _tmpfs(info: dict[str, Any], path: str) -> bool:
+        return tmpfs_mount(path, list((info.get("HostConfig") or {}).get("Tmpfs") or {})) \
+            is not None
+
+    async def put_file(self, box_id: str, path: str, chunks: AsyncIterator[bytes], size: int,
+                       mode: int = 0o644, *, parents: bool = False,
+                       into_dir_name: str | None = None) -> str:
+        """Streamed: through the archive API, or for /tmp and /run through a command in the
+        box (the archive API cannot see tmpfs mounts). Pinned by tests/boxes/."""
         check_box_path(path)  # refuse a bad path before any Docker call
+        if size < 0:
+            raise BoxInvalid(f"size must be >= 0, got {size}")
         info = await self._inspect_own(box_id)
         cid, where, api = str(info["Id"]), f"box {box_id}", await self._api()
-        plan = await plan_put(path, du.workdir(info),
+        workdir = du.workdir(info)
+        full = resolve_box_path(path, workdir)[0]
+        if self._tmpfs(info, full):
+            known = await docker_tmpfs.kinds(self.exec, box_id, where,
+                                             docker_tmpfs.plan_paths(full, into_dir_name))
+
+            async def kind(p: str) -> str | None:
+                if p not in known:
+                    known.update(await docker_tmpfs.kinds(self.exec, box_id, where, [p]))
+                return known[p]
+
+            plan = await plan_put(path, workdir, kind, parents=parents,
+                                  into_dir_name=into_dir_name, where=where)
+            await docker_tmpfs.put(self._transfer_pool, api, cid, box_id, where, plan, chunks,
+                                   size, mode)
+            return plan.path
+        plan = await plan_put(path, workdir,
                               functools.partial(docker_files.kind_of, self._call, api, cid),
                               parents=parents, into_dir_name=into_dir_name, where=where)
         if box_id not in self._owners:
             user = info.get("Config", {}).get("User") or ""
-            self._owners[box_id] = await docker_files.resolve_owner(self._call, api, cid, user)
-        await docker_files.put_file(self._call, api, cid, where, plan, data, mode,
-                                    self._owners[box_id])
+            self._owners[box_id] = await docker_files.resolve_owner(
+                self._call, self._transfer_pool, api, cid, user)
+        await docker_files.put_stream(self._call, self._transfer_pool, api, cid, where, plan,
+                                      chunks, size, mode, self._owners[box_id])
         return plan.path
 
-    async def get_file(self, box_id: str, path: str, max_bytes: int) -> bytes:
+    async def get_file(self, box_id: str, path: str, max_bytes: int) -> AsyncIterator[bytes]:
         check_box_path(path)
         if max_bytes < 0:
             raise BoxInvalid(f"max_bytes must be >= 0, got {max_bytes}")
         info = await self._inspect_own(box_id)
-        return await docker_files.read_file(
-            self._call, await self._api(), str(info["Id"]), f"box {box_id}",
-            resolve_box_path(path, du.workdir(info))[0], max_bytes)
+        full, where = resolve_box_path(path, du.workdir(info))[0], f"box {box_id}"
+        if self._tmpfs(info, full):
+            stream = docker_tmpfs.get(self.exec, box_id, where, full, max_bytes)
+        else:
+            stream = docker_files.read_stream(self._call, self._transfer_pool, await self._api(),
+                                              str(info["Id"]), where, full, max_bytes)
+        async with contextlib.aclosing(stream):
+            async for chunk in stream:
+                yield chunk

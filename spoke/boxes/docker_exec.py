@@ -97,17 +97,19 @@ def wrap_command(pidfile: str, cmd: list[str]) -> list[str]:
 
 
 def start_exec(api: Any, container_id: str, cmd: list[str], *,
-               env: dict[str, str] | None, workdir: str | None) -> tuple[str, Any]:
-    """Create and start an exec with its output attached; return its id and the stream's
-    socket (no read timeout: commands may be quiet for hours). Blocking: run in a thread."""
+               env: dict[str, str] | None, workdir: str | None,
+               stdin: bool = False) -> tuple[str, Any]:
+    """Create and start an exec with its output attached (and its stdin, for a file copied
+    into a tmpfs: spoke/boxes/docker_tmpfs.py); return its id and the stream's socket (no
+    read timeout: commands may be quiet for hours). Blocking: run in a thread."""
     engine = engine_for(api)
     if engine is not None:
         exec_id = str(engine.exec_create(container_id, cmd, environment=env or None,
-                                         workdir=workdir)["Id"])
+                                         workdir=workdir, stdin=stdin)["Id"])
         sock: Any = engine.exec_start_socket(exec_id)
         sock.settimeout(None)
         return exec_id, sock
-    created = api.exec_create(container_id, cmd, stdout=True, stderr=True, stdin=False,
+    created = api.exec_create(container_id, cmd, stdout=True, stderr=True, stdin=stdin,
                               tty=False, environment=env or None, workdir=workdir)
     sock = api.exec_start(created["Id"], socket=True)
     for s in (sock, getattr(sock, "_sock", None)):

@@ -1,11 +1,14 @@
-"""A raw Docker Engine API client for the three calls of every exec, on the unix socket.
+"""A raw Docker Engine API client for the three calls of every exec (and the streamed
+archive upload of a file), on the unix socket.
 
 Why it exists: every ``box.exec`` costs three Engine API calls (exec create, exec start,
 exec inspect), and docker-py sends each through requests and urllib3 — about 0.7 ms of CPU a
 call and more for the hijacked ``exec_start``; measured, 4-5 ms of a ~60 ms ``true``, most of
 the spoke's own overhead. So for an engine reached through a unix socket, those three calls
 (and only those) are written here by hand as plain HTTP/1.1 exchanges; everything else, and
-every TCP/TLS, ssh or npipe engine, stays on the docker SDK.
+every TCP/TLS, ssh or npipe engine, stays on the docker SDK. The one other call here is the
+streamed ``PUT …/archive`` of a file upload (:meth:`EngineExec.put_archive_stream`), for
+an error reason: see there.
 
 It mirrors the SDK rather than replacing it: the same request bodies and headers (including
 the ``HttpHeaders`` and ``detachKeys`` of ``~/.docker/config.json``), and errors raised as the
@@ -26,8 +29,9 @@ import re
 import socket
 import threading
 import weakref
+from collections.abc import Iterable
 from typing import Any, NoReturn
-from urllib.parse import quote
+from urllib.parse import quote, urlencode
 
 import docker.errors
 import requests
@@ -135,12 +139,12 @@ class EngineExec:
 
     # ------------------------------------------------------------------ API
     def exec_create(self, container: str, cmd: list[str], *, environment: dict[str, str] | None,
-                    workdir: str | None) -> dict[str, Any]:
-        """``APIClient.exec_create(container, cmd, stdout=True, stderr=True, stdin=False,
+                    workdir: str | None, stdin: bool = False) -> dict[str, Any]:
+        """``APIClient.exec_create(container, cmd, stdout=True, stderr=True, stdin=stdin,
         tty=False, environment=..., workdir=...)``."""
         data: dict[str, Any] = {
             "Container": container, "User": "", "Privileged": False, "Tty": False,
-            "AttachStdin": False, "AttachStdout": True, "AttachStderr": True, "Cmd": cmd,
+            "AttachStdin": stdin, "AttachStdout": True, "AttachStderr": True, "Cmd": cmd,
         }
         if environment:
             data["Env"] = [f"{k}={v}" for k, v in environment.items()]
@@ -152,6 +156,41 @@ class EngineExec:
             "POST", self._path("/containers/{}/exec", container), data
         )
         return result
+
+    def put_archive_stream(self, container: str, path: str, pieces: Iterable[bytes],
+                           length: int) -> None:
+        """``APIClient.put_archive(container, path, data)`` with the tar sent as ``pieces``
+        come (``length`` bytes in all, declared up front), so no upload is ever held whole.
+
+        Why by hand: when the engine refuses the archive part-way (ENOSPC in a full
+        workspace, a read-only path) it answers and stops reading; requests then fails with
+        a broken pipe and the engine's message is lost. On the unix socket the answer is
+        still there to read after the pipe broke. An exception raised by ``pieces`` (the
+        upload's source failed) propagates unchanged, with the request cut short. Pinned by
+        tests/boxes/test_conformance_files.py and tests/boxes/test_docker_workspace.py."""
+        target = self._path("/containers/{}/archive", container) + "?" + urlencode({"path": path})
+        conn = _UnixHTTPConnection(self.socket_path, self.timeout)
+        try:
+            try:
+                conn.putrequest("PUT", target, skip_accept_encoding=True)
+                for key, value in self.headers.items():
+                    conn.putheader(key, value)
+                conn.putheader("Content-Type", "application/x-tar")
+                conn.putheader("Content-Length", str(length))
+                conn.endheaders()
+                for piece in pieces:
+                    try:
+                        conn.send(piece)
+                    except (BrokenPipeError, ConnectionResetError):
+                        break  # the engine stopped reading: its answer says why
+                resp = conn.getresponse()
+                raw = resp.read()
+            except OSError as exc:
+                raise self._transport_error(exc) from exc
+        finally:
+            conn.close()
+        if resp.status >= 400:
+            self._raise(resp.status, resp.reason, target, raw)
 
     def exec_inspect(self, exec_id: str) -> dict[str, Any]:
         result: dict[str, Any] = self._json_call("GET", self._path("/exec/{}/json", exec_id))

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import calendar
 import hashlib
-import io
 import re
 import tarfile
 import time
@@ -22,6 +21,7 @@ LABEL_MANAGED = "spokehub.managed"
 LABEL_SPOKE = "spokehub.spoke"
 LABEL_BOX = "spokehub.box"
 LABEL_CREATED = "spokehub.created_at"
+LABEL_WORKSPACE_BYTES = "spokehub.workspace_bytes"
 
 # The box's main process: keeps the container alive with no entrypoint help, and exits
 # promptly on SIGTERM (docker-init forwards it) so `docker stop` is not a 10 s wait.
@@ -121,6 +121,9 @@ def map_docker_error(exc: BaseException, what: str) -> BoxError:
         lowered = text.lower()
         if "read-only" in lowered:
             return BoxError(f"{what}: read-only file system (write under /workspace)", "denied")
+        if "no space left" in lowered:
+            return BoxError(f"{what}: no space left on device (the box's workspace is full: "
+                            "its size is limited, see box create --workspace)", "denied")
         if "not a directory" in lowered or "cannot overwrite" in lowered:
             return BoxInvalid(f"{what}: {text}")
         if status == 409:
@@ -144,25 +147,29 @@ def map_docker_error(exc: BaseException, what: str) -> BoxError:
     return BoxError(f"{what}: {type(exc).__name__}: {one_line(exc)}", "internal")
 
 
-def single_file_tar(name: str, data: bytes, mode: int, uid: int, gid: int,
-                    dirs: list[str] | tuple[str, ...] = ()) -> bytes:
-    """A tar of one file, preceded by ``dirs`` (mode 0755; outermost first), all owned by
-    ``uid:gid``: how an upload with missing parents is written in a single extraction."""
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w", format=tarfile.PAX_FORMAT) as tar:
-        for directory in dirs:
-            entry = tarfile.TarInfo(directory)
-            entry.type, entry.mode = tarfile.DIRTYPE, 0o755
-            entry.uid, entry.gid = uid, gid
-            entry.mtime = int(time.time())
-            tar.addfile(entry)
-        info = tarfile.TarInfo(name)
-        info.size = len(data)
-        info.mode = mode & 0o7777
-        info.uid, info.gid = uid, gid
-        info.mtime = int(time.time())
-        tar.addfile(info, io.BytesIO(data))
-    return buf.getvalue()
+def tar_head(name: str, size: int, mode: int, uid: int, gid: int,
+             dirs: list[str] | tuple[str, ...] = ()) -> bytes:
+    """The start of a tar holding ``dirs`` (mode 0755; outermost first) and then one file of
+    ``size`` bytes, all owned by ``uid:gid``, up to the file's data: an upload's archive is
+    this, the data as it arrives, then :func:`tar_tail` — made on the fly, never held whole.
+    Pinned by tests/boxes/test_conformance_files.py (parents, modes, owners, sizes)."""
+    now = int(time.time())
+    head = b""
+    for directory in dirs:
+        entry = tarfile.TarInfo(directory)
+        entry.type, entry.mode = tarfile.DIRTYPE, 0o755
+        entry.uid, entry.gid, entry.mtime = uid, gid, now
+        head += entry.tobuf(format=tarfile.PAX_FORMAT)
+    info = tarfile.TarInfo(name)
+    info.size, info.mode = size, mode & 0o7777
+    info.uid, info.gid, info.mtime = uid, gid, now
+    return head + info.tobuf(format=tarfile.PAX_FORMAT)
+
+
+def tar_tail(size: int) -> bytes:
+    """What follows a file of ``size`` bytes in :func:`tar_head`'s archive: the padding to a
+    512-byte block, then the two zero blocks that end an archive."""
+    return b"\0" * (-size % tarfile.BLOCKSIZE) + b"\0" * (2 * tarfile.BLOCKSIZE)
 
 
 def stat_kind(stat: dict[str, Any]) -> str:
@@ -175,16 +182,37 @@ def stat_kind(stat: dict[str, Any]) -> str:
     return "file"
 
 
-def file_from_tar(blob: bytes, path: str) -> bytes:
-    with tarfile.open(fileobj=io.BytesIO(blob), mode="r:") as tar:
-        for member in tar:
-            if member.isfile():
-                fh = tar.extractfile(member)
-                assert fh is not None
-                return fh.read()
-            if member.isdir():
-                raise BoxInvalid(f"{path} is a directory, not a file")
-    raise BoxInvalid(f"{path} is not a regular file")
+def resolve_ids(user: str, passwd: str, group: str) -> tuple[int, int] | None:
+    """uid and gid of Docker's ``User`` (``name|uid[:group|gid]``) from the image's
+    ``/etc/passwd`` and ``/etc/group`` text, as Docker resolves them: a numeric uid missing
+    from passwd gets gid 0 unless a group is given. None if a name is unknown there."""
+    name, grp = parse_user(user)
+    if name.isdigit():
+        uid = int(name)
+        entry = _uid_entry(passwd, uid)
+        gid = entry[1] if entry is not None else 0
+    else:
+        found_user = lookup_id(passwd, name)
+        if found_user is None:
+            return None
+        uid, gid = found_user
+    if grp:
+        if grp.isdigit():
+            gid = int(grp)
+        else:
+            found = lookup_id(group, grp)
+            if found is None:
+                return None
+            gid = found[0]
+    return uid, gid
+
+
+def _uid_entry(passwd: str, uid: int) -> tuple[int, int] | None:
+    for line in passwd.splitlines():
+        fields = line.split(":")
+        if len(fields) >= 4 and fields[2] == str(uid) and fields[3].isdigit():
+            return uid, int(fields[3])
+    return None
 
 
 def parse_user(user: str) -> tuple[str, str]:

@@ -4,9 +4,12 @@ Commands run as real local subprocesses in a per-box temporary directory, so pip
 exit codes, streaming, timeouts and kills behave like the real thing. This is a test
 double, **not** a sandbox: there is no isolation at all. ``/workspace`` in file paths,
 arguments and the working directory is mapped to the box's directory (a plain textual
-substitution, good enough for tests). Paths outside ``/workspace`` behave like Docker's
-read-only root filesystem: writes are denied and reads find nothing. Relative file paths
-mean the box's working directory (the spec's ``workdir``), as in a container.
+substitution, good enough for tests), and so are the tmpfs mounts ``/tmp`` and ``/run``,
+to directories of their own. Other paths behave like Docker's read-only root filesystem:
+writes are denied and reads find nothing. Relative file paths mean the box's working
+directory (the spec's ``workdir``), as in a container. Files stream in and out in chunks,
+a put past the spec's ``workspace_bytes`` fails like a full disk, and a root user must be
+allowed (``allow_root``), as with the Docker manager.
 
 The same conformance suite (tests/boxes) runs against this and the Docker manager.
 """
@@ -18,20 +21,26 @@ import builtins
 import contextlib
 import functools
 import os
+import re
+import secrets
 import shutil
 import signal
 import tempfile
 import time
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from spoke.boxes.base import (
+    TMPFS_DIRS,
     BoxError,
     BoxInfo,
     BoxInvalid,
     BoxNotFound,
     BoxSpec,
     ExecHandle,
+    exactly,
+    is_root_user,
     plan_put,
     resolve_box_path,
     validate_box_id,
@@ -42,6 +51,8 @@ from spoke.boxes.base import (
 from spoke.boxes.streaming import QueueExecHandle
 
 WORKSPACE = "/workspace"
+MAPPED = (WORKSPACE, *TMPFS_DIRS)  # box paths that live in the box's directory
+_MAPPED_RE = re.compile(r"(?<![\w.\-/])(/workspace|/tmp|/run)(?![\w.\-])")
 READ_SIZE = 64 * 1024
 
 
@@ -121,14 +132,15 @@ class FakeBoxManager:
         return box
 
     def _host_path(self, box: _FakeBox, path: str) -> Path | None:
-        """Where a box path lives on the host, or None if outside the workspace."""
+        """Where a box path lives on the host, or None if outside the mapped directories."""
         path = validate_box_path(path)
-        if path == WORKSPACE or path.startswith(WORKSPACE + "/"):
-            return box.workspace / path[len(WORKSPACE):].lstrip("/")
+        for mount in MAPPED:
+            if path == mount or path.startswith(mount + "/"):
+                return box.root / mount.lstrip("/") / path[len(mount):].lstrip("/")
         return None
 
     def _map(self, box: _FakeBox, text: str) -> str:
-        return text.replace(WORKSPACE, str(box.workspace))
+        return _MAPPED_RE.sub(lambda m: str(box.root) + m.group(1), text)
 
     async def create(self, box_id: str, spec: BoxSpec) -> BoxInfo:
         validate_box_id(box_id)
@@ -138,8 +150,13 @@ class FakeBoxManager:
                 return self._boxes[box_id].info
             if self._images is not None and spec.image not in self._images:
                 raise BoxInvalid(f"image {spec.image} is not present on this spoke")
+            if spec.user is not None and is_root_user(spec.user) and not spec.allow_root:
+                raise BoxError(f"box user {spec.user} is root (uid 0), which this spoke does "
+                               "not allow (its operator can: spoke join --allow-root)", "denied")
             root = self._root / box_id
-            await asyncio.to_thread((root / "workspace").mkdir, parents=True, exist_ok=True)
+            for mount in MAPPED:
+                await asyncio.to_thread((root / mount.lstrip("/")).mkdir, parents=True,
+                                        exist_ok=True)
             info = BoxInfo(id=box_id, image=spec.image, state="running",
                            created_at=time.time(), network=spec.network,
                            container_id=f"fake-{box_id}")
@@ -226,9 +243,12 @@ class FakeBoxManager:
 
         return await asyncio.to_thread(kind)
 
-    async def put_file(self, box_id: str, path: str, data: bytes, mode: int = 0o644, *,
-                       parents: bool = False, into_dir_name: str | None = None) -> str:
+    async def put_file(self, box_id: str, path: str, chunks: AsyncIterator[bytes], size: int,
+                       mode: int = 0o644, *, parents: bool = False,
+                       into_dir_name: str | None = None) -> str:
         box = self._box(box_id)
+        if size < 0:
+            raise BoxInvalid(f"size must be >= 0, got {size}")
         full = resolve_box_path(path, box.spec.workdir)[0]
         if self._host_path(box, full) is None:
             raise BoxError(f"writing {full} in box {box_id}: read-only file system "
@@ -241,8 +261,15 @@ class FakeBoxManager:
         if target is None or None in dirs:
             raise BoxError(f"writing {plan.path} in box {box_id}: read-only file system "
                            "(write under /workspace)", "denied")
+        limit = box.spec.workspace_bytes
+        if limit is not None and target.is_relative_to(box.workspace):
+            used = await asyncio.to_thread(_used_bytes, box.workspace, target)
+            if used + size > limit:
+                raise BoxError(f"writing {plan.path} in box {box_id}: no space left on device "
+                               f"(the box's workspace is full: its size is limited to {limit} "
+                               "bytes)", "denied")
 
-        def write(target: Path) -> None:
+        def prepare(target: Path) -> Path:
             for made in dirs:
                 assert made is not None
                 made.mkdir(exist_ok=True)
@@ -251,13 +278,21 @@ class FakeBoxManager:
                                  "directory does not exist")
             if target.is_dir():
                 raise BoxInvalid(f"cannot write {plan.path} in box {box_id}: it is a directory")
-            target.write_bytes(data)
-            target.chmod(mode & 0o7777)
+            return target.with_name(f".{target.name}.spokehub-{secrets.token_hex(4)}")
 
-        await asyncio.to_thread(write, target)
+        temp = await asyncio.to_thread(prepare, target)
+        try:
+            with temp.open("wb") as fh:  # noqa: ASYNC230 - each write goes to a thread
+                async for piece in exactly(chunks, size):
+                    await asyncio.to_thread(fh.write, piece)
+            await asyncio.to_thread(temp.chmod, mode & 0o7777)
+            await asyncio.to_thread(os.replace, temp, target)
+        finally:
+            with contextlib.suppress(FileNotFoundError):
+                await asyncio.to_thread(temp.unlink)
         return plan.path
 
-    async def get_file(self, box_id: str, path: str, max_bytes: int) -> bytes:
+    async def get_file(self, box_id: str, path: str, max_bytes: int) -> AsyncIterator[bytes]:
         box = self._box(box_id)
         if max_bytes < 0:
             raise BoxInvalid(f"max_bytes must be >= 0, got {max_bytes}")
@@ -266,7 +301,7 @@ class FakeBoxManager:
         if target is None:
             raise BoxNotFound(f"no such file {path} in box {box_id}")
 
-        def read(target: Path) -> bytes:
+        def check(target: Path) -> None:
             if not target.exists():
                 raise BoxNotFound(f"no such file {path} in box {box_id}")
             if target.is_dir():
@@ -275,13 +310,16 @@ class FakeBoxManager:
             if size > max_bytes:
                 raise BoxInvalid(f"{path} in box {box_id} is {size} bytes, more than the "
                                  f"{max_bytes}-byte limit")
-            with target.open("rb") as fh:
-                data = fh.read(max_bytes + 1)
-            if len(data) > max_bytes:
-                raise BoxInvalid(f"{path} in box {box_id} grew past the {max_bytes}-byte limit")
-            return data
 
-        return await asyncio.to_thread(read, target)
+        await asyncio.to_thread(check, target)
+        sent = 0
+        with target.open("rb") as fh:  # noqa: ASYNC230 - each read goes to a thread
+            while piece := await asyncio.to_thread(fh.read, READ_SIZE):
+                sent += len(piece)
+                if sent > max_bytes:
+                    raise BoxInvalid(f"{path} in box {box_id} grew past the {max_bytes}-byte "
+                                     "limit")
+                yield piece
 
     async def stats(self, box_id: str) -> dict[str, float | int]:
         box = self._box(box_id)
@@ -307,6 +345,18 @@ class FakeBoxManager:
         self._closed = True
         if self._own_root:
             await asyncio.to_thread(shutil.rmtree, self._root, True)
+
+
+def _used_bytes(root: Path, replaced: Path) -> int:
+    """Bytes of the files under ``root``, except ``replaced`` (a put overwrites it)."""
+    total = 0
+    for dirpath, _dirs, files in os.walk(root):
+        for name in files:
+            path = Path(dirpath) / name
+            if path != replaced:
+                with contextlib.suppress(OSError):
+                    total += path.lstat().st_size
+    return total
 
 
 def _rss_bytes(pids: builtins.list[int]) -> int:

@@ -12,9 +12,9 @@ import time
 
 import pytest
 
-from spoke.boxes.base import BoxError, BoxInvalid, BoxManager, BoxNotFound, BoxSpec
+from spoke.boxes.base import BoxInvalid, BoxManager, BoxNotFound, BoxSpec
 from tests.boxes.conftest import MakeManager
-from tests.boxes.helpers import new_box_id, process_list, run, unique_sleep
+from tests.boxes.helpers import get, new_box_id, process_list, run, unique_sleep
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -49,7 +49,7 @@ async def test_unknown_box_and_missing_image(manager: BoxManager, box_id: str) -
     with pytest.raises(BoxNotFound):
         await manager.exec(box_id, ["true"])
     with pytest.raises(BoxNotFound):
-        await manager.get_file(box_id, "/workspace/x", 10)
+        await get(manager, box_id, "/workspace/x", 10)
     with pytest.raises(BoxInvalid, match="not present on this spoke"):
         await manager.create(box_id, BoxSpec(image="spokehub-no-such-image:never"))
     assert await manager.list() == []
@@ -165,119 +165,6 @@ async def test_wait_without_reading_discards_output(
     handle = await manager.exec(box_id, ["sh", "-c", "head -c 5000000 /dev/zero; exit 4"])
     res = await asyncio.wait_for(handle.wait(), timeout=30)
     assert res.exit_code == 4
-
-
-async def test_put_and_get_files(manager: BoxManager, box_id: str, image: str) -> None:
-    await manager.create(box_id, BoxSpec(image=image))
-    blob = os.urandom(5 * 1024 * 1024)
-    await manager.put_file(box_id, "/workspace/blob.bin", blob)
-    assert await manager.get_file(box_id, "/workspace/blob.bin", 6 * 1024 * 1024) == blob
-    out, _, _ = await run(manager, box_id, ["sh", "-c", "wc -c < /workspace/blob.bin"])
-    assert out.strip() == str(len(blob)).encode()
-    # Mode is honoured and the file belongs to the box's user: it can run and edit it.
-    await manager.put_file(box_id, "/workspace/run.sh", b"#!/bin/sh\necho ran $1\n", 0o755)
-    out, _, res = await run(manager, box_id, ["/workspace/run.sh", "ok"])
-    assert (out, res.exit_code) == (b"ran ok\n", 0)
-    _, err, res = await run(manager, box_id, ["sh", "-c", "echo more >> /workspace/run.sh"])
-    assert res.exit_code == 0, err
-    # Files written by commands can be fetched; overwriting replaces the content.
-    await run(manager, box_id, ["sh", "-c", "printf made-inside > /workspace/inside.txt"])
-    assert await manager.get_file(box_id, "/workspace/inside.txt", 100) == b"made-inside"
-    await manager.put_file(box_id, "/workspace/inside.txt", b"replaced")
-    assert await manager.get_file(box_id, "/workspace/inside.txt", 100) == b"replaced"
-    await manager.put_file(box_id, "/workspace/empty", b"")
-    assert await manager.get_file(box_id, "/workspace/empty", 0) == b""
-
-
-async def test_file_errors(manager: BoxManager, box_id: str, image: str) -> None:
-    await manager.create(box_id, BoxSpec(image=image))
-    await manager.put_file(box_id, "/workspace/ten", b"0123456789")
-    with pytest.raises(BoxNotFound):
-        await manager.get_file(box_id, "/workspace/missing", 100)
-    with pytest.raises(BoxInvalid, match="limit"):
-        await manager.get_file(box_id, "/workspace/ten", 9)
-    with pytest.raises(BoxInvalid, match="directory"):
-        await manager.get_file(box_id, "/workspace", 100)
-    with pytest.raises(BoxInvalid, match="does not exist"):
-        await manager.put_file(box_id, "/workspace/no/such/dir/f", b"x")
-    with pytest.raises(BoxInvalid):
-        await manager.put_file(box_id, "workspace/relative", b"x")
-    with pytest.raises(BoxInvalid):
-        await manager.put_file(box_id, "/workspace/../etc/passwd", b"x")
-    with pytest.raises(BoxError) as denied:
-        await manager.put_file(box_id, "/etc/spokehub-test", b"x")
-    assert denied.value.code == "denied"
-
-
-async def test_put_file_into_a_directory(manager: BoxManager, box_id: str, image: str) -> None:
-    """Like ``docker cp``: a target that is a directory (or ends in '/') gets the file under
-    the name the caller gives; a missing '/'-directory is an error unless ``parents``."""
-    await manager.create(box_id, BoxSpec(image=image))
-    for target in ("/workspace", "/workspace/"):
-        written = await manager.put_file(box_id, target, b"into", into_dir_name="notes.txt")
-        assert written == "/workspace/notes.txt"
-        assert await manager.get_file(box_id, "/workspace/notes.txt", 100) == b"into"
-    with pytest.raises(BoxInvalid, match="directory"):
-        await manager.put_file(box_id, "/workspace", b"x")
-    with pytest.raises(BoxInvalid, match="does not exist"):
-        await manager.put_file(box_id, "/workspace/sub/", b"x", into_dir_name="n.txt")
-    written = await manager.put_file(box_id, "/workspace/sub/", b"made", parents=True,
-                                     into_dir_name="n.txt")
-    assert written == "/workspace/sub/n.txt"
-    assert await manager.get_file(box_id, "sub/n.txt", 100) == b"made"
-    await manager.put_file(box_id, "/workspace/ten", b"0123456789")
-    with pytest.raises(BoxInvalid, match="not a directory"):
-        await manager.put_file(box_id, "/workspace/ten/", b"x", into_dir_name="n.txt")
-    await run(manager, box_id, ["mkdir", "/workspace/d", "/workspace/d/notes.txt"])
-    with pytest.raises(BoxInvalid, match="directory"):
-        await manager.put_file(box_id, "/workspace/d", b"x", into_dir_name="notes.txt")
-    for bad in ("a/b", "..", ".", "", "x\x00"):
-        with pytest.raises(BoxInvalid):
-            await manager.put_file(box_id, "/workspace", b"x", into_dir_name=bad)
-
-
-async def test_relative_paths_mean_the_working_directory(
-    manager: BoxManager, box_id: str, image: str
-) -> None:
-    await manager.create(box_id, BoxSpec(image=image))
-    assert await manager.resolve_path(box_id, "notes.txt") == "/workspace/notes.txt"
-    assert await manager.resolve_path(box_id, "./sub//x.txt") == "/workspace/sub/x.txt"
-    assert await manager.resolve_path(box_id, "/workspace/x/") == "/workspace/x"
-    assert await manager.put_file(box_id, "notes.txt", b"rel") == "/workspace/notes.txt"
-    out, _, _ = await run(manager, box_id, ["cat", "notes.txt"])
-    assert out == b"rel"
-    assert await manager.get_file(box_id, "notes.txt", 100) == b"rel"
-    assert await manager.put_file(box_id, ".", b"dot", into_dir_name="d.txt") == \
-        "/workspace/d.txt"
-    for bad in ("../etc/passwd", "sub/../../x", "x\x00y", "/"):
-        with pytest.raises(BoxInvalid):
-            await manager.resolve_path(box_id, bad)
-        with pytest.raises(BoxInvalid):
-            await manager.put_file(box_id, bad, b"x")
-    with pytest.raises(BoxNotFound):
-        await manager.resolve_path(new_box_id(), "x")
-
-
-async def test_parents_are_created_for_the_box_user(
-    manager: BoxManager, box_id: str, image: str
-) -> None:
-    await manager.create(box_id, BoxSpec(image=image))
-    assert await manager.put_file(box_id, "/workspace/a/b/c.txt", b"deep", parents=True) == \
-        "/workspace/a/b/c.txt"
-    assert await manager.put_file(box_id, "a/b/c2.txt", b"again", parents=True) == \
-        "/workspace/a/b/c2.txt"
-    out, err, res = await run(manager, box_id, [
-        "sh", "-c", "id -u; stat -c %u /workspace/a /workspace/a/b /workspace/a/b/c.txt; "
-        "touch /workspace/a/more /workspace/a/b/more && cat /workspace/a/b/c.txt"])
-    assert res.exit_code == 0, err
-    uid, *owners, content = out.decode().split()
-    assert owners == [uid] * 3 and content == "deep"
-    await manager.put_file(box_id, "/workspace/ten", b"0123456789")
-    with pytest.raises(BoxInvalid, match="not a directory"):
-        await manager.put_file(box_id, "/workspace/ten/x/y", b"x", parents=True)
-    with pytest.raises(BoxError) as denied:
-        await manager.put_file(box_id, "/spokehub-new/dir/f", b"x", parents=True)
-    assert denied.value.code == "denied"
 
 
 async def test_destroy_is_idempotent(manager: BoxManager, box_id: str, image: str) -> None:

@@ -10,7 +10,7 @@ import pytest
 from spoke.boxes.base import BoxSpec
 from spoke.boxes.docker_boxes import DockerBoxManager
 from spoke.boxes.docker_util import sanitize_spoke_name
-from tests.boxes.helpers import container_count, new_box_id, run
+from tests.boxes.helpers import container_count, new_box_id, put, run
 
 pytestmark = pytest.mark.timeout(120)
 
@@ -145,7 +145,7 @@ async def test_named_user_owns_uploaded_files(
     """With ``user="sandbox"`` the uid is resolved through the box's own /etc/passwd."""
     box_id = new_box_id()
     await docker_manager.create(box_id, BoxSpec(image=box_image, user="sandbox"))
-    await docker_manager.put_file(box_id, "/workspace/notes.txt", b"hi\n", 0o600)
+    await put(docker_manager, box_id, "/workspace/notes.txt", b"hi\n", 0o600)
     out, err, res = await run(docker_manager, box_id, [
         "sh", "-c", "id -u; stat -c '%u:%g %a' /workspace/notes.txt; echo more >> /workspace/notes.txt"])
     assert res.exit_code == 0, err

@@ -198,3 +198,11 @@ def test_auth_message_layout() -> None:
 )
 def test_auth_message_binds_challenge_name_and_pin(challenge: bytes, name: str, pin: str) -> None:
     assert auth_message(challenge, name, pin) != auth_message(b"challenge", "spoke-1", PIN)
+
+
+def test_a_pinned_token_with_a_plain_http_url_is_refused() -> None:
+    forged = JoinToken(url="http://hub.example:8443", pin="sha256:" + "0" * 64, token_id="t",
+                       secret=new_secret(), name="x").encode()
+    with pytest.raises(TokenError) as err:
+        JoinToken.decode(forged)
+    assert "in clear" in str(err.value)

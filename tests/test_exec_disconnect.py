@@ -1,0 +1,87 @@
+"""An exec whose caller goes away dies with it (issue 8, item 1).
+
+Ctrl-C on ``hub box exec BX -- sleep 45`` used to print "Aborted!" while ``sleep`` kept running
+in the box; enough of them filled the spoke's exec slots for good. Now the hub notices the
+HTTP client is gone, cancels the call, and the spoke kills the process tree. The MCP ``exec``
+tool does the same when its client disconnects.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import time
+
+import docker
+
+from tests.cluster import HUB, Hub, Spoke, wait_until
+
+
+def _box(hub: Hub, spoke: Spoke) -> tuple[str, docker.models.containers.Container]:
+    box_id = hub.cli_json("box", "create", "--spoke", spoke.name, "--image",
+                          "spokehub-sandbox:bookworm")["id"]
+    (container,) = docker.from_env().containers.list(filters={"label": f"spokehub.box={box_id}"})
+    return box_id, container
+
+
+def _sleeping(container: docker.models.containers.Container, marker: str) -> bool:
+    top = container.top(ps_args="-eo pid,args")
+    return any(marker in " ".join(map(str, row)) for row in top.get("Processes") or [])
+
+
+def test_ctrl_c_on_box_exec_kills_the_command_in_the_box(hub: Hub, spoke: Spoke) -> None:
+    box_id, container = _box(hub, spoke)
+    env = {**os.environ, "SPOKEHUB_HUB_DIR": str(hub.dir)}
+    for sig in (signal.SIGINT, signal.SIGKILL):
+        marker = f"4{sig.value}.5"  # a distinct sleep per round: `sleep 42.5`, `sleep 49.5`
+        cli = subprocess.Popen([HUB, "box", "exec", box_id, "--", "sleep", marker], env=env,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        wait_until(lambda m=marker: _sleeping(container, f"sleep {m}"), what="the sleep to start")
+        cli.send_signal(sig)
+        cli.wait(30)
+        started = time.monotonic()
+        wait_until(lambda m=marker: not _sleeping(container, f"sleep {m}"), timeout=20,
+                   what=f"the sleep to be killed after {sig.name} of its caller")
+        print(f"{sig.name}: killed {time.monotonic() - started:.2f}s after the caller went away")
+    # Nothing is left holding the spoke's exec slots: a new exec runs at once.
+    res = hub.cli("box", "exec", box_id, "--", "echo", "still-fine")
+    assert res.returncode == 0 and res.stdout == "still-fine\n", res.stderr
+
+
+MCP_CALLER = """
+import asyncio, json, sys
+import httpx2
+from mcp import ClientSession
+from mcp.client.streamable_http import streamable_http_client
+from cli.mcp_command import pinned_context
+
+async def main(url, port, pin, key, box):
+    ctx = await pinned_context("127.0.0.1", int(port), pin)
+    headers = {"Authorization": f"Bearer {key}"}
+    async with httpx2.AsyncClient(verify=ctx, headers=headers, timeout=httpx2.Timeout(30, read=300)) as http:
+        async with streamable_http_client(url + "/mcp", http_client=http) as (read, write):
+            async with ClientSession(read, write) as session:
+                await session.initialize()
+                print("calling", flush=True)
+                await session.call_tool("exec", {"box": box, "cmd": ["sleep", "47.5"], "timeout_s": 120})
+
+asyncio.run(main(*sys.argv[1:]))
+"""
+
+
+def test_an_mcp_exec_dies_when_its_client_disconnects(hub: Hub, spoke: Spoke) -> None:
+    import json
+    import sys
+
+    box_id, container = _box(hub, spoke)
+    doc = json.loads((hub.dir / "admin.json").read_text())
+    caller = subprocess.Popen([sys.executable, "-c", MCP_CALLER, hub.url, str(hub.port), doc["pin"],
+                               doc["api_key"], box_id], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    wait_until(lambda: _sleeping(container, "sleep 47.5"), what="the MCP exec to start")
+    caller.kill()  # no goodbye, no cancel notification: the connection just goes
+    caller.wait(30)
+    started = time.monotonic()
+    wait_until(lambda: not _sleeping(container, "sleep 47.5"), timeout=20,
+               what="the MCP exec to be killed after its client disconnected")
+    print(f"MCP: killed {time.monotonic() - started:.2f}s after the client went away")
