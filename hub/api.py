@@ -238,13 +238,13 @@ class Api:
 
     async def box_exec(self, request: web.Request) -> web.StreamResponse:
         body = await json_body(request)
-        params = {
+        params = self.boxes.exec_params(request.match_info["id"], {
             "cmd": want(body, "cmd", list),
             "env": want(body, "env", dict, {}),
             "workdir": want(body, "workdir", str, None),
             "timeout_s": want(body, "timeout_s", (int, float), None),
-        }
-        stream = self.boxes.exec(request.match_info["id"], params)
+        })
+        stream = self.boxes.exec(params)
         try:
             # Errors before any output become proper HTTP statuses; and the exec dies with
             # its caller (hub/disconnect.py), before and after the first output alike.

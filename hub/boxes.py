@@ -70,7 +70,7 @@ class BoxService:
 
     async def create(self, spoke: str, params: dict[str, Any]) -> dict[str, Any]:
         box_id = new_id("bx")
-        model = v.build(v.BOX_CREATE, **params, box_id=box_id)
+        model = v.build(v.BOX_CREATE, {**params, "box_id": box_id})
         link = await self._link(spoke)
         await self.store.add_box(box_id, spoke, model.image, model.model_dump(exclude={"box_id"}))
         try:
@@ -159,7 +159,8 @@ class BoxService:
         ]
 
     async def destroy(self, box_id: str) -> dict[str, Any]:
-        ref = v.build(v.BOX_DESTROY, box_id=box_id)
+        with v.validating(v.BOX_DESTROY):
+            ref = v.BoxRef(box_id=box_id)
         box = await self.store.get_box(box_id)
         if box is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no box {box_id}")
@@ -170,25 +171,36 @@ class BoxService:
         return {"id": box_id, "removed": result.existed, "state": "destroyed"}
 
     async def logs(self, box_id: str, tail: int) -> bytes:
-        params = v.build(v.BOX_LOGS, box_id=box_id, tail=tail)
+        with v.validating(v.BOX_LOGS):
+            params = v.BoxLogs(box_id=box_id, tail=tail)
         box = await self._live_box(box_id)
         result = await (await self._link(box["spoke"])).call(v.BOX_LOGS, params)
         return base64.b64decode(result.data)
 
     async def stats(self, box_id: str) -> dict[str, Any]:
-        ref = v.build(v.BOX_STATS, box_id=box_id)
+        with v.validating(v.BOX_STATS):
+            ref = v.BoxRef(box_id=box_id)
         box = await self._live_box(box_id)
         result = await (await self._link(box["spoke"])).call(v.BOX_STATS, ref)
         return result.model_dump()
 
+    @staticmethod
+    def exec_params(box_id: str, fields: dict[str, Any]) -> v.BoxExec:
+        """The one hub-side validation of an exec request (REST body or MCP arguments): a
+        typed ``invalid`` error naming the bad field, before anything is recorded or sent."""
+        return v.build(v.BOX_EXEC, {**fields, "box_id": box_id})
+
     async def exec(
-        self, box_id: str, params: dict[str, Any], *, run_id: str | None = None,
+        self, model: v.BoxExec, *, run_id: str | None = None,
     ) -> AsyncGenerator[tuple[str, Any], None]:
         """Yields ("stdout"|"stderr", bytes) as output arrives, then ("exit", ExecDone dict).
+        ``model`` comes from :meth:`exec_params`.
 
         While it runs it is listed in :attr:`execs` under ``run_id`` (an MCP job passes its
-        job id; default: a new ``ex_…`` id), for ``GET /api/workers/active``."""
-        model = v.build(v.BOX_EXEC, **params, box_id=box_id)
+        job id; default: a new ``ex_…`` id), for ``GET /api/workers/active``. Pinned by
+        tests/test_boxes_e2e.py, tests/test_exec_disconnect.py and
+        tests/hub/test_fleet_memory.py."""
+        box_id = model.box_id
         box = await self._live_box(box_id)
         timeout = model.timeout_s
         call = await (await self._link(box["spoke"])).call_stream(
@@ -234,15 +246,17 @@ class BoxService:
     ) -> dict[str, Any]:
         """Upload ``source``; ``path`` may be relative (the spoke resolves it). The result's
         ``path`` is the absolute path the spoke wrote."""
-        params = v.build(v.BOX_PUT_FILE, box_id=box_id, path=path, size=size, mode=mode,
-                         parents=parents, into_dir_name=into_dir_name)
+        with v.validating(v.BOX_PUT_FILE):
+            params = v.PutFile(box_id=box_id, path=path, size=size, mode=mode, parents=parents,
+                               into_dir_name=into_dir_name)
         box = await self._live_box(box_id)
         link = await self._link(box["spoke"])
         result = await link.call_upload(v.BOX_PUT_FILE, params, source)
         return result.model_dump()
 
     async def get_file(self, box_id: str, path: str, max_bytes: int) -> AsyncGenerator[bytes, None]:
-        params = v.build(v.BOX_GET_FILE, box_id=box_id, path=path, max_bytes=max_bytes)
+        with v.validating(v.BOX_GET_FILE):
+            params = v.GetFile(box_id=box_id, path=path, max_bytes=max_bytes)
         box = await self._live_box(box_id)
         call = await (await self._link(box["spoke"])).call_stream(v.BOX_GET_FILE, params)
         finished = False

@@ -29,7 +29,13 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from protocol.model_config import ModelConfigError, ModelsDocument, model_entry, parse_models_toml
+from protocol.model_config import (
+    ModelConfigError,
+    ModelsDocument,
+    Provider,
+    model_entry,
+    parse_models_toml,
+)
 
 DEFAULT_BASE_URLS = {"openai": "https://api.openai.com/v1", "anthropic": "https://api.anthropic.com"}
 _FIELDS = {"PROVIDER": "provider", "BASE_URL": "base_url", "MODEL": "model", "API_KEY": "api_key",
@@ -43,7 +49,7 @@ ConfigError = ModelConfigError  # what ``hub serve`` reports as a model configur
 @dataclass(frozen=True)
 class ModelConfig:
     alias: str
-    provider: str
+    provider: Provider
     model: str
     base_url: str = ""
     api_key: str = ""

@@ -66,16 +66,21 @@ class Registry:
 
     # ------------------------------------------------------------- questions
     def live(self, name: str) -> SpokeLink | None:
-        """The open link of spoke ``name``, or None when it is not connected."""
+        """The open link of spoke ``name``, or None when it is not connected (a closed link
+        still in the table counts as not connected). Pinned by
+        tests/hub/test_registry_memory.py::test_revoke_closes_the_link_and_the_spoke_stops_for_good."""
         link = self.links.get(name)
         return link if link is not None and not link.closed else None
 
     def live_links(self) -> list[SpokeLink]:
-        """Every open link, in name order."""
+        """Every open link, in name order (what routing and the summaries iterate). Pinned by
+        tests/hub/test_workstreams_memory.py::
+        test_generic_work_goes_to_the_least_loaded_spoke_and_queues_with_a_reason."""
         return [link for _name, link in sorted(self.links.items()) if not link.closed]
 
     def link(self, name: str) -> SpokeLink:
-        """The open link of spoke ``name``, or an ``unavailable`` error."""
+        """The open link of spoke ``name``, or an ``unavailable`` error naming it. Pinned by
+        tests/hub/test_registry_memory.py::test_box_verbs_end_to_end_over_the_pipe."""
         link = self.live(name)
         if link is None:
             raise RemoteError(ErrorCode.UNAVAILABLE, f"spoke {name!r} is not connected")
@@ -139,6 +144,9 @@ class Registry:
         return merged
 
     def spoke_for_relay_token(self, token: str) -> str | None:
+        """The connected spoke a model-relay token was issued to (per session, hashed), or
+        None: a token dies with its session. Pinned by
+        tests/test_workstreams_e2e.py::test_multi_step_task_writes_runs_and_reports."""
         name = self._relay_tokens.get(hash_secret(token))
         return name if name is not None and self.live(name) is not None else None
 
@@ -330,6 +338,10 @@ class Registry:
                 log.warning("after-connect hook for %s failed: %s", link.name, err)
 
     async def revoke(self, name: str) -> bool:
+        """Delete the spoke's key and close its live link at once with the revoked code, so
+        the spoke stops instead of retrying. Pinned by
+        tests/hub/test_registry_memory.py::test_revoke_closes_the_link_and_the_spoke_stops_for_good
+        and tests/test_enrollment.py::test_revoke_disconnects_at_once_and_forever."""
         changed = await self.store.revoke_spoke(name)
         link = self.links.pop(name, None)
         if link is not None:

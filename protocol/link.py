@@ -245,6 +245,11 @@ class HubDriver(LinkDriver):
         return call_id, pending
 
     async def call(self, verb: Verb[P, R], params: P, timeout_s: float | None = None) -> R:
+        """Call ``verb`` and return its typed result, or raise its typed error. A call waits
+        briefly for a free slot of its class (``Verb.kind``); cancelling the caller cancels the
+        handler on the spoke; ``timeout_s`` (default: the verb's) is the call's deadline.
+        Pinned by tests/protocol/test_link.py (typed results, cancellation, deadlines) and
+        tests/protocol/test_calls.py."""
         started = time.perf_counter()
         call_id, pending = await self._start(verb, params, timeout_s, stream=False)
         await self.flush()
@@ -265,13 +270,20 @@ class HubDriver(LinkDriver):
 
     async def call_stream(self, verb: Verb[P, R], params: P,
                           timeout_s: float | None = None) -> StreamCall[R]:
+        """Start a down-streamed call (exec output, a file download): read its chunks with
+        :meth:`StreamCall.chunks`, then :meth:`StreamCall.result`; flow control per call, so
+        a slow reader never stalls other calls. Pinned by tests/protocol/test_link.py::
+        test_a_stream_delivers_every_chunk_in_order_under_a_small_window."""
         call_id, pending = await self._start(verb, params, timeout_s, stream=True)
         await self.flush()
         return StreamCall(self, call_id, pending)
 
     async def call_upload(self, verb: Verb[P, R], params: P, source: AsyncIterator[bytes],
                           timeout_s: float | None = None) -> R:
-        """Send ``source`` as the call's up-stream, respecting the spoke's window."""
+        """Send ``source`` as the call's up-stream, respecting the spoke's window. If the
+        caller is cancelled or ``source`` raises, the call is cancelled on the spoke. Pinned
+        by tests/protocol/test_link.py::test_an_upload_arrives_whole and
+        ::test_a_broken_upload_source_cancels_the_handler_on_the_spoke."""
         call_id, pending = await self._start(verb, params, timeout_s, stream=False)
         await self.flush()
         try:
@@ -285,8 +297,11 @@ class HubDriver(LinkDriver):
             await self._send_chunk(call_id, pending, buf, eof=True)
             result: R = await pending.future
             return result
-        except asyncio.CancelledError:
-            await self.cancel(call_id)
+        except BaseException:
+            # Cancelled, or the source broke (the HTTP client of an upload went away): the
+            # spoke's handler must not wait for the rest until the deadline, holding a slot.
+            if not pending.future.done():
+                await self.cancel(call_id)
             raise
 
     async def _send_chunk(self, call_id: int, pending: _Pending, data: bytes, eof: bool) -> None:

@@ -130,7 +130,7 @@ class SpokeConnection(Connection):
         self._emit({"id": self._auth_call, "method": "auth", "params": params.model_dump()})
 
     def send_request(self, *args: Any, **kwargs: Any) -> NoReturn:
-        raise RemoteError(ErrorCode.DENIED, "only the hub issues verbs")
+        raise LocalProtocolError("can't send_request on a spoke: only the hub issues verbs")
 
     def _handshake_notification(self, method: str, params: Any) -> list[ev.Event]:
         if method != "hello":

@@ -9,6 +9,8 @@ creating verb idempotent.
 from __future__ import annotations
 
 import re
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
@@ -319,7 +321,21 @@ def parse_result(verb: Verb[P, R], result: Any) -> R:
         raise RemoteError(ErrorCode.INTERNAL, f"{verb.name} result: {_explain(err)}") from None
 
 
-def build(verb: Verb[P, R], **fields: Any) -> P:
-    """The hub's one validation of parameters it builds from a user's request: the model,
-    or a typed ``invalid`` error naming the bad field (never a pydantic traceback)."""
+def build(verb: Verb[P, R], fields: dict[str, Any]) -> P:
+    """The hub's one validation of parameters that arrive as a user's JSON (``box create``,
+    ``box exec``): the model, or a typed ``invalid`` error naming the bad field (never a
+    pydantic traceback). Where the hub has typed values, it constructs the model under
+    :func:`validating` instead, so mypy checks the field names and types. Pinned by
+    tests/protocol/test_verbs.py."""
     return parse_params(verb, fields)
+
+
+@contextmanager
+def validating(verb: Verb[Any, Any]) -> Iterator[None]:
+    """Construct ``verb``'s params model in this block (typed, checked by mypy); a value the
+    model refuses (a malformed box id from a URL) becomes a typed ``invalid`` error.
+    Pinned by tests/protocol/test_verbs.py."""
+    try:
+        yield
+    except ValidationError as err:
+        raise RemoteError(ErrorCode.INVALID, f"{verb.name}: {_explain(err)}") from None

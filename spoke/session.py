@@ -97,8 +97,8 @@ class WebsocketsTransport:
 class Session:
     """One connection's life: hello → auth → serve until it closes. :meth:`run` tells
     whether it authenticated (the backoff resets after a healthy session); it raises
-    :class:`Fatal` when retrying would be wrong. Pinned by tests/hub/test_link_pairs.py and
-    tests/test_enrollment.py."""
+    :class:`Fatal` when retrying would be wrong. Pinned by tests/protocol/test_link.py,
+    tests/hub/test_registry_memory.py and tests/test_enrollment.py."""
 
     def __init__(self, rt: SpokeRuntime, transport: Transport, *,
                  clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0) -> None:

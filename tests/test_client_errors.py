@@ -9,6 +9,7 @@ the pinned one before sending anything.
 from __future__ import annotations
 
 import asyncio
+import functools
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -67,6 +68,10 @@ def _app() -> web.Application:
     return app
 
 
+def _exec_listed(client: HubClient, arg: str) -> list[Any]:
+    return list(client.exec_once(BOX, [arg]))
+
+
 def _raised(fn: Callable[[], Any]) -> ApiError:
     with pytest.raises(ApiError) as caught:
         fn()
@@ -81,8 +86,8 @@ async def test_every_client_raises_the_same_api_error(aiohttp_server: Any) -> No
         async with AsyncHubClient(url, "key") as async_client:
             for i, (status, _, _, code, message) in enumerate(CASES):
                 got = [
-                    await asyncio.to_thread(_raised, lambda i=i: sync.request("GET", f"/api/case?case={i}")),
-                    await asyncio.to_thread(_raised, lambda i=i: list(sync.exec_once(BOX, [str(i)]))),
+                    await asyncio.to_thread(_raised, functools.partial(sync.request, "GET", f"/api/case?case={i}")),
+                    await asyncio.to_thread(_raised, functools.partial(_exec_listed, sync, str(i))),
                 ]
                 with pytest.raises(ApiError) as caught:
                     await async_client.request("GET", f"/api/case?case={i}")

@@ -8,6 +8,7 @@ tool does the same when its client disconnects.
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -25,6 +26,10 @@ def _box(hub: Hub, spoke: Spoke) -> tuple[str, docker.models.containers.Containe
     return box_id, container
 
 
+def _not_sleeping(container: docker.models.containers.Container, needle: str) -> bool:
+    return not _sleeping(container, needle)
+
+
 def _sleeping(container: docker.models.containers.Container, marker: str) -> bool:
     top = container.top(ps_args="-eo pid,args")
     return any(marker in " ".join(map(str, row)) for row in top.get("Processes") or [])
@@ -37,11 +42,12 @@ def test_ctrl_c_on_box_exec_kills_the_command_in_the_box(hub: Hub, spoke: Spoke)
         marker = f"4{sig.value}.5"  # a distinct sleep per round: `sleep 42.5`, `sleep 49.5`
         cli = subprocess.Popen([HUB, "box", "exec", box_id, "--", "sleep", marker], env=env,
                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-        wait_until(lambda m=marker: _sleeping(container, f"sleep {m}"), what="the sleep to start")
+        wait_until(functools.partial(_sleeping, container, f"sleep {marker}"),
+                   what="the sleep to start")
         cli.send_signal(sig)
         cli.wait(30)
         started = time.monotonic()
-        wait_until(lambda m=marker: not _sleeping(container, f"sleep {m}"), timeout=20,
+        wait_until(functools.partial(_not_sleeping, container, f"sleep {marker}"), timeout=20,
                    what=f"the sleep to be killed after {sig.name} of its caller")
         print(f"{sig.name}: killed {time.monotonic() - started:.2f}s after the caller went away")
     # Nothing is left holding the spoke's exec slots: a new exec runs at once.

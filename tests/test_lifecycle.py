@@ -13,6 +13,7 @@ import signal
 import socket
 import sqlite3
 import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -160,9 +161,9 @@ def test_http_client_lines_are_quiet_by_default_and_shown_at_debug() -> None:
         "print(all(logging.getLogger(n).isEnabledFor(logging.INFO) for n in names))\n"
     )
     env = {**os.environ}
-    quiet = subprocess.run([os.sys.executable, "-c", code, "INFO"], capture_output=True,
+    quiet = subprocess.run([sys.executable, "-c", code, "INFO"], capture_output=True,
                            text=True, env=env, cwd=Path(__file__).parent.parent)
-    loud = subprocess.run([os.sys.executable, "-c", code, "DEBUG"], capture_output=True,
+    loud = subprocess.run([sys.executable, "-c", code, "DEBUG"], capture_output=True,
                           text=True, env=env, cwd=Path(__file__).parent.parent)
     assert quiet.stdout.strip() == "False", quiet.stderr
     assert loud.stdout.strip() == "True", loud.stderr

@@ -44,7 +44,7 @@ def test_first_start_prints_a_working_admin_password_once(hub: Hub) -> None:
 def test_session_cookie_flags_and_the_session_body(hub: Hub) -> None:
     web = Web(hub)
     signed = web.sign_in("admin", admin_password(hub))
-    [cookie] = signed.headers.get_all("Set-Cookie")
+    [cookie] = signed.headers.get_all("Set-Cookie") or []
     parts = [p.strip() for p in cookie.split(";")]
     token = parts[0].split("=", 1)[1]
     assert parts[0].startswith(f"{COOKIE}=") and len(token) >= 43  # 256 random bits

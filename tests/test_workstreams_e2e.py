@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import docker
 
@@ -295,7 +296,7 @@ def test_bad_workstream_requests_get_clear_errors_and_lose_nothing(model_hub: Hu
     from client.http_client import ApiError
 
     client = model_hub.client()
-    cases = [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"message": ""}, "empty"),
         ({"message": "x" * 200_001}, "limit"),
         ({"message": "hi", "spoke": "a", "label": "b"}, "not both"),

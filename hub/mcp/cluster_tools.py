@@ -268,14 +268,15 @@ def register_cluster_tools(server: MCPServer, registry: Registry, boxes: BoxServ
         code (a non-zero exit is a normal result, not an error). The process is killed at the
         timeout or if the call is cancelled. Output past 1 MiB is cut (truncated: true). For
         anything that may take more than a minute or two, use start_exec instead."""
-        params = {"cmd": as_argv(cmd), "env": env or {}, "workdir": workdir, "timeout_s": timeout_s}
+        params = boxes.exec_params(box, {"cmd": as_argv(cmd), "env": env or {},
+                                         "workdir": workdir, "timeout_s": timeout_s})
         kept: dict[str, bytearray] = {"stdout": bytearray(), "stderr": bytearray()}
         seen, truncated, last_report = 0, False, float("-inf")  # first output: report at once
         done: dict[str, Any] = {}
 
         async def consume() -> None:
             nonlocal seen, truncated, last_report, done
-            async with contextlib.aclosing(boxes.exec(box, params)) as stream:
+            async with contextlib.aclosing(boxes.exec(params)) as stream:
                 async for kind, value in stream:
                     if kind == "exit":
                         done = value
@@ -315,8 +316,9 @@ def register_cluster_tools(server: MCPServer, registry: Registry, boxes: BoxServ
         """Start a long command in a box as a job and return its id at once; it keeps running
         at the hub whatever happens to this conversation. Follow it with read_output (new
         output since a cursor), job_status, and cancel_job. Jobs belong to your API key."""
-        params = {"cmd": as_argv(cmd), "env": env or {}, "workdir": workdir, "timeout_s": timeout_s}
-        return await jobs.start(caller(), box, params)
+        params = boxes.exec_params(box, {"cmd": as_argv(cmd), "env": env or {},
+                                         "workdir": workdir, "timeout_s": timeout_s})
+        return await jobs.start(caller(), params)
 
     @tool(READ_ONLY)
     async def read_output(

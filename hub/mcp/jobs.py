@@ -205,16 +205,19 @@ class JobRunner:
         if event is not None:
             event.set()
 
-    async def start(self, owner: str, box_id: str, params: dict[str, Any]) -> dict[str, Any]:
+    async def start(self, owner: str, params: verbs.BoxExec) -> dict[str, Any]:
+        """Start ``params`` (built once by :meth:`BoxService.exec_params`) as a job of
+        ``owner``'s and return its status at once."""
+        box_id = params.box_id
         await self._check_box(box_id)  # fail fast, before there is a job to clean up
         job_id = new_job_id()
         ready = asyncio.Event()
         # Registered before the row exists: a running row without a task here means "left by an
         # earlier hub process" (see the module docstring).
-        task = asyncio.get_running_loop().create_task(self._run(job_id, box_id, params, ready))
+        task = asyncio.get_running_loop().create_task(self._run(job_id, params, ready))
         self._tasks[job_id] = task
         try:
-            await self.jobs.create(job_id, owner, box_id, list(params["cmd"]))
+            await self.jobs.create(job_id, owner, box_id, list(params.cmd))
         except BaseException:
             task.cancel()
             self._tasks.pop(job_id, None)
@@ -223,21 +226,17 @@ class JobRunner:
         return await self.status(job_id, owner)
 
     async def _check_box(self, box_id: str) -> None:
-        if not verbs.BOX_ID_RE.match(box_id):
-            raise RemoteError(ErrorCode.INVALID, f"{box_id!r} is not a box id (bx_ + 16 hex digits)")
         box = await self.boxes.store.get_box(box_id)
         if box is None or box["state"] not in LIVE_BOX_STATES:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no live box {box_id}")
 
-    async def _run(
-        self, job_id: str, box_id: str, params: dict[str, Any], ready: asyncio.Event
-    ) -> None:
+    async def _run(self, job_id: str, params: verbs.BoxExec, ready: asyncio.Event) -> None:
         state, exit_code, error = "failed", None, ""
         sink = _OutputSink(self.jobs, job_id, self._notify)
         try:
             await ready.wait()
             # Under the job's id, so the fleet views (hub/fleet.py) show it as this run.
-            async with contextlib.aclosing(self.boxes.exec(box_id, params, run_id=job_id)) as stream:
+            async with contextlib.aclosing(self.boxes.exec(params, run_id=job_id)) as stream:
                 async for kind, value in stream:
                     if kind == "exit":
                         exit_code = int(value.get("exit_code", -1))

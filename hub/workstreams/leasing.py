@@ -108,13 +108,14 @@ class Leasing:
             self._leasing.add(ws["id"])
             asyncio.get_running_loop().create_task(self._lease(ws, self.registry.link(name)))
 
-    def _model_refs(self, alias: str, link: SpokeLink) -> builtins.list[dict[str, Any]]:
+    def _model_refs(self, alias: str, link: SpokeLink) -> builtins.list[v.ModelRef]:
         config = self.models()
-        refs: builtins.list[dict[str, Any]] = []
+        refs: builtins.list[v.ModelRef] = []
         if alias in link.models:
-            refs.append({"alias": alias, "provider": "openai", "via": "spoke"})
+            refs.append(v.ModelRef(alias=alias, provider="openai", via="spoke"))
         for m in config.chain(alias):
-            refs.append({"alias": m.alias, "provider": m.provider, "via": "hub", "context_window": m.context_window})
+            refs.append(v.ModelRef(alias=m.alias, provider=m.provider, via="hub",
+                                   context_window=m.context_window))
         return refs
 
     async def _history(self, ws_id: str, pending: int) -> builtins.list[dict[str, Any]]:
@@ -143,11 +144,13 @@ class Leasing:
             if box_row is None:
                 await self.store.add_box(box_id, link.name, ws["image"] or "", {"workstream": ws_id})
             try:
-                started = await link.call(v.WS_START, v.build(
-                    v.WS_START, ws_id=ws_id, box_id=box_id, message=pending[0]["message"],
-                    models=self._model_refs(ws["model"], link), image=ws["image"],
-                    auto_approve=bool(ws["auto_approve"]), seq_base=ws["spoke_seq"],
-                    history=history))
+                with v.validating(v.WS_START):
+                    start = v.WsStart(
+                        ws_id=ws_id, box_id=box_id, message=pending[0]["message"],
+                        models=self._model_refs(ws["model"], link), image=ws["image"],
+                        auto_approve=bool(ws["auto_approve"]), seq_base=ws["spoke_seq"],
+                        history=history)
+                started = await link.call(v.WS_START, start)
             except RemoteError as err:
                 await self._lease_failed(ws, link, box_id, box_row is None, err)
                 return

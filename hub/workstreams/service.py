@@ -46,6 +46,16 @@ def _check_message(message: str) -> None:
 
 
 class WorkstreamService:
+    """The hub's side of agent workstreams: what the REST API, the web chat and MCP call.
+
+    The hub keeps the truth (rows, inbox, approvals, the append-only event log in
+    :mod:`hub.workstreams.store`); spokes run the agent loops. Routing and leases live in
+    :mod:`hub.workstreams.leasing`, the event log's writes and waits in
+    :mod:`hub.workstreams.journal`. Pinned without processes by
+    tests/hub/test_workstreams_memory.py, end to end by tests/test_workstreams_e2e.py,
+    tests/test_ws_capacity.py and tests/test_ws_cli.py.
+    """
+
     def __init__(self, store: Store, registry: Registry, models: Callable[[], ModelsConfig], *,
                  approval_timeout_s: float | None = None, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
@@ -74,6 +84,12 @@ class WorkstreamService:
     async def start(self, message: str, *, spoke: str | None = None, label: str | None = None,
                     model: str | None = None, image: str | None = None, auto_approve: bool = False,
                     owner: str = "") -> dict[str, Any]:
+        """Record a new workstream (queued) and its first message, then let the scheduler
+        lease it to a spoke: ``spoke`` directs it, ``label`` narrows it, neither is "any".
+        Refused before anything is recorded when it could never run (no such model or
+        spoke). Pinned by tests/hub/test_workstreams_memory.py::
+        test_generic_work_goes_to_the_least_loaded_spoke_and_queues_with_a_reason and
+        tests/test_workstreams_e2e.py::test_bad_workstream_requests_get_clear_errors_and_lose_nothing."""
         _check_message(message)
         if spoke and label:
             raise RemoteError(ErrorCode.INVALID, "give a spoke or a label, not both")
@@ -109,6 +125,7 @@ class WorkstreamService:
         return {**await self.get(ws_id), "message_seq": event["seq"] if event else 0}
 
     async def get(self, ws_id: str) -> dict[str, Any]:
+        """One workstream's row with its pending approvals; ``not_found`` if unknown."""
         ws = await self.db.get(ws_id)
         if ws is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no workstream {ws_id}")
@@ -119,12 +136,16 @@ class WorkstreamService:
         return ws
 
     async def list(self) -> builtins.list[dict[str, Any]]:
+        """The most recent workstreams, newest first (the dashboard's and ``hub ws ls``)."""
         rows = await self.db.recent()
         for row in rows:
             row["auto_approve"] = bool(row["auto_approve"])
         return rows
 
     async def events(self, ws_id: str, after: int = 0, limit: int = 500) -> builtins.list[dict[str, Any]]:
+        """The log after cursor ``after`` (a sequence number): every reader resumes from its
+        last seen seq and never sees an event twice. Pinned by
+        tests/test_workstreams_e2e.py::test_async_client_streams_events_and_resumes."""
         await self.get(ws_id)
         return await self.db.events(ws_id, after, limit)
 
@@ -133,6 +154,9 @@ class WorkstreamService:
         return await self.journal.wait_events(ws_id, after, timeout)
 
     async def decide(self, ws_id: str, call_id: str, approve: bool, reason: str = "") -> dict[str, Any]:
+        """Approve or deny one waiting tool call, once (a second decision is ``invalid``);
+        durable at the hub, delivered to the spoke now or when it is back. Pinned by
+        tests/test_workstreams_e2e.py::test_approval_ask_then_approve_and_ask_then_deny."""
         ws = await self._open(ws_id)
         approval = await self.db.approval_get(ws_id, call_id)
         if approval is None:
@@ -148,6 +172,9 @@ class WorkstreamService:
         return {"ws_id": ws_id, "call_id": call_id, "state": state}
 
     async def cancel(self, ws_id: str) -> dict[str, Any]:
+        """Stop the current turn (the tool's process is killed in the box) and resolve its
+        approvals as cancelled; the workstream stays open for more messages. Pinned by
+        tests/test_workstreams_e2e.py::test_cancel_mid_tool_call_kills_the_process."""
         ws = await self._open(ws_id)
         await self.journal.resolve_approvals(ws_id, "cancelled")
         if ws["state"] == "queued":
@@ -158,6 +185,9 @@ class WorkstreamService:
         return await self.get(ws_id)
 
     async def close(self, ws_id: str) -> dict[str, Any]:
+        """End a workstream for good: approvals resolved as closed, its box removed (now, or
+        by reconcile when its spoke is back). Idempotent. Pinned by
+        tests/test_workstreams_e2e.py::test_cancel_while_thinking_and_close_with_a_pending_approval."""
         ws = await self.db.get(ws_id)
         if ws is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no workstream {ws_id}")

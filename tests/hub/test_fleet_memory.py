@@ -171,7 +171,7 @@ async def test_workers_active_lists_busy_work(tmp_path: Path, llm: LLMServer) ->
         box = await hub.boxes.create("w", {"image": "sandbox:test"})
 
         async def consume() -> None:
-            async for _item in hub.boxes.exec(box["id"], {"cmd": ["sleep", "30"]}):
+            async for _item in hub.boxes.exec(hub.boxes.exec_params(box["id"], {"cmd": ["sleep", "30"]})):
                 pass
 
         pending = asyncio.ensure_future(consume())

@@ -73,7 +73,7 @@ async def test_box_verbs_end_to_end_over_the_pipe(tmp_path: Path) -> None:
     async with MemoryCluster(tmp_path) as hub:
         await hub.join("zeta")
         box = await hub.boxes.create("zeta", {"image": IMAGE})
-        events = [e async for e in hub.boxes.exec(box["id"], {"cmd": ["sh", "-c", "echo hi; exit 3"]})]
+        events = [e async for e in hub.boxes.exec(hub.boxes.exec_params(box["id"], {"cmd": ["sh", "-c", "echo hi; exit 3"]}))]
         assert events[0] == ("stdout", b"hi\n") and events[-1][1]["exit_code"] == 3
 
         async def body():  # type: ignore[no-untyped-def]

@@ -95,7 +95,7 @@ def test_bad_timeout_falls_back_to_the_verb_default(timeout_ms: object) -> None:
 def test_hub_validates_params_before_sending(verb: str, params: object) -> None:
     pair = open_pair()
     with pytest.raises(RemoteError) as err:
-        pair.hub.send_request(verb, params)  # type: ignore[arg-type]
+        pair.hub.send_request(verb, params)  # type: ignore[call-overload]
     assert err.value.code is ErrorCode.INVALID
     assert verb in err.value.message
     assert frames(pair.hub) == [] and pair.hub.in_flight() == 0

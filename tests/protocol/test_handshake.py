@@ -8,7 +8,7 @@ import pytest
 
 from protocol import events as ev
 from protocol import messages
-from protocol.connection import Limits, State
+from protocol.connection import Limits, LocalProtocolError, State
 from protocol.errors import ErrorCode, RemoteError
 from tests.protocol.helpers import (
     AUTH,
@@ -204,10 +204,31 @@ def test_unexpected_notifications_during_handshake() -> None:
 
 def test_spoke_cannot_issue_verbs() -> None:
     pair = open_pair()
-    with pytest.raises(RemoteError) as err:
+    with pytest.raises(LocalProtocolError, match="can't send_request on a spoke"):
         pair.spoke.send_request("box.list", {})
-    assert err.value.code is ErrorCode.DENIED
     assert frames(pair.spoke) == []
+
+
+def test_methods_used_out_of_turn_say_so_h11_style() -> None:
+    """Misuse by the program driving a connection is a LocalProtocolError naming what and
+    the state, raised whatever ``python -O`` does to asserts; nothing is sent."""
+    pair = open_pair()
+    with pytest.raises(LocalProtocolError, match="can't send_auth in state open"):
+        pair.spoke.send_auth(AUTH)
+    with pytest.raises(LocalProtocolError, match="can't send_hello in state open"):
+        pair.hub.send_hello(CHALLENGE, "hub")
+    fresh = new_pair()
+    with pytest.raises(LocalProtocolError, match="can't accept_auth before an auth request"):
+        fresh.hub.accept_auth(AUTH_RESULT)
+    fresh.hub.send_hello(CHALLENGE, "hub")
+    with pytest.raises(LocalProtocolError, match="can't send_hello twice"):
+        fresh.hub.send_hello(CHALLENGE, "hub")
+    fresh.hub.data_to_send()
+    fresh.spoke.send_auth(AUTH)
+    with pytest.raises(LocalProtocolError, match="can't send_auth twice"):
+        fresh.spoke.send_auth(AUTH)
+    assert frames(pair.hub) == [] and frames(pair.spoke) == []
+    assert isinstance(LocalProtocolError("x"), RemoteError)  # callers that catch RemoteError still do
 
 
 def test_handshake_timeout_via_fake_clock() -> None:

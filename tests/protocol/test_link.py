@@ -56,8 +56,12 @@ class Served:
                 await io.send("stdout", f"line {i}\n".encode())
             return v.ExecDone(exit_code=7)
         if isinstance(p, v.PutFile):
-            async for piece in io.upload():
-                self.uploaded += piece
+            try:
+                async for piece in io.upload():
+                    self.uploaded += piece
+            except asyncio.CancelledError:
+                self.cancelled.set()
+                raise
             return v.FileDone(size=len(self.uploaded), path=p.path)
         return v.Empty()
 
@@ -114,6 +118,26 @@ async def test_an_upload_arrives_whole() -> None:
     done = await hub.call_upload(v.BOX_PUT_FILE, v.PutFile(box_id=BOX, path="f", size=len(blob)),
                                  source())
     assert done.size == len(blob) and served.uploaded == blob
+    await hub.close(1000, "done")
+    await asyncio.gather(*tasks)
+
+
+async def test_a_broken_upload_source_cancels_the_handler_on_the_spoke() -> None:
+    """The HTTP client of an upload goes away mid-body: the spoke's handler is cancelled at
+    once instead of waiting for the rest until the deadline (issue 8, item 1)."""
+    hub, _spoke, served, tasks = await pair(Limits(chunk_bytes=1024))
+
+    async def source() -> AsyncIterator[bytes]:
+        yield b"x" * 4096
+        while not served.uploaded:  # the handler is reading the body
+            await asyncio.sleep(0.01)
+        raise ConnectionResetError("client went away")
+
+    with pytest.raises(ConnectionResetError):
+        await hub.call_upload(v.BOX_PUT_FILE, v.PutFile(box_id=BOX, path="f", size=10_000),
+                              source())
+    await asyncio.wait_for(served.cancelled.wait(), 5)
+    assert hub._pending == {}  # the call and its slot are given back at once
     await hub.close(1000, "done")
     await asyncio.gather(*tasks)
 

@@ -68,7 +68,7 @@ def test_messages_queued_during_a_turn_merge_into_one_user_entry() -> None:
 
 
 def test_bounded_keeps_the_newest_part_and_starts_at_a_user_message() -> None:
-    history = [{"role": "user", "text": "u" * 100},
+    history: list[dict[str, Any]] = [{"role": "user", "text": "u" * 100},
                {"role": "assistant", "text": "a" * 100, "tool_calls": []},
                {"role": "user", "text": "v" * 100},
                {"role": "assistant", "text": "b" * 100, "tool_calls": []},
