@@ -109,8 +109,17 @@ def _cell(value: Any) -> str:
 
         return dt.datetime.fromtimestamp(value).strftime("%Y-%m-%d %H:%M:%S")
     if isinstance(value, list):
-        return ",".join(map(str, value)) or "-"
-    return str(value)
+        return ",".join(map(_printable, value)) or "-"
+    return _printable(value)
+
+
+def _printable(value: Any) -> str:
+    """``value`` as text a terminal shows as it is: control characters (a terminal escape
+    in a name a remote peer chose) are written as escapes, never sent raw."""
+    text = str(value)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else repr(c)[1:-1] for c in text)
 
 
 def hub_client(data_dir: Path) -> Any:

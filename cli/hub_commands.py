@@ -285,13 +285,14 @@ def spoke_group() -> None:
 @hub_dir
 @json_option
 def spoke_list(data_dir: Path, as_json: bool) -> None:
-    """Enrolled spokes: connected or not, boxes, labels, last seen, why they left."""
+    """Enrolled spokes: state (connected, stale, lost, left, revoked), boxes, labels, last
+    seen, why they went."""
     data = _call(lambda: _client(data_dir).request("GET", "/api/spokes"))
     emit(
         data,
         as_json,
         lambda d: table(
-            d, ["name", "connected", "boxes", "labels", "last_seen", "disconnect_reason"]
+            d, ["name", "state", "boxes", "labels", "last_seen", "disconnect_reason"]
         ),
     )
 
@@ -329,3 +330,26 @@ hub.add_command(mcp_stdio)
 from cli.admin_commands import admin  # noqa: E402
 
 hub.add_command(admin)
+
+
+# -------------------------------------------------------------------- audit
+@hub.command("audit")
+@hub_dir
+@json_option
+@click.option("--spoke", default=None, help="Only what concerns this spoke.")
+@click.option("--actor", default=None, metavar="WHO",
+              help="Only what this user or key did: user:NAME or key:KEY_ID.")
+@click.option("--kind", default=None, help="Only this kind (box.exec), or a family (box.*).")
+@click.option("--limit", default=50, show_default=True, type=click.IntRange(1, 1000),
+              help="How many rows, newest first.")
+def audit(data_dir: Path, as_json: bool, spoke: str | None, actor: str | None,
+          kind: str | None, limit: int) -> None:
+    """The audit log, newest first: who (user or key) did what, on which spoke, with what
+    result — every admin action and every verb that changes or runs something."""
+    query: dict[str, Any] = {"limit": limit}
+    query.update({k: v for k, v in (("spoke", spoke), ("actor", actor), ("kind", kind)) if v})
+    from urllib.parse import urlencode
+
+    data = _call(lambda: _client(data_dir).request("GET", f"/api/audit?{urlencode(query)}"))
+    emit(data["audit"] if not as_json else data, as_json, lambda rows: table(
+        rows, ["ts", "actor", "kind", "spoke", "subject", "detail", "result"]))

@@ -91,7 +91,7 @@ class Api:
         token = JoinToken(
             url=self.public_url, pin=self.pin, token_id=token_id, secret=secret, name=name
         )
-        await self.store.audit("token.created", name, token_id, actor=actor(request))
+        await self.store.audit("token.created", name, token_id, actor=actor(request), result="ok")
         return web.json_response(
             {
                 "token": token.encode(),
@@ -123,7 +123,7 @@ class Api:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no token {token_id}")
         revoked = await self.store.revoke_token(token_id)
         if revoked:
-            await self.store.audit("token.revoked", token_id, actor=actor(request))
+            await self.store.audit("token.revoked", token_id, actor=actor(request), result="ok")
         return web.json_response({"id": token_id, "revoked": revoked})
 
     # -------------------------------------------------------------- api keys
@@ -138,7 +138,7 @@ class Api:
             raise RemoteError(ErrorCode.INVALID, str(err)) from None
         key_id, key = new_id("key"), "shk_" + new_secret()
         await self.store.add_api_key(key_id, name, hash_secret(key), role)
-        await self.store.audit("apikey.created", name, f"{key_id} role {role}", actor=actor(request))
+        await self.store.audit("apikey.created", name, f"{key_id} role {role}", actor=actor(request), result="ok")
         return web.json_response({"key": key, "id": key_id, "name": name, "role": role},
                                  status=201)
 
@@ -149,7 +149,7 @@ class Api:
         key_id = request.match_info["id"]
         if not await self.store.revoke_api_key(key_id):
             raise RemoteError(ErrorCode.NOT_FOUND, f"no active API key {key_id}")
-        await self.store.audit("apikey.revoked", key_id, actor=actor(request))
+        await self.store.audit("apikey.revoked", key_id, actor=actor(request), result="ok")
         return web.json_response({"id": key_id, "revoked": True})
 
     # ---------------------------------------------------------------- spokes
@@ -162,7 +162,8 @@ class Api:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no spoke {name!r}")
         revoked = await self.registry.revoke(name)
         if revoked:  # the registry records the revocation itself; this records who asked
-            await self.store.audit("spoke.revoke", name, actor=actor(request))
+            await self.store.audit("spoke.revoke", name, actor=actor(request), spoke=name,
+                                   result="ok")
         return web.json_response({"name": name, "revoked": revoked})
 
     async def spoke_ping(self, request: web.Request) -> web.Response:
@@ -209,8 +210,6 @@ class Api:
         env = want(body, "env", dict, {})
         params["env"] = {str(k): str(v) for k, v in env.items()}
         box = await self.boxes.create(spoke, params)
-        await self.store.audit("box.created", str(box["id"]), f"on {spoke}: {params['image']}",
-                               actor=actor(request))
         return web.json_response(box, status=201)
 
     async def box_list(self, request: web.Request) -> web.Response:
@@ -220,8 +219,6 @@ class Api:
 
     async def box_destroy(self, request: web.Request) -> web.Response:
         result = await self.boxes.destroy(request.match_info["id"])
-        if result.get("removed"):
-            await self.store.audit("box.destroyed", request.match_info["id"], actor=actor(request))
         return web.json_response(result)
 
     async def box_logs(self, request: web.Request) -> web.Response:

@@ -10,11 +10,14 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import contextlib
 import logging
+import shlex
 from collections import deque
 from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
+from hub.audit import Outcome, audited
 from hub.registry import Registry
 from hub.spoke_link import SpokeLink
 from hub.store import LIVE_BOX_STATES, Store
@@ -69,19 +72,21 @@ class BoxService:
         return box
 
     async def create(self, spoke: str, params: dict[str, Any]) -> dict[str, Any]:
+        """Record, then create on ``spoke``; audited (``box.create``, with the caller and
+        the result). Pinned by tests/test_boxes_e2e.py and tests/test_audit.py."""
         box_id = new_id("bx")
         model = v.build(v.BOX_CREATE, {**params, "box_id": box_id})
-        link = await self._link(spoke)
-        await self.store.add_box(box_id, spoke, model.image, model.model_dump(exclude={"box_id"}))
-        try:
-            info = await link.call(v.BOX_CREATE, model)
-        except BaseException as err:
-            await self.store.set_box_state(box_id, "failed")
-            asyncio.get_running_loop().create_task(self._cleanup(spoke, box_id))
-            if isinstance(err, RemoteError):
-                await self.store.audit("box.create_failed", spoke, f"{box_id}: {err}")
-            raise
-        await self.store.set_box_state(box_id, "running")
+        async with audited(self.store, "box.create", box_id, model.image, spoke=spoke):
+            link = await self._link(spoke)
+            await self.store.add_box(box_id, spoke, model.image,
+                                     model.model_dump(exclude={"box_id"}))
+            try:
+                info = await link.call(v.BOX_CREATE, model)
+            except BaseException:
+                await self.store.set_box_state(box_id, "failed")
+                asyncio.get_running_loop().create_task(self._cleanup(spoke, box_id))
+                raise
+            await self.store.set_box_state(box_id, "running")
         return {"id": box_id, "spoke": spoke, **info.model_dump(exclude={"box_id"})}
 
     async def _cleanup(self, spoke: str, box_id: str) -> None:
@@ -159,6 +164,7 @@ class BoxService:
         ]
 
     async def destroy(self, box_id: str) -> dict[str, Any]:
+        """Remove a live box (a box already gone answers ``removed: false``); audited."""
         with v.validating(v.BOX_DESTROY):
             ref = v.BoxRef(box_id=box_id)
         box = await self.store.get_box(box_id)
@@ -166,8 +172,10 @@ class BoxService:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no box {box_id}")
         if box["state"] not in LIVE_BOX_STATES:
             return {"id": box_id, "removed": False, "state": box["state"]}
-        result = await (await self._link(box["spoke"])).call(v.BOX_DESTROY, ref)
-        await self.store.set_box_state(box_id, "destroyed")
+        async with audited(self.store, "box.destroy", box_id, spoke=box["spoke"]) as outcome:
+            result = await (await self._link(box["spoke"])).call(v.BOX_DESTROY, ref)
+            await self.store.set_box_state(box_id, "destroyed")
+            outcome.result = "ok" if result.existed else "ok: it was already gone"
         return {"id": box_id, "removed": result.existed, "state": "destroyed"}
 
     async def logs(self, box_id: str, tail: int) -> bytes:
@@ -202,6 +210,15 @@ class BoxService:
         tests/hub/test_fleet_memory.py."""
         box_id = model.box_id
         box = await self._live_box(box_id)
+        async with audited(self.store, "box.exec", box_id, shlex.join(model.cmd)[:500],
+                           spoke=box["spoke"]) as outcome:
+            async with contextlib.aclosing(self._exec(model, box, run_id, outcome)) as stream:
+                async for item in stream:
+                    yield item
+
+    async def _exec(self, model: v.BoxExec, box: dict[str, Any], run_id: str | None,
+                    outcome: Outcome) -> AsyncGenerator[tuple[str, Any], None]:
+        box_id = model.box_id
         timeout = model.timeout_s
         call = await (await self._link(box["spoke"])).call_stream(
             v.BOX_EXEC, model, timeout_s=(timeout + 30.0) if timeout else None
@@ -219,6 +236,8 @@ class BoxService:
             run["exit_code"] = result.exit_code
             run["state"] = ("timed_out" if result.timed_out else
                             "cancelled" if result.cancelled else "exited")
+            outcome.result = ("timed out" if result.timed_out else "cancelled" if result.cancelled
+                              else f"exit {result.exit_code}")
             yield "exit", result.model_dump()
         except RemoteError as err:
             run["state"], run["error"] = "failed", str(err)
@@ -250,21 +269,26 @@ class BoxService:
             params = v.PutFile(box_id=box_id, path=path, size=size, mode=mode, parents=parents,
                                into_dir_name=into_dir_name)
         box = await self._live_box(box_id)
-        link = await self._link(box["spoke"])
-        result = await link.call_upload(v.BOX_PUT_FILE, params, source)
+        async with audited(self.store, "box.put_file", box_id, f"{path} ({size} bytes)",
+                           spoke=box["spoke"]) as outcome:
+            link = await self._link(box["spoke"])
+            result = await link.call_upload(v.BOX_PUT_FILE, params, source)
+            outcome.detail = f"{result.path or path} ({size} bytes)"
         return result.model_dump()
 
     async def get_file(self, box_id: str, path: str, max_bytes: int) -> AsyncGenerator[bytes, None]:
         with v.validating(v.BOX_GET_FILE):
             params = v.GetFile(box_id=box_id, path=path, max_bytes=max_bytes)
         box = await self._live_box(box_id)
-        call = await (await self._link(box["spoke"])).call_stream(v.BOX_GET_FILE, params)
-        finished = False
-        try:
-            async for _stream, data in call.chunks():
-                yield data
-            await call.result()
-            finished = True
-        finally:
-            if not finished:
-                await call.cancel()
+        async with audited(self.store, "box.get_file", box_id, path, spoke=box["spoke"]) as outcome:
+            call = await (await self._link(box["spoke"])).call_stream(v.BOX_GET_FILE, params)
+            finished = False
+            try:
+                async for _stream, data in call.chunks():
+                    yield data
+                done = await call.result()
+                outcome.result = f"ok: {done.size} bytes"
+                finished = True
+            finally:
+                if not finished:
+                    await call.cancel()

@@ -109,6 +109,7 @@ class EventsApi:
         return [
             web.get("/api/events", self.events),
             web.get("/api/events/stream", self.stream),
+            web.get("/api/audit", self.audit),
         ]
 
     def close(self) -> None:
@@ -145,3 +146,21 @@ class EventsApi:
 
         return await serve_sse(request, after, wait, lambda row: int(row["id"]),
                                keepalive_s=self.keepalive_s, stopping=lambda: self.stopping)
+
+    async def audit(self, request: web.Request) -> web.Response:
+        """``{"audit": [...], "next_before": ID|null}``: the audit log newest first, filtered
+        by ``spoke``, ``actor`` (``user:NAME``, ``key:KEY_ID``) and ``kind`` (``box.exec``,
+        or ``box.*``); ``before`` pages back (pass the ``next_before`` of the last page).
+        Pinned by tests/test_audit.py."""
+        limit = int_param(request, "limit", 100, 1, MAX_EVENTS) or 100
+        before = int_param(request, "before", None, 1)
+        filters = {}
+        for name in ("spoke", "actor", "kind"):
+            value = request.query.get(name)
+            if value is not None:
+                if not value or len(value) > 200 or not value.isprintable():
+                    raise RemoteError(ErrorCode.INVALID, f"{name} must be 1..200 printable characters")
+                filters[name] = value
+        rows = await self.store.recent_audit(limit, before=before, **filters)
+        more = len(rows) == limit and rows[-1]["id"] > 1
+        return web.json_response({"audit": rows, "next_before": rows[-1]["id"] if more else None})

@@ -18,6 +18,7 @@ from urllib.parse import urlsplit
 from aiohttp import web
 
 from hub import roles
+from hub.audit import ACTING
 from hub.store import Store
 from protocol.errors import HTTP_STATUS, ErrorCode, RemoteError
 from protocol.tokens import hash_secret
@@ -232,6 +233,7 @@ def auth_middleware(store: Store, public_url: str) -> Callable[..., Any]:
                         request.method, route)
             rule = roles.ADMIN
         who = request["principal"]
+        ACTING.set(actor(request))  # for the audit rows this request's work writes (hub/audit.py)
         if not roles.allows(who["role"], rule):
             return error_response(ErrorCode.DENIED, f"this needs the {rule} role; "
                                                     f"{_describe(who)} has the {who['role']} role")

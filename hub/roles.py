@@ -67,6 +67,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/api/runs/{id}/inspect"): VIEWER,
     ("GET", "/api/events"): VIEWER,
     ("GET", "/api/events/stream"): VIEWER,
+    ("GET", "/api/audit"): VIEWER,
     ("GET", "/api/history"): VIEWER,
     ("*", "/mcp"): VIEWER,  # each tool checks its own role
     # operating the cluster: boxes, exec, files, pings, workstreams, approvals

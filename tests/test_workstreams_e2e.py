@@ -94,6 +94,15 @@ def test_approval_ask_then_approve_and_ask_then_deny(model_hub: Hub, model_spoke
     missing = model_hub.cli("box", "exec", box, "--", "test", "-e", "/workspace/secret.txt")
     assert missing.returncode == 1, "a denied write_file must not have written anything"
 
+    # Who started, approved and denied, in the audit log (the CLI acts with the admin key).
+    admin_key = {k["name"]: k["id"] for k in model_hub.cli_json("apikey", "list")}["local-admin"]
+    audit = model_hub.cli_json("audit", "--actor", f"key:{admin_key}")["audit"]
+    seen = {(r["kind"], r["subject"], r["spoke"]) for r in audit}
+    assert ("ws.start", ws_id, "") in seen and ("ws.start", ws2, "") in seen
+    assert ("approval.decided", ws_id, model_spoke.name) in seen
+    denied = next(r for r in audit if r["kind"] == "approval.decided" and r["subject"] == ws2)
+    assert denied["detail"] == f"{call_id} denied: not today"
+
 
 def test_cancel_mid_tool_call_kills_the_process(model_hub: Hub, model_spoke: Spoke, llm: ThreadedLLM) -> None:
     marker = llm.script("cancel", [Call("bash", {"command": "sleep 600 & echo $! > /workspace/pid; wait"}),

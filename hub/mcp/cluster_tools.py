@@ -25,6 +25,7 @@ from mcp_types import ToolAnnotations
 from pydantic import Field
 
 from hub import roles
+from hub.audit import ACTING
 from hub.boxes import BoxService
 from hub.disconnect import ClientGone, cancelled_on_disconnect
 from hub.mcp.asgi import HTTP_REQUEST_KEY
@@ -95,6 +96,10 @@ def role_required(needed: str, fn: ToolFn) -> ToolFn:
         if not roles.allows(role, needed):
             raise ToolError(f"denied: {fn.__name__} needs the {needed} role (you are "
                             f"{'a ' + role if role else 'without a role'})")
+        token = get_access_token()
+        if token is not None:  # who acts, for the audit rows the tool's work writes
+            who = token.client_id
+            ACTING.set(who if who.startswith("user:") else f"key:{who}")
         return await fn(*args, **kwargs)
 
     return wrapper

@@ -16,18 +16,43 @@ class AuditTables(StoreBase):
     """The ``audit`` table. Pinned by tests/hub/test_store.py::test_audit_is_newest_first_and_capped
     and tests/test_roles.py::test_audit_rows_name_the_actor."""
 
-    async def audit(self, kind: str, subject: str, detail: str = "", actor: str = "") -> None:
+    async def audit(self, kind: str, subject: str, detail: str = "", actor: str = "",
+                    spoke: str = "", result: str = "") -> None:
         """Append one row. ``actor`` is who acted: ``user:NAME`` or ``key:KEY_ID`` for what a
-        person or client asked for (:func:`hub.http_util.actor`), ``""`` for what the hub
-        itself observed (a spoke connecting, a box reaped)."""
+        person or client asked for (:func:`hub.http_util.actor`, :func:`hub.audit.acting`),
+        ``""`` for what the hub itself observed (a spoke connecting, a box reaped); ``spoke``
+        the spoke it concerns, ``result`` what came of it (hub/audit.py)."""
         row = {"ts": self.clock(), "kind": kind, "subject": subject, "detail": detail[:2000],
-               "actor": actor[:200]}
+               "actor": actor[:200], "spoke": spoke[:200], "result": result[:300]}
         await self.transaction(lambda tx: tx.insert("audit", row))
 
-    async def recent_audit(self, limit: int = 100) -> list[dict[str, Any]]:
-        return await self.read(
-            lambda r: r.rows("SELECT * FROM audit ORDER BY id DESC LIMIT ?", (limit,))
-        )
+    async def recent_audit(self, limit: int = 100, *, spoke: str | None = None,
+                           actor: str | None = None, kind: str | None = None,
+                           before: int | None = None) -> list[dict[str, Any]]:
+        """The newest rows first, filtered (``kind`` may end in ``.*``: ``box.*``); ``before``
+        an id, to page back. Pinned by tests/hub/test_store.py::
+        test_audit_is_newest_first_and_capped and ::test_audit_filters."""
+        where: list[str] = []
+        args: list[Any] = []
+        if spoke is not None:
+            where.append("spoke = ?")
+            args.append(spoke)
+        if actor is not None:
+            where.append("actor = ?")
+            args.append(actor)
+        if kind is not None:
+            if kind.endswith(".*"):
+                where.append("kind LIKE ? ESCAPE '\\'")
+                args.append(kind[:-1].replace("_", "\\_").replace("%", "\\%") + "%")
+            else:
+                where.append("kind = ?")
+                args.append(kind)
+        if before is not None:
+            where.append("id < ?")
+            args.append(before)
+        sql = (f"SELECT {AUDIT_COLUMNS} FROM audit"
+               + (f" WHERE {' AND '.join(where)}" if where else "") + " ORDER BY id DESC LIMIT ?")
+        return await self.read(lambda r: r.rows(sql, (*args, limit)))
 
     # ------------------------------------------------------------- the events timeline
     # The audit table's autoincrement id is the timeline's cursor (GET /api/events?after=ID,
@@ -78,7 +103,8 @@ class AuditTables(StoreBase):
             waiter.set()
 
 
-EVENT_COLUMNS = "id, ts, kind, subject, detail, actor"
+EVENT_COLUMNS = "id, ts, kind, subject, detail, actor, spoke, result"
+AUDIT_COLUMNS = EVENT_COLUMNS
 P = ParamSpec("P")
 Append = Callable[Concatenate[AuditTables, P], Coroutine[Any, Any, None]]
 

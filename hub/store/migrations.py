@@ -124,4 +124,10 @@ MIGRATIONS: list[str] = [
     UPDATE spokes SET state = CASE WHEN revoked_at IS NOT NULL THEN 'revoked'
                                    WHEN connected = 1 THEN 'connected' ELSE 'lost' END;
     """,
+    # 8: the audit log says which spoke an action ran on and what came of it (hub/audit.py).
+    """
+    ALTER TABLE audit ADD COLUMN spoke TEXT NOT NULL DEFAULT '';
+    ALTER TABLE audit ADD COLUMN result TEXT NOT NULL DEFAULT '';
+    CREATE INDEX audit_spoke ON audit(spoke, id);
+    """,
 ]

@@ -216,7 +216,8 @@ class WebAuth:
         row = await self.store.get_user(name) if len(name) <= 64 else None
         usable = row is not None and row["disabled_at"] is None
         if not await verify_password(password, row["password_hash"] if usable and row else None):
-            await self.store.audit("session.refused", name[:64], f"from {remote}")
+            await self.store.audit("session.refused", name[:64], f"from {remote}",
+                                   result="denied: wrong user or password")
             return unauthorized(WRONG)  # the attempt stays counted (see SignInLimiter)
         assert row is not None
         self.limiter.succeeded(*keys)
@@ -224,7 +225,7 @@ class WebAuth:
         session = await self.store.add_session(hash_secret(token), row["name"], csrf,
                                                self.lifetime_s, remote)
         await self.store.audit("session.created", row["name"], f"from {remote}",
-                               actor=f"user:{row['name']}")
+                               actor=f"user:{row['name']}", result="ok")
         response = self._session_body(row["name"], row["role"], csrf, session["expires_at"])
         response.set_cookie(SESSION_COOKIE, token, max_age=int(self.lifetime_s), path="/",
                             httponly=True, secure=self.https, samesite="Strict")
@@ -250,7 +251,7 @@ class WebAuth:
         if session is None:
             return unauthorized("not signed in (this request carries an API key, not a session)")
         await self.store.end_session(session["token_hash"])
-        await self.store.audit("session.ended", session["user"], actor=actor(request))
+        await self.store.audit("session.ended", session["user"], actor=actor(request), result="ok")
         response = web.Response(status=204)
         response.del_cookie(SESSION_COOKIE, path="/", secure=self.https, httponly=True,
                             samesite="Strict")
@@ -277,7 +278,7 @@ class WebAuth:
         row = await self.store.add_user(name, await hash_password(password), role)
         if row is None:
             raise RemoteError(ErrorCode.INVALID, f"user {name} exists")
-        await self.store.audit("user.added", name, f"role {role}", actor=actor(request))
+        await self.store.audit("user.added", name, f"role {role}", actor=actor(request), result="ok")
         out: dict[str, Any] = {"name": name, "role": role, "created_at": row["created_at"]}
         if given is None:
             out["password"] = password
@@ -292,7 +293,7 @@ class WebAuth:
         if result == "last-admin":
             raise RemoteError(ErrorCode.INVALID, f"{name} is the only admin user; add another "
                                                  "admin first")
-        await self.store.audit("user.removed", name, actor=actor(request))
+        await self.store.audit("user.removed", name, actor=actor(request), result="ok")
         return web.json_response({"name": name, "removed": True})
 
     async def set_password(self, request: web.Request) -> web.Response:
@@ -316,5 +317,5 @@ class WebAuth:
         session = request.get("session")
         keep = session["token_hash"] if own and session is not None else None
         await self.store.set_password(name, await hash_password(password), keep_session=keep)
-        await self.store.audit("user.password_set", name, actor=actor(request))
+        await self.store.audit("user.password_set", name, actor=actor(request), result="ok")
         return web.json_response({"name": name, "password_set": True})

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from hub.audit import record
 from hub.model_config import ModelsConfig
 from hub.registry import Registry
 from hub.spoke_link import SpokeLink
@@ -108,6 +109,8 @@ class WorkstreamService:
         await self.db.inbox_add(ws_id, message)
         event = await self.journal.append(ws_id, "user_message", {"text": message})
         await self.journal.append(ws_id, "state", {"state": "queued"})
+        await record(self.store, "ws.start", ws_id, f"model {alias}: {message.strip()[:200]}",
+                     spoke=spoke or "")
         self.leasing.kick()
         return {**await self.get(ws_id), "message_seq": event["seq"] if event else 0}
 
@@ -121,6 +124,7 @@ class WorkstreamService:
         await self._check_can_continue(ws)
         await self.db.inbox_add(ws_id, message)
         event = await self.journal.append(ws_id, "user_message", {"text": message})
+        await record(self.store, "ws.send", ws_id, message.strip()[:200], spoke=ws["spoke"] or "")
         await self.leasing.deliver_pending(ws_id)
         return {**await self.get(ws_id), "message_seq": event["seq"] if event else 0}
 
@@ -167,7 +171,8 @@ class WorkstreamService:
         if not await self.db.approval_decide(ws_id, call_id, state, reason):
             raise RemoteError(ErrorCode.INVALID, f"approval {call_id} was decided concurrently")
         await self.journal.append(ws_id, "approval_decided", {"call_id": call_id, "approved": approve, "reason": reason})
-        await self.store.audit("approval.decided", ws_id, f"{call_id} {state}" + (f": {reason}" if reason else ""))
+        await record(self.store, "approval.decided", ws_id,
+                     f"{call_id} {state}" + (f": {reason}" if reason else ""), spoke=ws["spoke"] or "")
         await self.leasing.deliver_approval(ws["spoke"], ws_id, call_id, approve, reason)
         return {"ws_id": ws_id, "call_id": call_id, "state": state}
 
@@ -176,6 +181,7 @@ class WorkstreamService:
         approvals as cancelled; the workstream stays open for more messages. Pinned by
         tests/test_workstreams_e2e.py::test_cancel_mid_tool_call_kills_the_process."""
         ws = await self._open(ws_id)
+        await record(self.store, "ws.cancel", ws_id, spoke=ws["spoke"] or "")
         await self.journal.resolve_approvals(ws_id, "cancelled")
         if ws["state"] == "queued":
             await self.journal.set_state(ws_id, "closed", "cancelled before it started")
@@ -193,6 +199,7 @@ class WorkstreamService:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no workstream {ws_id}")
         if ws["state"] == "closed":
             return await self.get(ws_id)
+        await record(self.store, "ws.close", ws_id, spoke=ws["spoke"] or "")
         await self.journal.resolve_approvals(ws_id, "closed")
         done = await self.leasing.tell(ws["spoke"], v.WS_CLOSE, v.WsRef(ws_id=ws_id))
         removed = done is not None and done.known

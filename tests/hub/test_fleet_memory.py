@@ -228,7 +228,8 @@ async def test_events_are_read_by_cursor(tmp_path: Path) -> None:
             await hub.store.audit("token.created", f"t{n}", f"tok_{n}")
         tail = await (await http.get("/api/events?limit=2")).json()
         assert [e["subject"] for e in tail["events"]] == ["t3", "t4"] and tail["last"] == 5
-        assert set(tail["events"][0]) == {"id", "ts", "kind", "subject", "detail", "actor"}
+        assert set(tail["events"][0]) == {"id", "ts", "kind", "subject", "detail", "actor",
+                                          "spoke", "result"}
         page = await (await http.get("/api/events?after=1&limit=3")).json()
         assert [e["id"] for e in page["events"]] == [2, 3, 4] and page["last"] == 4
         empty = await (await http.get("/api/events?after=5")).json()

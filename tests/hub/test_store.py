@@ -280,6 +280,20 @@ async def test_audit_is_newest_first_and_capped(store: Store) -> None:
     assert len(rows[0]["detail"]) == 2000
 
 
+async def test_audit_filters(store: Store) -> None:
+    await store.audit("box.exec", "bx_1", "true", actor="key:k1", spoke="a", result="exit 0")
+    await store.audit("box.create", "bx_2", "img", actor="user:ann", spoke="b", result="ok")
+    await store.audit("box_exec", "x", "an underscore is not a wildcard")
+    await store.audit("token.created", "t", actor="user:ann")
+    kinds = [r["kind"] for r in await store.recent_audit(kind="box.*")]
+    assert kinds == ["box.create", "box.exec"]
+    assert [r["subject"] for r in await store.recent_audit(spoke="a")] == ["bx_1"]
+    assert [r["kind"] for r in await store.recent_audit(actor="user:ann")] == ["token.created", "box.create"]
+    newest = await store.recent_audit(limit=2)
+    assert [r["kind"] for r in await store.recent_audit(before=newest[-1]["id"])] == ["box.create", "box.exec"]
+    assert (await store.recent_audit(kind="box.exec"))[0]["result"] == "exit 0"
+
+
 async def test_job_output_is_read_by_cursor_within_max_chars(store: Store, clock: Clock) -> None:
     jobs = JobStore(store)
     await jobs.create("job_1", "key_1", "bx_1", ["make"])

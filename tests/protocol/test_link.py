@@ -129,7 +129,7 @@ async def test_a_broken_upload_source_cancels_the_handler_on_the_spoke() -> None
 
     async def source() -> AsyncIterator[bytes]:
         yield b"x" * 4096
-        while not served.uploaded:  # the handler is reading the body
+        while not served.uploaded:  # noqa: ASYNC110 (the handler is reading the body)
             await asyncio.sleep(0.01)
         raise ConnectionResetError("client went away")
 

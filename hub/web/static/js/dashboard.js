@@ -136,6 +136,9 @@ function openWorkstream(id) {
 }
 
 // ------------------------------------------------------------------ events timeline
+// A result other than ok/exit 0 that reads as a failure: an error code, a cancel, a denial.
+const failed = (result) => /^(not_found|invalid|denied|busy|timeout|unavailable|internal|cancelled|timed out)/.test(result);
+
 function showEvent(e) {
   const list = $("#timeline");
   const item = h("li", {class: `ev kind-${String(e.kind).replace(/[^a-z0-9_-]/gi, "-")}`, data: {id: e.id}},
@@ -143,6 +146,8 @@ function showEvent(e) {
     h("span", {class: "kind", text: e.kind}),
     h("span", {class: "subject", text: e.subject || ""}),
     e.detail ? h("span", {class: "detail", text: typeof e.detail === "string" ? e.detail : JSON.stringify(e.detail)}) : null,
+    e.spoke && e.spoke !== e.subject ? h("span", {class: "spoke", text: `on ${e.spoke}`}) : null,
+    e.result && e.result !== "ok" ? h("span", {class: `result ${failed(e.result) ? "failed" : ""}`, text: e.result}) : null,
     e.actor ? h("span", {class: "actor", text: `by ${e.actor}`}) : null);
   list.prepend(item);
   while (list.children.length > 200) list.lastChild.remove();
