@@ -170,6 +170,8 @@ def usage_text(url: str, spoke: str, data_dir: Path, prefix: str) -> str:
         lines += ["The hub and spoke commands are not on your PATH yet; in another terminal:",
                   f'  export PATH="{shown}:$PATH"']
     lines += [
+        f"Web: open {url}/ and sign in as admin, with the password the hub printed at its",
+        f"  first start (`{prefix}hub admin set-password` sets another; the certificate is self-signed).",
         "Try, in another terminal:",
         f"  {prefix}hub spoke list",
         f"  BOX=$({prefix}hub box create --spoke {spoke} --image {DEFAULT_IMAGE})",

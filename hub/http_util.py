@@ -33,10 +33,20 @@ STATE_CHANGING = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 KEY_CACHE_S = 2.0
 
 
-def error_response(code: ErrorCode, message: str) -> web.Response:
+def error_response(code: ErrorCode, message: str, status: int | None = None) -> web.Response:
     return web.json_response(
-        {"error": {"code": code.value, "message": message}}, status=HTTP_STATUS[code]
+        {"error": {"code": code.value, "message": message}}, status=status or HTTP_STATUS[code]
     )
+
+
+class BodyTooLarge(RemoteError):
+    """A request body over its cap: ``invalid``, answered 413 (Payload Too Large) before
+    more of it is read. Pinned by tests/test_roles.py::test_bad_bodies_and_unknown_ids."""
+
+    http_status = 413
+
+    def __init__(self, limit: int) -> None:
+        super().__init__(ErrorCode.INVALID, f"body larger than {limit} bytes")
 
 
 async def read_limited(request: web.Request, limit: int) -> bytes | None:
@@ -54,16 +64,18 @@ async def read_limited(request: web.Request, limit: int) -> bytes | None:
 
 async def json_body(request: web.Request) -> dict[str, Any]:
     if request.content_length is not None and request.content_length > MAX_JSON_BODY:
-        raise RemoteError(ErrorCode.INVALID, f"body larger than {MAX_JSON_BODY} bytes")
+        raise BodyTooLarge(MAX_JSON_BODY)
     raw = await read_limited(request, MAX_JSON_BODY)
     if raw is None:
-        raise RemoteError(ErrorCode.INVALID, f"body larger than {MAX_JSON_BODY} bytes")
+        raise BodyTooLarge(MAX_JSON_BODY)
     if not raw:
         return {}
     try:
         body = json.loads(raw)
     except ValueError:
         raise RemoteError(ErrorCode.INVALID, "body is not valid JSON") from None
+    except RecursionError:  # [[[[…]]]] deeper than the parser's stack: bad input, not a 500
+        raise RemoteError(ErrorCode.INVALID, "body is nested too deeply") from None
     if not isinstance(body, dict):
         raise RemoteError(ErrorCode.INVALID, "body must be a JSON object")
     return body
@@ -89,7 +101,7 @@ async def errors_middleware(request: web.Request, handler: Handler) -> web.Strea
     try:
         return await handler(request)
     except RemoteError as err:
-        return error_response(err.code, err.message)
+        return error_response(err.code, err.message, getattr(err, "http_status", None))
     except web.HTTPException as exc:
         if exc.status >= 400 and exc.content_type != "application/json":
             code = {
@@ -149,13 +161,42 @@ def _describe(principal: dict[str, Any]) -> str:
     return f"API key {principal['name']} ({principal['id']})"
 
 
+class FailureLog:
+    """A warning per client address for repeated failures, at most one line every
+    ``every_s`` per address, saying how many there were since the last line: a brute force
+    shows in the log with its source without flooding it. ``clock`` is injected. Pinned by
+    tests/test_roles.py::test_wrong_keys_are_logged_once_a_minute_per_address."""
+
+    def __init__(self, what: str, every_s: float = 60.0,
+                 clock: Callable[[], float] = time.monotonic, max_addresses: int = 10_000) -> None:
+        self.what, self.every_s, self.clock, self.max_addresses = what, every_s, clock, max_addresses
+        self._seen: dict[str, tuple[float, int]] = {}  # address -> (last line, count since)
+
+    def note(self, address: str) -> bool:
+        """Count one failure from ``address``; True when a line was logged for it now."""
+        now = self.clock()
+        last, count = self._seen.get(address, (float("-inf"), 0))
+        count += 1
+        if now - last < self.every_s:
+            self._seen[address] = (last, count)
+            return False
+        log.warning("%d %s from %s%s", count, self.what, address,
+                    "" if last == float("-inf") else f" in the last {now - last:.0f} s")
+        if len(self._seen) >= self.max_addresses:
+            self._seen.clear()
+        self._seen[address] = (now, 0)
+        return True
+
+
 def auth_middleware(store: Store, public_url: str) -> Callable[..., Any]:
     """Authenticate and authorize every request, by the rule :func:`hub.roles.rule_for`
     gives its route.
 
     - Public routes and routes with their own auth (spoke link, relay) pass untouched.
     - ``Authorization: Bearer <key>``: the key's SHA-256 is looked up in a unique index (no
-      secret-dependent byte compare), cached 2 s, so a revoked key dies within 2 s.
+      secret-dependent byte compare), cached 2 s; a revocation empties the cache, so a revoked
+      key dies at once. Wrong keys are logged, at most one line a minute per address, with
+      how many there were (:class:`FailureLog`).
     - Otherwise the ``spokehub_session`` cookie: its SHA-256 must name a live session (not
       ended, not expired, user still there). A cookie-authenticated write (POST, PUT, PATCH,
       DELETE) must carry ``X-CSRF-Token`` equal to the session's (constant-time compare), and
@@ -168,22 +209,24 @@ def auth_middleware(store: Store, public_url: str) -> Callable[..., Any]:
     code that reads it (workstream owner, MCP identity), ``request["api_key"]``: the key's
     row, or ``{"id": "user:NAME", "name", "role"}`` for a user. Pinned by
     tests/test_web_auth.py and tests/test_roles.py."""
-    cache: dict[str, tuple[float, dict[str, Any]]] = {}
+    cache: dict[str, tuple[float, int, dict[str, Any]]] = {}
+    wrong_keys = FailureLog("requests with an invalid or revoked API key")
 
     async def key_row(key: str) -> dict[str, Any] | None:
         key_hash = hash_secret(key)
         hit = cache.get(key_hash)
         now = time.monotonic()
-        if hit is not None and now - hit[0] < KEY_CACHE_S:
-            return hit[1]
+        if hit is not None and now - hit[0] < KEY_CACHE_S and hit[1] == store.api_keys_revision:
+            return hit[2]
+        revision = store.api_keys_revision  # read before the lookup: a revoke in between wins
         row = await store.api_key_by_hash(key_hash)
         if row is None:
             cache.pop(key_hash, None)
             return None
         if len(cache) > 10_000:  # forget stale entries rather than grow without bound
-            for stale in [h for h, (t, _) in cache.items() if now - t >= KEY_CACHE_S]:
+            for stale in [h for h, (t, _r, _row) in cache.items() if now - t >= KEY_CACHE_S]:
                 del cache[stale]
-        cache[key_hash] = (now, row)
+        cache[key_hash] = (now, revision, row)
         await store.touch_api_key(row["id"])  # at most every 2 s per key: the cache
         return row
 
@@ -193,6 +236,7 @@ def auth_middleware(store: Store, public_url: str) -> Callable[..., Any]:
         if header.startswith("Bearer "):
             row = await key_row(header[7:].strip())
             if row is None:
+                wrong_keys.note(request.remote or "unknown")
                 return unauthorized("invalid or revoked API key")
             request["principal"] = _key_principal(row)
             request["api_key"] = row

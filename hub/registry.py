@@ -13,6 +13,7 @@ import binascii
 import hmac
 import json
 import logging
+import math
 import secrets
 import time
 from collections.abc import Awaitable, Callable
@@ -24,6 +25,7 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 
 from hub import metrics
+from hub.enroll_throttle import RejectionThrottle
 from hub.spoke_link import AiohttpTransport, SpokeLink
 from hub.store import Store
 from protocol import events as ev
@@ -39,6 +41,10 @@ from protocol.transport import Transport
 log = logging.getLogger("spokehub.hub.registry")
 
 
+UNKNOWN_IDENTITY = ("this spoke's identity is not known to this hub (it is not enrolled here, "
+                    "or was enrolled with another key): enroll it again with a new join token")
+
+
 class Rejected(Exception):
     def __init__(self, message: str, code: int = messages.CLOSE_REJECTED) -> None:
         super().__init__(message)
@@ -48,8 +54,11 @@ class Rejected(Exception):
 class Registry:
     def __init__(self, store: Store, pin: str, limits: Limits, version: str, *,
                  clock: Callable[[], float] = time.monotonic,
-                 wall_clock: Callable[[], float] = time.time, tick_s: float = 1.0) -> None:
+                 wall_clock: Callable[[], float] = time.time, tick_s: float = 1.0,
+                 throttle: RejectionThrottle | None = None) -> None:
         self.store = store
+        # Rejected handshakes per address: throttled, and folded in the audit log.
+        self.throttle = throttle or RejectionThrottle(clock=clock)
         self.clock, self.wall_clock, self.tick_s = clock, wall_clock, tick_s
         self.pin = pin
         self.limits = limits
@@ -163,6 +172,11 @@ class Registry:
         a refused spoke is told why and the close code says whether retrying can help.
         Pinned by tests/hub/test_registry_memory.py, tests/test_enrollment.py and
         tests/test_frames_e2e.py."""
+        wait = self.throttle.retry_after(remote)
+        if wait > 0:  # before any check: a brute-force client costs no lookup, no audit row
+            await transport.close(messages.CLOSE_THROTTLED, "too many rejected attempts from "
+                                  f"this address; retry in {math.ceil(wait)} s")
+            return
         conn = HubConnection(self.clock, self.limits)
         challenge = secrets.token_bytes(32)
         conn.send_hello(challenge, f"spokehub/{self.version}")
@@ -172,8 +186,9 @@ class Registry:
             params = await asyncio.wait_for(self._authenticate(handshake, challenge),
                                             self.limits.handshake_timeout_s)
         except Rejected as err:
-            log.warning("spoke connection from %s rejected: %s", remote, err)
-            await self.store.audit("spoke.rejected", remote, str(err))
+            if self.throttle.rejected(remote, str(err)):  # else folded into one row a window
+                log.warning("spoke connection from %s rejected: %s", remote, err)
+                await self._audit_quietly("spoke.rejected", remote, str(err), result="denied")
             conn.reject_auth(RemoteError(ErrorCode.DENIED, str(err)))
             await handshake.close(err.close_code, str(err))
             return
@@ -263,12 +278,13 @@ class Registry:
             raise Rejected("identity proof failed (bad signature)") from None
         spoke = await self.store.get_spoke(p.name)
         if p.mode == "resume":
-            if spoke is None:
-                raise Rejected(f"spoke {p.name!r} is not enrolled at this hub")
+            # One message whether the name is unknown or its key differs: an unauthenticated
+            # client learns nothing about which spokes exist. Revocation is told only to the
+            # holder of the enrolled key (who proved it above).
+            if spoke is None or not hmac.compare_digest(spoke["public_key"], p.public_key):
+                raise Rejected(UNKNOWN_IDENTITY)
             if spoke["revoked_at"] is not None:
                 raise Rejected(f"spoke {p.name!r} has been revoked", messages.CLOSE_REVOKED)
-            if not hmac.compare_digest(spoke["public_key"], p.public_key):
-                raise Rejected(f"identity of spoke {p.name!r} does not match its enrollment")
             return
         await self._enroll(p, spoke)
 
@@ -350,6 +366,31 @@ class Registry:
             await self.store.runs_ended_on_spoke(name, "revoked", "the spoke was revoked")
             await self.store.audit("spoke.revoked", name)
         return changed
+
+    async def _audit_quietly(self, kind: str, subject: str, detail: str, *, result: str) -> None:
+        try:
+            await self.store.audit(kind, subject, detail, result=result)
+        except RemoteError as err:  # the store is closing: the hub is stopping
+            log.debug("audit row %s %s not written: %s", kind, subject, err)
+
+    async def flush_rejections(self, *, everything: bool = False) -> int:
+        """Write one ``spoke.rejected`` row per address whose throttle window ended with
+        folded attempts (their count in ``detail``); how many rows. Called every window by
+        :meth:`fold_rejections_forever`."""
+        rows = self.throttle.summaries(everything=everything)
+        for folded in rows:
+            log.warning("%d more spoke connections from %s rejected or turned away in %.0fs "
+                        "(last: %s)", folded.count, folded.remote, folded.window_s, folded.last_reason)
+            await self._audit_quietly(
+                "spoke.rejected", folded.remote,
+                f"{folded.count} more attempts rejected or turned away in {folded.window_s:.0f} s "
+                f"(last: {folded.last_reason})", result=f"denied x{folded.count}")
+        return len(rows)
+
+    async def fold_rejections_forever(self) -> None:
+        while True:
+            await asyncio.sleep(self.throttle.window_s / 4)
+            await self.flush_rejections()
 
     async def close_all(self, timeout_s: float = 10.0) -> None:
         """Hub shutdown: tell every spoke the hub is going away (close code 1001, which a

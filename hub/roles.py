@@ -55,7 +55,6 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/api/boxes"): VIEWER,
     ("GET", "/api/boxes/{id}/logs"): VIEWER,
     ("GET", "/api/boxes/{id}/stats"): VIEWER,
-    ("GET", "/api/boxes/{id}/file"): VIEWER,
     ("GET", "/api/models"): VIEWER,
     ("GET", "/api/ws"): VIEWER,
     ("GET", "/api/ws/{id}"): VIEWER,
@@ -76,6 +75,8 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("DELETE", "/api/boxes/{id}"): OPERATOR,
     ("POST", "/api/boxes/{id}/exec"): OPERATOR,
     ("PUT", "/api/boxes/{id}/file"): OPERATOR,
+    # reading a box's files is reading what its commands made (keys, data): not for viewers
+    ("GET", "/api/boxes/{id}/file"): OPERATOR,
     ("POST", "/api/ws"): OPERATOR,
     ("POST", "/api/ws/{id}/messages"): OPERATOR,
     ("POST", "/api/ws/{id}/approvals/{call_id}"): OPERATOR,

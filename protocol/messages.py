@@ -16,6 +16,7 @@ CLOSE_REVOKED = 4003  # spoke revoked by an operator: do not retry
 CLOSE_PROTOCOL = 4002  # protocol violation / handshake failure: retry with backoff
 CLOSE_REPLACED = 4004  # a newer connection of the same spoke took over
 CLOSE_STALE = 4008  # heartbeats missed
+CLOSE_THROTTLED = 4029  # too many rejected attempts from this address: retry later, with backoff
 FATAL_CLOSE_CODES = frozenset({CLOSE_REJECTED, CLOSE_REVOKED})
 
 

@@ -7,6 +7,7 @@ import signal
 import sqlite3
 import stat
 from pathlib import Path
+from typing import Any
 
 from protocol.tokens import JoinToken
 from tests.cluster import Hub, Spoke, wait_until
@@ -123,3 +124,81 @@ def test_lost_spoke_shown_disconnected_then_recovers(hub: Hub, spoke: Spoke) -> 
     finally:
         spoke.proc.popen.send_signal(signal.SIGCONT)
     spoke.wait_connected()
+
+
+async def _raw_auth(hub: Hub, params: dict[str, Any], source: str) -> tuple[int, str, str]:
+    """One hand-driven handshake from address ``source``: (close code, close reason, the
+    error message the hub sent before closing, if any)."""
+    import ssl
+    import time
+
+    import websockets
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    from protocol import events as ev
+    from protocol import messages
+    from protocol.sides import SpokeConnection
+    from spoke.identity import Identity
+
+    ctx = ssl.create_default_context()
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    async with websockets.connect(f"wss://127.0.0.1:{hub.port}/spoke/connect", ssl=ctx,
+                                  local_addr=(source, 0)) as ws:
+        conn = SpokeConnection(clock=time.monotonic)
+        said = ""
+        try:
+            events = conn.receive_data(await ws.recv())
+            hello = events[0]
+            assert isinstance(hello, ev.HelloReceived)
+            key = Ed25519PrivateKey.generate()
+            name = str(params["name"])
+            conn.send_auth(messages.AuthParams.model_validate({
+                "protocol": 1, "public_key": Identity.public_b64(key),
+                "signature": Identity.sign(key, hello.challenge, name, hub.client().pin or ""),
+                **params}))
+            for frame in conn.data_to_send():
+                await ws.send(frame)
+            said = json.loads(await ws.recv())["error"]["message"]
+            await ws.recv()
+        except websockets.ConnectionClosed:
+            pass
+        assert ws.close_code is not None
+        return ws.close_code, ws.close_reason or "", said
+
+
+async def test_enrollment_brute_force_is_throttled_and_folded(tmp_path: Path, hub: Hub,
+                                                              spokes: list[Spoke]) -> None:
+    """Issue 8, item 5: 1000 bad enrolls used to take 1.5 s and write 1005 audit rows."""
+    import time
+
+    good = JoinToken.decode(hub.token("target"))
+    guess = {"mode": "enroll", "name": "target", "token_id": good.token_id, "token_secret": "x" * 43}
+    started = time.monotonic()
+    answers = [await _raw_auth(hub, guess, "127.0.0.2") for _ in range(200)]
+    print(f"200 bad enrolls from one address: {time.monotonic() - started:.2f} s")
+    assert answers[0] == (4001, "join token is unknown", "join token is unknown")
+    assert all(a[0] == 4001 for a in answers[:10])
+    for code, reason, said in answers[10:]:
+        assert code == 4029 and said == "", "turned away before any check"
+        assert reason.startswith("too many rejected attempts from this address; retry in ")
+
+    # One message whether a name is enrolled (with another key) or not at all.
+    enrolled = Spoke(tmp_path, hub, name="enrolled")
+    spokes.append(enrolled)
+    enrolled.join()
+    unknown = await _raw_auth(hub, {"mode": "resume", "name": "nobody-here"}, "127.0.0.3")
+    wrong_key = await _raw_auth(hub, {"mode": "resume", "name": "enrolled"}, "127.0.0.3")
+    assert unknown == wrong_key and "not known to this hub" in unknown[2]
+
+    # Another address joins meanwhile, with the token the guesses were aimed at.
+    target = Spoke(tmp_path / "t", hub, name="target")
+    spokes.append(target)
+    target.join(good.encode())
+
+    hub.stop()  # the open windows are folded into their rows at the stop
+    with sqlite3.connect(hub.dir / "hub.db") as db:
+        rows = db.execute("SELECT detail, result FROM audit WHERE kind='spoke.rejected' AND "
+                          "subject='127.0.0.2' ORDER BY id").fetchall()
+    assert rows == [("join token is unknown", "denied"),
+                    ("199 more attempts rejected or turned away in 60 s "
+                     "(last: turned away: too many rejected attempts)", "denied x199")]

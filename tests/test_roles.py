@@ -67,7 +67,8 @@ def test_a_viewer_key_reads_but_cannot_write(hub: Hub) -> None:
                                  ("POST", "/api/ws", "operator"),
                                  ("POST", "/api/tokens", "admin"),
                                  ("GET", "/api/tokens", "admin"),
-                                 ("GET", "/api/apikeys", "admin")]:
+                                 ("GET", "/api/apikeys", "admin"),
+                                 ("GET", "/api/boxes/bx_0000000000000000/file?path=a", "operator")]:
         answer = web.call(method, path, {"name": "x"}, headers=viewer)
         assert answer.status == 403, (method, path, answer.body)
         assert answer.json()["error"]["code"] == "denied"
@@ -149,6 +150,20 @@ def test_bad_bodies_and_unknown_ids(hub: Hub) -> None:
     for method, path, body, status, fragment in cases:
         answer = web.call(method, path, body, headers=key)
         assert answer.status == status and fragment in answer.message, (path, body, answer.body)
+    # Oversized and pathological bodies on authenticated routes: refused with a message, as
+    # a bearer client and as a signed-in browser; nothing recorded.
+    big = json.dumps({"message": "x" * (2 * 1024 * 1024)}).encode()
+    signed = Web(hub)
+    signed.sign_in("admin", admin_password(hub))
+    for who, headers in ((web, key), (signed, {})):
+        answer = who.call("POST", "/api/ws", raw=big, headers=headers)
+        assert answer.status == 413 and "body larger than 1048576 bytes" in answer.message
+        deep = who.call("POST", "/api/tokens", raw=b"[" * 100_000 + b"]" * 100_000, headers=headers)
+        assert deep.status == 400 and deep.message == "body is nested too deeply", deep.body
+        assert who.call("POST", "/api/tokens", raw=b"{nope", headers=headers).message == \
+            "body is not valid JSON"
+    assert hub.client().request("GET", "/api/ws") == []
+    assert hub.proc is not None and "Traceback" not in hub.proc.output()
     made = web.call("POST", "/api/users", {"name": "dave", "role": "operator",
                                            "password": "dave's own password"}, headers=key)
     assert made.status == 201 and made.json() == {
@@ -184,9 +199,56 @@ async def test_mcp_tools_check_the_role(hub: Hub) -> None:
         assert text.endswith("denied: create_box needs the operator role (you are a viewer)")
         text = await call_error(s, "exec", box="bx_0000000000000000", cmd="true")
         assert "denied: exec needs the operator role" in text
+        text = await call_error(s, "read_file", box="bx_0000000000000000", path="a")
+        assert "denied: read_file needs the operator role" in text
     async with mcp_session(hub, key=operator) as s:
         text = await call_error(s, "create_box", spoke="anywhere")
         assert "not_found" in text and "denied" not in text, text  # past the role check
     doc = json.loads((hub.dir / "admin.json").read_text())
     async with mcp_session(hub, key=doc["api_key"]) as s:
         assert "not_found" in await call_error(s, "create_box", spoke="anywhere")
+
+
+def test_a_revoked_key_is_refused_at_once(hub: Hub) -> None:
+    """Issue 8, item 11: a revoked key used to work for up to 2 s more (the key cache)."""
+    made = hub.cli_json("apikey", "create", "--name", "short-lived", "--role", "viewer")
+    web = Web(hub)
+    for _ in range(3):  # cached now
+        assert web.call("GET", "/api/spokes", headers=bearer(made["key"])).status == 200
+    hub.cli("apikey", "revoke", made["id"], check=True)
+    answer = web.call("GET", "/api/spokes", headers=bearer(made["key"]))
+    assert answer.status == 401 and answer.message == "invalid or revoked API key"
+
+
+def test_wrong_keys_are_logged_once_a_minute_per_address(hub: Hub) -> None:
+    """Issue 8, item 11: 3000 wrong-key requests logged nothing; now one warning line with
+    the source address and the count, not one per request."""
+    import http.client
+    import ssl
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    conn = http.client.HTTPSConnection("127.0.0.1", hub.port, context=ctx, timeout=30)
+    for i in range(500):  # one kept-alive connection: a brute force, not a connection flood
+        conn.request("GET", "/api/spokes", headers={"Authorization": f"Bearer shk_guess{i}"})
+        response = conn.getresponse()
+        response.read()
+        assert response.status == 401
+    conn.close()
+    assert hub.proc is not None
+    lines = [line for line in hub.proc.output().splitlines()
+             if "requests with an invalid or revoked API key" in line]
+    assert len(lines) == 1 and "1 requests with an invalid or revoked API key from 127.0.0.1" in lines[0]
+
+
+def test_the_failure_log_counts_between_lines() -> None:
+    from hub.http_util import FailureLog
+
+    now = [0.0]
+    failures = FailureLog("bad things", every_s=60, clock=lambda: now[0])
+    assert failures.note("10.0.0.1") is True  # the first is said at once
+    assert not any(failures.note("10.0.0.1") for _ in range(41))
+    assert failures.note("10.0.0.2") is True, "per address"
+    now[0] = 61
+    assert failures.note("10.0.0.1") is True  # "42 bad things from 10.0.0.1 in the last 61 s"
+    assert failures._seen["10.0.0.1"] == (61, 0)

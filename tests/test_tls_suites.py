@@ -3,6 +3,7 @@ item 11): a client that would take a CBC suite on TLS 1.2 is refused; a modern o
 
 from __future__ import annotations
 
+import re
 import socket
 import ssl
 
@@ -41,3 +42,20 @@ def test_the_server_header_names_no_versions(hub: Hub) -> None:
         resp.read()
         assert resp.getheader("Server") == "spokehub", (path, resp.getheader("Server"))
         conn.close()
+
+
+def test_malformed_requests_get_no_versions_either(hub: Hub) -> None:
+    """aiohttp answers a request it cannot parse itself (400), past the app's hooks."""
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    for garbage in (b"\x01\x02 nonsense\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\nBad Header\r\n\r\n"):
+        with socket.create_connection(("127.0.0.1", hub.port), timeout=10) as raw, \
+                ctx.wrap_socket(raw, server_hostname="127.0.0.1") as tls:
+            tls.sendall(garbage)
+            answer = b""
+            while chunk := tls.recv(65536):
+                answer += chunk
+        head = answer.split(b"\r\n\r\n", 1)[0].decode(errors="replace")
+        assert re.match(r"HTTP/1.[01] 400 ", head), head
+        servers = [line for line in head.split("\r\n") if line.lower().startswith("server:")]
+        assert servers == ["Server: spokehub"], head

@@ -225,7 +225,7 @@ def register_cluster_tools(server: MCPServer, registry: Registry, boxes: BoxServ
         result = await boxes.put_file(box, path, len(data), int(mode, 8), source())
         return {"box": box, "path": path, "size": result.get("size", len(data))}
 
-    @tool(READ_ONLY)
+    @tool(READ_ONLY, role=roles.OPERATOR)  # a box's files are its commands' data, not cluster state
     async def read_file(
         box: BoxArg,
         path: PathArg,

@@ -91,7 +91,13 @@ class ApiKeyTables(StoreBase):
         sql = "SELECT id, name, role, created_at, revoked_at, last_used FROM api_keys ORDER BY created_at"
         return await self.read(lambda r: r.rows(sql))
 
+    # Bumped by every revocation: the auth middleware's key cache drops what it cached under
+    # an older revision, so a revoked key stops working at once (hub/http_util.py).
+    api_keys_revision = 0
+
     async def revoke_api_key(self, key_id: str) -> bool:
         now = self.clock()
         sql = "UPDATE api_keys SET revoked_at=? WHERE id=? AND revoked_at IS NULL"
-        return await self.transaction(lambda tx: tx.execute(sql, (now, key_id))) == 1
+        changed = await self.transaction(lambda tx: tx.execute(sql, (now, key_id))) == 1
+        self.api_keys_revision += 1
+        return changed

@@ -111,8 +111,15 @@ async def ensure_first_admin(store: Store) -> str | None:
 
 
 class SignInLimiter:
-    """At most ``max_failures`` failed sign-ins per ``window_s`` per key (a client address,
-    a user name), in memory. ``clock`` is injected (monotonic seconds) so tests control time.
+    """At most ``max_failures`` failed sign-ins per ``window_s`` per client address, and
+    ``user_failures`` (default ten times that) per user name, in memory. ``clock`` is
+    injected (monotonic seconds) so tests control time.
+
+    Why two limits: one address guessing is stopped after ``max_failures``; the per-user
+    limit only caps guessing spread over many addresses. Were it as low as the address
+    limit, anyone who can reach the hub could keep ``admin`` locked out with five wrong
+    guesses every window; as it is, that takes ``user_failures`` guesses from at least ten
+    addresses (docs/security.md, "Sign-in").
 
     An attempt counts as a failure from the moment it begins (:meth:`begin`) until it
     succeeds (:meth:`succeeded`), so a burst of concurrent guesses cannot all pass the check
@@ -122,8 +129,10 @@ class SignInLimiter:
     ::test_the_limiter_counts_per_key_in_a_window."""
 
     def __init__(self, max_failures: int = 5, window_s: float = 300.0,
-                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000) -> None:
+                 clock: Callable[[], float] = time.monotonic, max_keys: int = 10_000,
+                 user_failures: int | None = None) -> None:
         self.max_failures, self.window_s, self.clock = max_failures, window_s, clock
+        self.user_failures = user_failures if user_failures is not None else 10 * max_failures
         self.max_keys = max_keys
         self._failures: OrderedDict[str, list[float]] = OrderedDict()
 
@@ -141,8 +150,9 @@ class SignInLimiter:
         wait = 0.0
         for key in keys:
             recent = self._recent(key, now)
-            if len(recent) >= self.max_failures:
-                wait = max(wait, recent[-self.max_failures] + self.window_s - now)
+            limit = self.user_failures if key.startswith("user:") else self.max_failures
+            if len(recent) >= limit:
+                wait = max(wait, recent[-limit] + self.window_s - now)
         return wait
 
     def begin(self, keys: Iterable[str]) -> float:

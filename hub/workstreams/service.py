@@ -144,6 +144,7 @@ class WorkstreamService:
         rows = await self.db.recent()
         for row in rows:
             row["auto_approve"] = bool(row["auto_approve"])
+            row["detached"] = bool(row["detached"])
         return rows
 
     async def events(self, ws_id: str, after: int = 0, limit: int = 500) -> builtins.list[dict[str, Any]]:

@@ -38,7 +38,11 @@ class WorkstreamStore:
         return await self.s.read(lambda r: r.one("SELECT * FROM workstreams WHERE id=?", (ws_id,)))
 
     async def recent(self, limit: int = 500) -> list[dict[str, Any]]:
-        sql = "SELECT * FROM workstreams ORDER BY created_at DESC LIMIT ?"
+        """The newest workstreams, each with ``pending_count``: its tool calls waiting for
+        approval (one query; the dashboard's "Approvals" column)."""
+        sql = ("SELECT w.*, (SELECT count(*) FROM approvals a WHERE a.ws_id = w.id AND "
+               "a.state = 'pending') AS pending_count FROM workstreams w "
+               "ORDER BY w.created_at DESC LIMIT ?")
         return await self.s.read(lambda r: r.rows(sql, (limit,)))
 
     async def in_state(self, *states: str) -> list[dict[str, Any]]:

@@ -92,7 +92,8 @@ class MemoryCluster:
         return JoinToken(url="https://hub.test", pin=PIN, token_id=token_id, secret=secret, name=name)
 
     async def join(self, name: str, *, slots: int = 4, labels: tuple[str, ...] = (),
-                   token: JoinToken | None = None, wait: bool = True) -> MemorySpoke:
+                   token: JoinToken | None = None, wait: bool = True,
+                   remote: str | None = None) -> MemorySpoke:
         """Enroll (the first time) or reconnect spoke ``name`` over a new pipe."""
         known = self.spokes.get(name)
         data_dir = self.root / f"spoke-{name}"
@@ -112,7 +113,7 @@ class MemoryCluster:
                           labels=labels, token=None if state.enrolled else (token or await self.token(name)),
                           workstreams=runner, models=tuple(local))
         hub_end, spoke_end = memory_pipe()
-        hub_task = asyncio.create_task(self.registry.serve_link(hub_end, f"memory:{name}"))
+        hub_task = asyncio.create_task(self.registry.serve_link(hub_end, remote or f"memory:{name}"))
         session = Session(rt, spoke_end, clock=self.clock, tick_s=3600)
         stop = asyncio.Event()
         task = asyncio.create_task(session.run(stop))

@@ -4,6 +4,7 @@ enrollment, refusal, revoke, reconcile and box verbs, in milliseconds (no socket
 
 from __future__ import annotations
 
+import dataclasses
 from pathlib import Path
 
 import pytest
@@ -11,7 +12,8 @@ import pytest
 from protocol.errors import ErrorCode, RemoteError
 from protocol.tokens import new_id
 from spoke.boxes.base import BoxSpec
-from tests.hub.memory_cluster import IMAGE, Fatal, MemoryCluster
+from spoke.identity import Identity, SpokeState
+from tests.hub.memory_cluster import IMAGE, PIN, Fatal, MemoryCluster
 
 
 async def test_a_spoke_enrolls_once_and_resumes_with_its_key(tmp_path: Path) -> None:
@@ -91,3 +93,48 @@ async def test_box_verbs_end_to_end_over_the_pipe(tmp_path: Path) -> None:
         with pytest.raises(RemoteError) as missing:
             await hub.boxes.create("nobody", {"image": IMAGE})
         assert missing.value.code is ErrorCode.NOT_FOUND
+
+
+async def test_rejected_handshakes_are_throttled_and_folded(tmp_path: Path) -> None:
+    """Issue 8, item 5: a brute-force client is turned away after ten rejections a minute,
+    before any check, and its attempts fold into two audit rows; others are not affected."""
+    async with MemoryCluster(tmp_path) as hub:
+        bogus = dataclasses.replace(await hub.token("victim"), secret="not-the-secret")
+        outcomes = []
+        for i in range(12):
+            (tmp_path / f"spoke-guess{i}").mkdir()
+            guess = await hub.join(f"guess{i}", token=bogus, wait=False, remote="10.0.0.66")
+            outcomes.append(await guess.stopped())
+        assert all(isinstance(o, Fatal) and "join token is unknown" in str(o) for o in outcomes[:10])
+        for turned_away in outcomes[10:]:  # not fatal: a real spoke there backs off and retries
+            assert isinstance(turned_away, ConnectionError), turned_away
+            assert "too many rejected attempts from this address; retry in 60 s" in str(turned_away)
+        rows = [a for a in await hub.store.recent_audit() if a["kind"] == "spoke.rejected"]
+        assert [(r["subject"], r["detail"]) for r in rows] == [("10.0.0.66", "join token is unknown")]
+        await hub.join("bystander")  # another address enrolls meanwhile
+        hub.clock.advance(60)
+        assert await hub.registry.flush_rejections() == 1
+        rows = [a for a in await hub.store.recent_audit() if a["kind"] == "spoke.rejected"]
+        assert rows[0]["detail"] == ("11 more attempts rejected or turned away in 60 s "
+                                     "(last: turned away: too many rejected attempts)")
+        assert rows[0]["result"] == "denied x11" and len(rows) == 2
+        (tmp_path / "spoke-later").mkdir()
+        later = await hub.join("later", token=bogus, wait=False, remote="10.0.0.66")
+        assert isinstance(await later.stopped(), Fatal), "a new window checks again"
+
+
+async def test_an_unknown_name_and_a_wrong_key_get_the_same_refusal(tmp_path: Path) -> None:
+    async with MemoryCluster(tmp_path) as hub:
+        await hub.join("known")
+        await hub.drop("known")
+        (tmp_path / "spoke-known" / "identity.key").unlink()  # a new key under a known name
+        Identity(tmp_path / "spoke-known").key(create=True)
+        impostor = await hub.join("known", wait=False)
+        stranger_dir = tmp_path / "spoke-stranger"
+        Identity(stranger_dir).save_state(SpokeState(hub_url="https://hub.test", pin=PIN,
+                                                     name="stranger", enrolled=True))
+        Identity(stranger_dir).key(create=True)
+        stranger = await hub.join("stranger", wait=False)
+        said = [str(await impostor.stopped()), str(await stranger.stopped())]
+        assert said[0] == said[1] and "not known to this hub" in said[0], said
+        assert "known" not in said[0].replace("not known", "")

@@ -95,6 +95,44 @@ def test_approve_a_tool_call_in_the_page_and_watch_the_reply_stream(
     expect(page.locator(CALL).first.locator(".tool-output")).to_have_text("approved-from-the-page\n[exit code 0]")
     expect(page.locator(CALL).nth(1).locator(".call-status")).to_have_text("denied: not today")
 
+    # ... and it goes on: a message sent after the reload is answered in the same pane.
+    page.fill("#composer textarea", "anything else?")
+    page.click("#send")
+    expect(page.locator(ASSISTANT)).to_have_count(3)
+    expect(page.locator(ASSISTANT).last).to_have_text("agentdone")
+    expect(page.locator(USER)).to_have_count(3)
+
+
+def test_two_workstreams_side_by_side_in_the_list_switch_without_mixing(
+        page: Any, cluster: Cluster, home_spoke: Spoke) -> None:
+    hub, llm = cluster.hub, cluster.llm
+    first_marker = llm.script("web-first", [Say("first answer")])
+    second_marker = llm.script("web-second", [Say("second answer")])
+    sign_in(page, hub, "admin", cluster.password, "/chat")
+    first = _start_chat(page, f"{first_marker} one", spoke=home_spoke.name)
+    expect(page.locator(ASSISTANT)).to_have_text("agentfirst answer")
+    page.click("#new")  # "New chat": an empty composer
+    page.wait_for_url("**/chat")
+    second = _start_chat(page, f"{second_marker} two", spoke=home_spoke.name)
+    assert second != first
+    expect(page.locator(ASSISTANT)).to_have_text("agentsecond answer")
+    expect(page.locator(USER)).to_have_text(f"you{second_marker} two")
+
+    # Back to the first: its own transcript, nothing of the second; and back again.
+    page.click(f"#ws-list li[data-ws='{first}']")
+    page.wait_for_url(f"**/chat#{first}")
+    expect(page.locator(USER)).to_have_text(f"you{first_marker} one")
+    expect(page.locator(ASSISTANT)).to_have_text("agentfirst answer")
+    page.fill("#composer textarea", "and again")
+    page.click("#send")
+    expect(page.locator(ASSISTANT)).to_have_count(2)
+    page.click(f"#ws-list li[data-ws='{second}']")
+    expect(page.locator(USER)).to_have_text(f"you{second_marker} two")
+    expect(page.locator(ASSISTANT)).to_have_count(1)
+    page.click(f"#ws-list li[data-ws='{first}']")
+    expect(page.locator(ASSISTANT)).to_have_count(2)  # drawn once each, after switching twice
+    expect(page.locator(ASSISTANT).last).to_have_text("agentdone")
+
 
 def test_a_hub_crash_mid_conversation_loses_and_repeats_nothing(
         page: Any, cluster: Cluster, home_spoke: Spoke) -> None:

@@ -143,8 +143,13 @@ def test_open_a_box_and_run_a_command(page: Any, cluster: Cluster, home_spoke: A
     page.wait_for_selector(f"#boxes td[data-cpu='{box['id']}']:text-matches('%')")
     page.locator("#detail").screenshot(path=str(SCREENSHOTS / "box.png"))
 
-    # Logs of the box (its main process' output), and the panel closes cleanly.
+    # Logs of the box (its main process' output): empty at first, then what it printed.
+    expect(page.locator("#detail pre.logs")).to_have_text("(no output yet)")
+    page.fill("#detail input[name=cmd]", "echo said-by-the-main-process > /proc/1/fd/1")
+    page.press("#detail input[name=cmd]", "Enter")
+    page.wait_for_selector("#detail .exit:text('exit code 0')")
     page.click("#detail button:text('Reload logs')")
+    expect(page.locator("#detail pre.logs")).to_have_text("said-by-the-main-process\n")
     page.click("#detail-close")
     assert page.locator("#detail").is_hidden()
 

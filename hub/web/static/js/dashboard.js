@@ -92,17 +92,11 @@ async function revokeSpoke(name, button) {
 }
 
 // ------------------------------------------------------------------ workstreams
-const pendingCache = new Map();  // ws id → number of pending approvals (rows lack it)
-
 async function refreshWorkstreams() {
   const rows = (await get("/api/ws")).slice(0, 100);
-  const attention = rows.filter((w) => w.state === "attention").slice(0, 10);
-  await Promise.all(attention.map(async (w) => {
-    try { pendingCache.set(w.id, (await get(`/api/ws/${enc(w.id)}`)).pending_approvals.length); } catch { /* gone */ }
-  }));
   const open = rows.filter((w) => w.state !== "closed").length;
   $("#ws-count").textContent = `${open} open`;
-  const view = rows.map((w) => ({...w, pending: w.state === "attention" ? pendingCache.get(w.id) ?? 1 : 0}));
+  const view = rows.map((w) => ({...w, pending: w.pending_count || 0}));
   renderRows($("#workstreams tbody"), view, (w) => h("tr", {data: {ws: w.id, state: w.state}},
     h("td", {}, h("a", {href: `#${w.id}`, class: "mono", text: w.id, on: {click: (ev) => { ev.preventDefault(); openWorkstream(w.id); }}})),
     h("td", {class: "title", text: w.title || "—"}),
