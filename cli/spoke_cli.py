@@ -25,6 +25,9 @@ def _policy_options(fn: Any) -> Any:
             ),
             click.option("--max-boxes", type=click.IntRange(1, 10_000), default=None,
                          help="Most boxes this spoke runs at once (default 20)."),
+            click.option("--max-transfers", type=click.IntRange(1, 1000), default=None,
+                         help="Most file transfers (box cp) in progress at once; more are "
+                              "refused busy (default 8)."),
             click.option("--max-memory", default=None, help="Ceiling on a box's memory, e.g. 4g."),
             click.option("--max-cpus", type=click.FloatRange(min=0.01), default=None,
                          help="Ceiling on a box's CPUs (default 2)."),
@@ -66,9 +69,19 @@ def main() -> None:
 @main.command()
 @spoke_dir
 @_policy_options
-@click.argument("token")
-def join(data_dir: Path, token: str, **opts: Any) -> None:
-    """Enroll with the hub named in TOKEN, then serve in the foreground."""
+@click.option("--token-file", type=click.File("r"), default=None, metavar="FILE",
+              help="Read the join token from FILE ('-': standard input) instead of the command "
+                   "line, where other users of this machine could read it in `ps`.")
+@click.option("--insecure-http", is_flag=True,
+              help="Accept a token whose hub URL is plain http:// (a hub behind a TLS proxy seen "
+                   "from inside it): the token's secret and all traffic travel unencrypted.")
+@click.argument("token", required=False)
+def join(data_dir: Path, token: str | None, token_file: Any, insecure_http: bool,
+         **opts: Any) -> None:
+    """Enroll with the hub named in TOKEN, then serve in the foreground.
+
+    TOKEN is what `hub token create` printed; give it here, or with --token-file (a file, or -
+    for standard input: `spoke join --token-file - < token.txt`), so it never shows in `ps`."""
     from cli.runlock import SPOKE_LOCK
     from protocol.tokens import JoinToken, TokenError
     from spoke.identity import (
@@ -81,11 +94,22 @@ def join(data_dir: Path, token: str, **opts: Any) -> None:
     )
     from spoke.service import OPTIONS_FILE
 
+    if token is not None and token_file is not None:
+        fail("give the join token as TOKEN or with --token-file, not both", 2)
+    if token_file is not None:
+        token = token_file.read(64 * 1024).strip()
+    if not token:
+        fail("no join token: give TOKEN, or --token-file FILE (- for standard input)", 2)
+        return
     try:
         parsed = JoinToken.decode(token)
     except TokenError as err:
         fail(str(err), 2)
         return
+    if parsed.url.startswith("http://") and not insecure_http:
+        fail(f"the join token's hub URL is plain {parsed.url}: its secret and everything after "
+             "it would travel unencrypted; if this network is trusted (a TLS proxy's inside), "
+             "add --insecure-http", 2)
     if not parsed.name:
         fail("join token carries no spoke name", 2)
     _refuse_if_running(data_dir)

@@ -132,6 +132,8 @@ class Api:
         name = want(body, "name", str)
         if not 0 < len(name) <= 100:
             raise RemoteError(ErrorCode.INVALID, "name must be 1..100 characters")
+        if not name.isprintable():  # it is printed by the CLI and shown on the dashboard
+            raise RemoteError(ErrorCode.INVALID, "name must not contain control characters")
         try:  # admin by default, as every key was before roles existed
             role = roles.check_role(want(body, "role", str, roles.ADMIN))
         except ValueError as err:

@@ -31,9 +31,8 @@ OWN_AUTH_PREFIXES = ("/spoke/", "/relay/")
 _RANK = {role: i for i, role in enumerate(ROLES)}
 
 ROUTE_ROLES: dict[tuple[str, str], str] = {
-    # open: health and metrics, the web pages (they carry no data), sign-in itself
+    # open: health, the web pages (they carry no data), sign-in itself
     ("GET", "/healthz"): PUBLIC,
-    ("GET", "/metrics"): PUBLIC,
     ("GET", "/"): PUBLIC,
     ("GET", "/signin"): PUBLIC,
     ("GET", "/chat"): PUBLIC,
@@ -51,6 +50,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("PUT", "/api/users/{name}/password"): VIEWER,
     # cluster state: read only
     ("GET", "/api/info"): VIEWER,
+    ("GET", "/metrics"): VIEWER,  # Prometheus scrapes with a viewer key as its bearer token
     ("GET", "/api/spokes"): VIEWER,
     ("GET", "/api/boxes"): VIEWER,
     ("GET", "/api/boxes/{id}/logs"): VIEWER,

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field
+
+# What a spoke may call itself and its labels and models: names the hub shows in tables and
+# the CLI prints, so never a control character (a terminal escape from a hostile peer).
+LABEL_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
+Label = Annotated[str, Field(pattern=LABEL_PATTERN)]
+ModelAlias = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
 PROTOCOL_VERSION = 1
 SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
@@ -42,10 +48,10 @@ class AuthParams(_Model):
     token_id: str | None = Field(default=None, max_length=100)
     token_secret: str | None = Field(default=None, max_length=200)
     version: str = Field(default="", max_length=50)
-    labels: list[str] = Field(default_factory=list, max_length=64)
+    labels: list[Label] = Field(default_factory=list, max_length=64)
     caps: list[str] = Field(default_factory=list, max_length=64)
     max_workstreams: int = Field(default=0, ge=0, le=10_000)
-    models: list[str] = Field(default_factory=list, max_length=100)  # spoke-local model aliases
+    models: list[ModelAlias] = Field(default_factory=list, max_length=100)  # spoke-local aliases
 
 
 class AuthResult(_Model):

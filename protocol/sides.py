@@ -70,7 +70,9 @@ class HubConnection(Connection):
         try:
             params = messages.AuthParams.model_validate(frame.get("params"))
         except ValidationError as err:
-            return self._violation(call_id, f"bad auth request: {err.errors()[0].get('msg')}")
+            first = err.errors()[0]
+            where = ".".join(str(part) for part in first.get("loc", ())) or "params"
+            return self._violation(call_id, f"bad auth request: {where}: {first.get('msg')}")
         self._auth_call = call_id
         return [ev.AuthRequested(call_id, params)]
 

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from protocol.messages import LABEL_PATTERN
 from protocol.tokens import JoinToken
 from protocol.units import parse_size
 from protocol.verbs import MIN_WORKSPACE_BYTES
@@ -23,7 +24,7 @@ from spoke.identity import SpokeState
 from spoke.policy import Policy
 
 OPTIONS_FILE = "options.json"
-LABEL_RE = re.compile(r"[a-z0-9][a-z0-9_.-]{0,62}")
+LABEL_RE = re.compile(LABEL_PATTERN.strip("^$"))
 log = logging.getLogger("spokehub.spoke")
 
 
@@ -44,6 +45,7 @@ class SpokeOptions:
     models_file: str | None = None
     allow_root: bool = False
     max_workspace_bytes: int = 10 * 1024**3
+    max_transfers: int = 8
 
     @classmethod
     def from_cli(cls, data_dir: Path, opts: dict[str, Any]) -> SpokeOptions:
@@ -84,6 +86,7 @@ class SpokeOptions:
             labels=tuple(self.labels),
             allow_root=self.allow_root,
             max_workspace_bytes=self.max_workspace_bytes,
+            max_transfers=self.max_transfers,
         )
 
 
@@ -147,6 +150,7 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
     CliOption("models_file", "models_file", lambda value: str(Path(value).resolve())),
     CliOption("allow_root", "allow_root", lambda _: True),
     CliOption("max_workspace", "max_workspace_bytes", parse_size, check=_check_max_workspace),
+    CliOption("max_transfers", "max_transfers", int, _given_number),
 )
 
 

@@ -91,3 +91,85 @@ def test_an_mcp_exec_dies_when_its_client_disconnects(hub: Hub, spoke: Spoke) ->
     wait_until(lambda: not _sleeping(container, "sleep 47.5"), timeout=20,
                what="the MCP exec to be killed after its client disconnected")
     print(f"MCP: killed {time.monotonic() - started:.2f}s after the client went away")
+
+
+def _count_sleeping(container: docker.models.containers.Container, marker: str) -> int:
+    top = container.top(ps_args="-eo pid,args")
+    return sum(1 for row in top.get("Processes") or [] if marker in " ".join(map(str, row)))
+
+
+def test_many_abandoned_execs_free_the_spoke_and_control_goes_on(hub: Hub, spoke: Spoke) -> None:
+    """The review's case: killed clients left their processes, and enough of them filled the
+    spoke's exec slots for good. 40 callers in flight (control calls still answered), then
+    all killed: every process goes, and the next exec runs."""
+    box_id, container = _box(hub, spoke)
+    env = {**os.environ, "SPOKEHUB_HUB_DIR": str(hub.dir)}
+    callers = [subprocess.Popen([HUB, "box", "exec", box_id, "--", "sleep", "77.5"], env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+               for _ in range(40)]
+    try:
+        wait_until(lambda: _count_sleeping(container, "sleep 77.5") == 40, timeout=120,
+                   what="40 execs running")
+        client = hub.client()  # work in flight does not starve cheap control calls
+        assert client.request("POST", f"/api/spokes/{spoke.name}/ping",
+                              {"count": 200, "concurrency": 16})["count"] == 200
+        assert client.request("GET", f"/api/boxes/{box_id}/stats")["pids"] >= 40
+        assert [b["id"] for b in client.request("GET", "/api/boxes")] == [box_id]
+    finally:
+        for caller in callers:
+            caller.kill()
+        for caller in callers:
+            caller.wait(30)
+    wait_until(lambda: _count_sleeping(container, "sleep 77.5") == 0, timeout=30,
+               what="every abandoned exec killed")
+    res = hub.cli("box", "exec", box_id, "--", "echo", "free again")
+    assert res.returncode == 0 and res.stdout == "free again\n", res.stderr
+
+
+def _abandon(hub: Hub, request: bytes, read: int) -> None:
+    """Send ``request`` on a raw TLS connection, read ``read`` bytes of the answer (0: none),
+    then drop the connection without a goodbye."""
+    import socket
+    import ssl
+    import struct
+
+    ctx = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    ctx.check_hostname, ctx.verify_mode = False, ssl.CERT_NONE
+    raw = socket.create_connection(("127.0.0.1", hub.port), timeout=30)
+    tls = ctx.wrap_socket(raw, server_hostname="127.0.0.1")
+    tls.sendall(request)
+    got = b""
+    while len(got) < read:
+        chunk = tls.recv(65536)
+        assert chunk, got[:300]
+        got += chunk
+    tls.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+    tls.close()  # a reset: no TLS goodbye, no HTTP end
+
+
+def test_abandoned_file_transfers_give_their_slots_back(hub: Hub, spoke: Spoke) -> None:
+    """Downloads and uploads whose client goes mid-way end on the spoke too: more of them than
+    the spoke's transfer slots (8) are abandoned, and a transfer still goes through after."""
+    import io
+    import json as json_
+
+    box_id, _container = _box(hub, spoke)
+    assert hub.cli("box", "exec", box_id, "--", "sh", "-c",
+                   "head -c 30000000 /dev/urandom > big").returncode == 0
+    key = json_.loads((hub.dir / "admin.json").read_text())["api_key"]
+    auth = f"Authorization: Bearer {key}\r\nHost: 127.0.0.1\r\n".encode()
+    for _ in range(10):
+        _abandon(hub, b"GET /api/boxes/" + box_id.encode() + b"/file?path=big HTTP/1.1\r\n"
+                 + auth + b"\r\n", read=200_000)
+        _abandon(hub, b"PUT /api/boxes/" + box_id.encode() + b"/file?path=part HTTP/1.1\r\n"
+                 + auth + b"Content-Length: 30000000\r\n\r\n" + b"x" * 1_000_000, read=0)
+    client = hub.client()
+
+    def transfers_work() -> bool:
+        try:
+            client.put_file(box_id, "small", io.BytesIO(b"fine"), 4)
+            return b"".join(client.get_file(box_id, "small")) == b"fine"
+        except Exception:  # busy while the abandoned ones are being ended
+            return False
+
+    wait_until(transfers_work, timeout=30, what="a transfer after 20 abandoned ones")

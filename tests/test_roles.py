@@ -54,8 +54,12 @@ def test_requests_without_credentials_get_401(hub: Hub) -> None:
             assert answer.status == 401, (method, path, headers, answer.body)
             assert answer.json()["error"]["code"] == "denied" and answer.json()["error"]["message"]
             assert answer.headers["WWW-Authenticate"] == "Bearer"
-    for open_path in ("/healthz", "/metrics", "/", "/signin"):
+    for open_path in ("/healthz", "/", "/signin"):
         assert web.call("GET", open_path).status == 200, open_path
+    # /metrics needs a key (issue 8, item 11); a viewer key scrapes it, as Prometheus does.
+    assert web.call("GET", "/metrics").status == 401
+    metrics = web.call("GET", "/metrics", headers=bearer(key_with_role(hub, "viewer")))
+    assert metrics.status == 200 and b"spokehub_calls_total" in metrics.body
 
 
 def test_a_viewer_key_reads_but_cannot_write(hub: Hub) -> None:
@@ -252,3 +256,20 @@ def test_the_failure_log_counts_between_lines() -> None:
     now[0] = 61
     assert failures.note("10.0.0.1") is True  # "42 bad things from 10.0.0.1 in the last 61 s"
     assert failures._seen["10.0.0.1"] == (61, 0)
+
+
+def test_names_with_control_characters_are_refused_and_never_printed_raw(
+        hub: Hub, capsys: Any) -> None:
+    """Issue 8, item 11: a terminal escape in a key or spoke name was printed raw by the CLI."""
+    from cli.common import table
+
+    web, key = Web(hub), bearer(admin_key(hub))
+    answer = web.call("POST", "/api/apikeys", {"name": "evil\x1b[2J\x1b[31m", "role": "viewer"},
+                      headers=key)
+    assert answer.status == 400 and answer.message == "name must not contain control characters"
+    assert all("\x1b" not in k["name"] for k in hub.cli_json("apikey", "list"))
+    # Whatever a peer managed to put in a field (a spoke's close reason, say) is escaped.
+    table([{"name": "ok", "disconnect_reason": "bye\x1b]0;owned\x07\r\n"}], ["name", "disconnect_reason"])
+    shown = capsys.readouterr().out
+    assert "\x1b" not in shown and "\x07" not in shown
+    assert "bye\\x1b]0;owned\\x07\\r\\n" in shown

@@ -15,7 +15,7 @@ from spoke.service import CLI_OPTIONS, OPTIONS_FILE, SpokeOptions
 NOTHING: dict[str, Any] = {"allow_image": (), "max_boxes": None, "max_memory": None, "max_cpus": None,
                            "no_network": None, "labels": (), "runtime": None, "default_image": None,
                            "max_workstreams": None, "models_file": None, "allow_root": None,
-                           "max_workspace": None}
+                           "max_workspace": None, "max_transfers": None}
 
 
 def test_every_click_option_has_a_row() -> None:
@@ -82,3 +82,10 @@ def test_root_and_workspace_options_reach_the_policy(tmp_path: Path) -> None:
     assert (again.allow_root, again.max_workspace_bytes) == (True, 2 * 1024**3)
     with pytest.raises(ValueError, match="max-workspace"):
         SpokeOptions.from_cli(tmp_path, {**NOTHING, "max_workspace": "1m"})
+
+
+def test_max_transfers_reaches_the_policy(tmp_path: Path) -> None:
+    assert SpokeOptions.from_cli(tmp_path, dict(NOTHING)).policy().max_transfers == 8
+    given = SpokeOptions.from_cli(tmp_path, {**NOTHING, "max_transfers": 2})
+    assert given.policy().max_transfers == 2
+    assert SpokeOptions.from_cli(tmp_path, dict(NOTHING)).max_transfers == 2, "kept for spoke run"

@@ -259,3 +259,15 @@ def test_open_connection_never_times_out_its_handshake() -> None:
     assert pair.hub.check_timers() == []
     assert pair.spoke.check_timers() == []
     assert pair.hub.state is State.OPEN
+
+
+@pytest.mark.parametrize("field,value", [("labels", ["gpu\x1b[31m"]), ("labels", ["UPPER"]),
+                                          ("models", ["local\x1b]0;x\x07"]), ("models", [""])])
+def test_labels_and_models_are_names_not_terminal_escapes(field: str, value: list[str]) -> None:
+    pair = new_pair()
+    pair.hub.send_hello(CHALLENGE, "hub")
+    pair.to_spoke()
+    params = AUTH.model_dump()
+    params[field] = value
+    (event,) = pair.hub.receive_data(frame(id=1, method="auth", params=params))
+    assert isinstance(event, ev.ProtocolViolation) and event.fatal and field in event.message
