@@ -47,7 +47,7 @@ def hub() -> None:
 @click.option("--log-level", default="INFO", show_default=True,
               help="DEBUG, INFO, WARNING or ERROR (DEBUG adds HTTP requests and protocol frames).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
-              help="Model configuration TOML (default: hub.toml in the data dir).")
+              help="Models and alerts TOML (default: hub.toml in the data dir).")
 @click.option("--default-model", default=None, help="Default model alias (over env and file).")
 @click.option("--fallback-model", "fallback_models", multiple=True, help="Fallback alias, in order (repeatable).")
 @click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
@@ -59,10 +59,21 @@ def hub() -> None:
               show_default=True, help="Connections one address may hold (spokes included).")
 @click.option("--approval-timeout", default=None, metavar="DURATION",
               help="Deny tool approvals left unanswered this long (e.g. 30m). Default: wait forever.")
+@click.option("--resume-grace", default="15s", show_default=True, metavar="DURATION",
+              help="How long a lost spoke's workstreams wait for it before they move on.")
 @click.option("--history-interval", default="10s", show_default=True, metavar="DURATION",
               help="Sample the hub's metrics into its history this often (at least 1s).")
 @click.option("--history-retention", default="7d", show_default=True, metavar="DURATION",
               help="Keep the metrics history this long.")
+@click.option("--box-idle-ttl", default="off", show_default=True, metavar="DURATION|off",
+              help="Destroy boxes nobody used (exec, file transfer) for this long, e.g. 12h. "
+                   "Boxes of open workstreams are never idle.")
+@click.option("--audit-retention", default="90d", show_default=True, metavar="DURATION|off",
+              help="Keep the audit log (and events timeline) this long.")
+@click.option("--closed-ws-retention", default="30d", show_default=True, metavar="DURATION|off",
+              help="Keep the event logs of closed workstreams this long after they closed.")
+@click.option("--job-retention", default="7d", show_default=True, metavar="DURATION|off",
+              help="Keep MCP jobs that ended, and their output, this long.")
 def serve(
     data_dir: Path,
     host: str,
@@ -81,6 +92,11 @@ def serve(
     max_connections_per_ip: int,
     history_interval: str,
     history_retention: str,
+    resume_grace: str,
+    box_idle_ttl: str,
+    audit_retention: str,
+    closed_ws_retention: str,
+    job_retention: str,
 ) -> None:
     """Serve HTTPS + wss (self-signed certificate made in the data dir on first start).
 
@@ -93,6 +109,7 @@ def serve(
     from cli.runlock import HUB_LOCK, Busy, RunLock, holder
     from hub.app import HubConfig, ListenError, bind_listener
     from hub.app import serve as run
+    from hub.janitor import JanitorConfig
 
     if bool(tls_cert) != bool(tls_key):
         fail("--tls-cert and --tls-key go together", 2)
@@ -108,6 +125,12 @@ def serve(
     history_s = _durations(("--history-interval", history_interval), ("--history-retention", history_retention))
     if history_s[0] < 1:
         fail("--history-interval must be at least 1s", 2)
+    (resume_grace_s,) = _durations(("--resume-grace", resume_grace))
+    janitor = JanitorConfig(
+        box_idle_ttl_s=_duration_or_off("--box-idle-ttl", box_idle_ttl),
+        audit_retention_s=_duration_or_off("--audit-retention", audit_retention),
+        closed_ws_retention_s=_duration_or_off("--closed-ws-retention", closed_ws_retention),
+        job_retention_s=_duration_or_off("--job-retention", job_retention))
     # One hub per data dir, and nothing written before the port is ours: check the lock,
     # bind, then take the lock (which creates the data dir) and only then make files.
     running = holder(data_dir, HUB_LOCK)
@@ -133,6 +156,8 @@ def serve(
         approval_timeout_s=approval_timeout_s,
         history_interval_s=history_s[0],
         history_retention_s=history_s[1],
+        resume_grace_s=resume_grace_s,
+        janitor=janitor,
         header_timeout_s=header_timeout,
         keepalive_timeout_s=keepalive_timeout,
         max_connections_per_ip=max_connections_per_ip,
@@ -144,12 +169,15 @@ def serve(
     except Busy as err:  # another hub won the race for this data dir
         sock.close()
         fail(_already_running(data_dir, err.holder))
+    from hub.alerts import AlertConfigError
     from hub.model_config import ConfigError
 
     try:
         asyncio.run(run(config, sock=sock))
     except ConfigError as err:
         fail(f"model configuration: {err}", 2)
+    except AlertConfigError as err:
+        fail(f"alert configuration: {err}", 2)
     finally:
         lock.release()
 
@@ -169,6 +197,14 @@ def _durations(*flags: tuple[str, str]) -> list[float]:
     return out
 
 
+def _duration_or_off(flag: str, value: str) -> float | None:
+    """Seconds of a duration flag that may be ``off`` (None: that part of the janitor is
+    off, hub/janitor.py); a usage error naming the flag otherwise."""
+    if value.strip().lower() in ("off", "0", "never", "none"):
+        return None
+    return _durations((flag, value))[0]
+
+
 def _already_running(data_dir: Path, running: Any) -> str:
     where = f" at {running.url}" if running.url else ""
     return (f"a hub is already running on {data_dir} (pid {running.pid}{where}); "
@@ -178,30 +214,42 @@ def _already_running(data_dir: Path, running: Any) -> str:
 # ------------------------------------------------------------------- tokens
 @hub.group(cls=aliased_group())
 def token() -> None:
-    """Join tokens for enrolling spokes (one-time, bound to a spoke name, expiring)."""
+    """Join tokens for enrolling spokes (expiring; one-time and bound to a spoke name, or
+    with --uses for up to N spokes under a name prefix)."""
 
 
 @token.command("create")
 @hub_dir
 @json_option
-@click.option("--name", required=True, help="The spoke name this token enrolls.")
+@click.option("--name", required=True,
+              help="The spoke name this token enrolls (with --uses: the names' prefix).")
 @click.option("--ttl", default="1h", show_default=True, help="Lifetime, e.g. 30m, 1h, 7d.")
-def token_create(data_dir: Path, as_json: bool, name: str, ttl: str) -> None:
+@click.option("--uses", type=click.IntRange(1, 100_000), default=None,
+              help="Make one token for up to this many spokes named NAME-… (each `spoke join "
+                   "--name`, or its hostname, picks the rest; `spoke sim` uses NAME-00001…).")
+def token_create(data_dir: Path, as_json: bool, name: str, ttl: str, uses: int | None) -> None:
     """Make a join token; run `spoke join TOKEN` on the new spoke's machine.
 
     \b
     Example:  hub token create --name laptop --ttl 30m
+              hub token create --name gpu --uses 20 --ttl 1d   (gpu-…, up to 20 spokes)
     """
-    data = _call(
-        lambda: _client(data_dir).request("POST", "/api/tokens", {"name": name, "ttl": ttl})
-    )
+    body: dict[str, Any] = {"name": name, "ttl": ttl}
+    if uses is not None:
+        body["uses"] = uses
+    data = _call(lambda: _client(data_dir).request("POST", "/api/tokens", body))
 
     def human(d: dict[str, Any]) -> None:
-        click.echo(
-            f"join token for spoke {d['name']!r} (id {d['id']}); on the spoke machine run:",
-            err=True,
-        )
-        click.echo(f"  spoke join {d['token']}", err=True)
+        if d.get("prefix"):
+            click.echo(f"join token for up to {d['uses']} spokes named {d['name']}-… "
+                       f"(id {d['id']}); on each spoke machine run:", err=True)
+            click.echo(f"  spoke join --name {d['name']}-NAME {d['token']}", err=True)
+        else:
+            click.echo(
+                f"join token for spoke {d['name']!r} (id {d['id']}); on the spoke machine run:",
+                err=True,
+            )
+            click.echo(f"  spoke join {d['token']}", err=True)
         click.echo(d["token"])
 
     emit(data, as_json, human)
@@ -211,9 +259,10 @@ def token_create(data_dir: Path, as_json: bool, name: str, ttl: str) -> None:
 @hub_dir
 @json_option
 def token_list(data_dir: Path, as_json: bool) -> None:
-    """Join tokens and their state (valid, used, expired, revoked); never the secrets."""
+    """Join tokens, their state (valid, used, expired, revoked) and uses left; never the
+    secrets."""
     data = _call(lambda: _client(data_dir).request("GET", "/api/tokens"))
-    emit(data, as_json, lambda d: table(d, ["id", "name", "state", "expires_at"]))
+    emit(data, as_json, lambda d: table(d, ["id", "name", "state", "uses_left", "expires_at"]))
 
 
 @token.command("revoke")

@@ -9,6 +9,7 @@ from typing import Any
 import click
 
 from cli.common import data_dir_option, fail
+from cli.sim_command import sim
 
 spoke_dir = data_dir_option("spoke", "SPOKEHUB_SPOKE_DIR")
 
@@ -25,6 +26,10 @@ def _policy_options(fn: Any) -> Any:
             ),
             click.option("--max-boxes", type=click.IntRange(1, 10_000), default=None,
                          help="Most boxes this spoke runs at once (default 20)."),
+            click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=None,
+                         metavar="SECONDS", help="On SIGTERM, how long to let running calls "
+                         "finish before leaving (default 10; the hub moves this spoke's "
+                         "workstreams at once)."),
             click.option("--max-transfers", type=click.IntRange(1, 1000), default=None,
                          help="Most file transfers (box cp) in progress at once; more are "
                               "refused busy (default 8)."),
@@ -75,9 +80,13 @@ def main() -> None:
 @click.option("--insecure-http", is_flag=True,
               help="Accept a token whose hub URL is plain http:// (a hub behind a TLS proxy seen "
                    "from inside it): the token's secret and all traffic travel unencrypted.")
+@click.option("--name", "spoke_name", default=None, metavar="NAME",
+              help="This spoke's name, for a multi-use token (hub token create --uses): "
+                   "PREFIX-NAME, or NAME if it already starts with PREFIX- (default: "
+                   "PREFIX-HOSTNAME). A single-use token names its spoke itself.")
 @click.argument("token", required=False)
 def join(data_dir: Path, token: str | None, token_file: Any, insecure_http: bool,
-         **opts: Any) -> None:
+         spoke_name: str | None, **opts: Any) -> None:
     """Enroll with the hub named in TOKEN, then serve in the foreground.
 
     TOKEN is what `hub token create` printed; give it here, or with --token-file (a file, or -
@@ -112,6 +121,13 @@ def join(data_dir: Path, token: str | None, token_file: Any, insecure_http: bool
              "add --insecure-http", 2)
     if not parsed.name:
         fail("join token carries no spoke name", 2)
+    import socket
+
+    try:
+        name = parsed.spoke_name(spoke_name, socket.gethostname())
+    except TokenError as err:
+        fail(str(err), 2)
+        return
     _refuse_if_running(data_dir)
     identity = Identity(data_dir)
     existing = identity.load_state()
@@ -124,7 +140,7 @@ def join(data_dir: Path, token: str | None, token_file: Any, insecure_http: bool
     # A join the hub refuses (token used, revoked, expired; wrong pin) or that is stopped
     # before it enrolled leaves the data dir exactly as it found it.
     undo = DirSnapshot(data_dir, [STATE_FILE, KEY_FILE, OPTIONS_FILE, HUB_CERT_FILE, SPOKE_LOCK])
-    state = SpokeState(hub_url=parsed.url, pin=parsed.pin, name=parsed.name, enrolled=False)
+    state = SpokeState(hub_url=parsed.url, pin=parsed.pin, name=name, enrolled=False)
     lock = _lock(data_dir, state)
     code = 1
     try:
@@ -201,6 +217,8 @@ def _serve(data_dir: Path, state: Any, token: Any, opts: dict[str, Any]) -> int:
         return 2
     return int(asyncio.run(serve(state, token, options)))
 
+
+main.add_command(sim)  # spoke sim: cli/sim_command.py
 
 if __name__ == "__main__":
     main()

@@ -118,10 +118,14 @@ def ws() -> None:
 @click.option("--model", default=None, help="Model alias (default: the hub's default).")
 @click.option("--image", default=None, help="Box image (default: the spoke's default).")
 @click.option("--auto-approve", is_flag=True, help="Run every tool without asking.")
+@click.option("--on-loss", type=click.Choice(["resume", "interrupt"]), default="resume",
+              show_default=True, help="If its spoke is lost: continue on another suitable spoke "
+              "from the transcript (directed work waits for its spoke), or end the turn as "
+              "interrupted.")
 @click.option("--no-wait", is_flag=True, help="Print the id and return at once.")
 @click.argument("message")
 def ws_new(data_dir: Path, as_json: bool, spoke: str | None, label: str | None, model: str | None,
-           image: str | None, auto_approve: bool, no_wait: bool, message: str) -> None:
+           image: str | None, auto_approve: bool, on_loss: str, no_wait: bool, message: str) -> None:
     """Start an agent workstream on MESSAGE and stream its work; tool calls that need
     approval print the `hub ws approve …` command to answer them with.
 
@@ -131,7 +135,7 @@ def ws_new(data_dir: Path, as_json: bool, spoke: str | None, label: str | None, 
     if spoke and label:
         fail("give --spoke or --label, not both", 2)
     _converse(data_dir, as_json, not no_wait, message, spoke=spoke, label=label, model=model,
-              image=image, auto_approve=auto_approve)
+              image=image, auto_approve=auto_approve, on_loss=on_loss)
 
 
 @ws.command("send")

@@ -29,6 +29,7 @@ class AsyncHubClient:
     def __init__(self, url: str, api_key: str, pin: str | None = None) -> None:
         self.url, self.api_key, self.pin = url.rstrip("/"), api_key, pin
         self._session: aiohttp.ClientSession | None = None
+        self._fingerprint: aiohttp.Fingerprint | None = None
 
     @classmethod
     def from_data_dir(cls, data_dir: Path | None = None) -> AsyncHubClient:
@@ -49,9 +50,14 @@ class AsyncHubClient:
             self._session = None
 
     def _ssl(self) -> aiohttp.Fingerprint | bool:
-        if self.pin and self.url.startswith("https:"):
-            return aiohttp.Fingerprint(bytes.fromhex(self.pin.lower().removeprefix("sha256:")))
-        return True
+        """One ``Fingerprint`` per client: aiohttp keys its connection pool by it, so a new
+        one per request would open (and TLS-handshake) a connection every time."""
+        if not (self.pin and self.url.startswith("https:")):
+            return True
+        if self._fingerprint is None:
+            self._fingerprint = aiohttp.Fingerprint(
+                bytes.fromhex(self.pin.lower().removeprefix("sha256:")))
+        return self._fingerprint
 
     def _http(self) -> aiohttp.ClientSession:
         if self._session is None:
@@ -126,10 +132,12 @@ class AsyncHubClient:
     # ------------------------------------------------------------ workstreams
     async def start_workstream(self, message: str, *, spoke: str | None = None,
                                label: str | None = None, model: str | None = None,
-                               image: str | None = None, auto_approve: bool = False) -> dict[str, Any]:
-        """Start a workstream; the row, with ``message_seq`` (the seq of its first message)."""
+                               image: str | None = None, auto_approve: bool = False,
+                               on_loss: str = "resume") -> dict[str, Any]:
+        """Start a workstream; the row, with ``message_seq`` (the seq of its first message).
+        ``on_loss``: ``resume`` (move on when its spoke is lost) or ``interrupt``."""
         body = {"message": message, "spoke": spoke, "label": label, "model": model,
-                "auto_approve": auto_approve, "image": image}
+                "auto_approve": auto_approve, "image": image, "on_loss": on_loss}
         return dict(await self.request("POST", "/api/ws", body))
 
     async def send_message(self, ws_id: str, message: str) -> dict[str, Any]:

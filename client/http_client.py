@@ -80,10 +80,11 @@ class WorkstreamMixin:
 
     def start_workstream(self, message: str, *, spoke: str | None = None, label: str | None = None,
                          model: str | None = None, image: str | None = None,
-                         auto_approve: bool = False) -> dict[str, Any]:
-        """Start a workstream; the row, with ``message_seq`` (the seq of its first message)."""
+                         auto_approve: bool = False, on_loss: str = "resume") -> dict[str, Any]:
+        """Start a workstream; the row, with ``message_seq`` (the seq of its first message).
+        ``on_loss``: ``resume`` (move on when its spoke is lost) or ``interrupt``."""
         body = {"message": message, "spoke": spoke, "label": label, "model": model,
-                "auto_approve": auto_approve, "image": image}
+                "auto_approve": auto_approve, "image": image, "on_loss": on_loss}
         return dict(self.request("POST", "/api/ws", body))
 
     def send_message(self, ws_id: str, message: str) -> dict[str, Any]:

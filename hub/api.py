@@ -18,13 +18,16 @@ from aiohttp import web
 from hub import roles
 from hub.boxes import BoxService
 from hub.disconnect import cancelled_on_disconnect
+from hub.health import Health, connected
 from hub.http_util import actor, json_body, want
 from hub.registry import Registry
 from hub.store import Store
 from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
-from protocol.tokens import JoinToken, hash_secret, new_id, new_secret
+from protocol.tokens import MAX_PREFIX_CHARS, JoinToken, hash_secret, new_id, new_secret
 from protocol.units import parse_size, parse_ttl
+
+MAX_TOKEN_USES = 100_000  # spokes one multi-use join token may enroll
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -42,6 +45,8 @@ class Api:
     ) -> None:
         self.store, self.registry, self.boxes = store, registry, boxes
         self.public_url, self.pin, self.clock = public_url, pin, clock
+        # /healthz: the hub (hub/app.py) adds the model probe (hub/health.py).
+        self.health = Health(lambda: connected(self.registry))
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -67,7 +72,10 @@ class Api:
         ]
 
     async def healthz(self, request: web.Request) -> web.Response:
-        return web.json_response({"ok": True, "spokes_connected": len(self.registry.live_links())})
+        """200 ``{"ok": true, "status": "ok"|"degraded", "reasons": [...],
+        "spokes_connected": N}`` at once (hub/health.py). Pinned by
+        tests/test_alerts_e2e.py::test_healthz_is_degraded_without_spokes_or_model."""
+        return web.json_response(self.health.report())
 
     async def info(self, request: web.Request) -> web.Response:
         return web.json_response(
@@ -86,18 +94,28 @@ class Api:
         ttl = parse_ttl(body.get("ttl", "1h"))
         if ttl > 30 * 86400:
             raise RemoteError(ErrorCode.INVALID, "ttl may be at most 30d: join tokens must expire")
+        # ``uses``: a multi-use token for up to that many spokes named NAME-… (docs/api.md).
+        # Pinned by tests/test_multi_use_tokens.py.
+        uses = want(body, "uses", int, None)
+        if uses is not None and not 1 <= uses <= MAX_TOKEN_USES:
+            raise RemoteError(ErrorCode.INVALID, f"uses must be 1..{MAX_TOKEN_USES}")
+        if uses is not None and len(name) > MAX_PREFIX_CHARS:
+            raise RemoteError(ErrorCode.INVALID, f"a multi-use token's name is a prefix of "
+                              f"spoke names: {MAX_PREFIX_CHARS} characters at most")
         token_id, secret = new_id("tok"), new_secret()
-        row = await self.store.add_token(token_id, name, hash_secret(secret), ttl)
-        token = JoinToken(
-            url=self.public_url, pin=self.pin, token_id=token_id, secret=secret, name=name
-        )
-        await self.store.audit("token.created", name, token_id, actor=actor(request), result="ok")
+        row = await self.store.add_token(token_id, name, hash_secret(secret), ttl, uses)
+        token = JoinToken(url=self.public_url, pin=self.pin, token_id=token_id, secret=secret,
+                          name=name, prefix=uses is not None)
+        detail = token_id if uses is None else f"{token_id} ({uses} uses)"
+        await self.store.audit("token.created", name, detail, actor=actor(request), result="ok")
         return web.json_response(
             {
                 "token": token.encode(),
                 "id": token_id,
                 "name": name,
                 "expires_at": row["expires_at"],
+                "uses": row["uses"],
+                "prefix": uses is not None,
             },
             status=201,
         )
@@ -106,11 +124,12 @@ class Api:
         now = self.clock()
         rows = await self.store.list_tokens()
         for row in rows:
+            row["prefix"] = bool(row["prefix"])
             row["state"] = (
                 "revoked"
                 if row["revoked_at"]
                 else "used"
-                if row["used_at"]
+                if row["uses_left"] <= 0
                 else "expired"
                 if row["expires_at"] <= now
                 else "valid"

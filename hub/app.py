@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import errno
 import json
 import logging
@@ -20,13 +21,17 @@ import aiohttp.web_response
 from aiohttp import web
 
 from hub import metrics, model_config, tls
+from hub.alerts import AlertService
+from hub.alerts import load as load_alerts
 from hub.api import Api
 from hub.boxes import BoxService
 from hub.conn_limits import GuardedSite
 from hub.events_api import EventsApi
 from hub.fleet import Fleet, FleetApi
+from hub.health import Health, ModelProbe, connected
 from hub.history import HistoryApi, HistorySampler
 from hub.http_util import auth_middleware, errors_middleware
+from hub.janitor import Janitor, JanitorConfig
 from hub.mcp.frontend import McpServices, mount_mcp
 from hub.registry import Registry
 from hub.relay import Relay
@@ -59,6 +64,8 @@ class HubConfig:
     approval_timeout_s: float | None = None  # None: approvals wait until answered
     history_interval_s: float = 10.0  # metrics history: one sample every … (hub/history.py)
     history_retention_s: float = 7 * 86400.0  # … kept this long
+    resume_grace_s: float = 15.0  # a lost spoke's workstreams wait this long, then move on
+    janitor: JanitorConfig = JanitorConfig()  # idle boxes and retentions (hub/janitor.py)
     # HTTP connection bounds (hub/conn_limits.py): headers of a first request must arrive
     # within header_timeout_s (and a TLS handshake complete), an idle keep-alive connection
     # closes after keepalive_timeout_s, and one address holds at most max_connections_per_ip.
@@ -155,12 +162,24 @@ class Hub:
         self.api = Api(self.store, self.registry, self.boxes, config.url(), self.pin)
         self.workstreams = WorkstreamService(self.store, self.registry, lambda: self.models,
                                             approval_timeout_s=config.approval_timeout_s,
+                                            resume_grace_s=config.resume_grace_s,
                                             models_file=config.config_file or config.data_dir / "hub.toml")
         self.relay = Relay(lambda: self.models, self.registry.spoke_for_relay_token)
         self.events = EventsApi(self.store)
         self.history = HistorySampler(self.store, self.registry, self.boxes,
                                       interval_s=config.history_interval_s,
                                       retention_s=config.history_retention_s)
+        # Alerts ([alerts] in hub.toml: hub/alerts/), fed by the history sampler like the
+        # Prometheus gauges (hub/metrics.py); /healthz's model probe (hub/health.py).
+        self.alerts = AlertService(load_alerts(config.config_file or config.data_dir / "hub.toml"),
+                                   self.store, self.registry, config.url())
+        self.history.on_sample += [self.alerts.on_sample, metrics.SNAPSHOT.set]
+        self.model_probe = ModelProbe(lambda: self.models)
+        self.janitor = Janitor(self.store, self.registry, self.boxes,
+                               dataclasses.replace(config.janitor,
+                                                   history_retention_s=config.history_retention_s),
+                               job_running=lambda job_id: self.mcp.jobs.is_running(job_id))
+        self.api.health = Health(lambda: connected(self.registry), self.model_probe)
         self.https = config.url().startswith("https://")  # the cookie's Secure flag, HSTS
         self.web_auth = WebAuth(self.store, config.url(), https=self.https)
 
@@ -202,7 +221,9 @@ class Hub:
             self._database,       # opened first, closed last: no handler meets a closed store
             self._relay_client,
             self._spoke_links,
+            self._alerts,         # stopped before the links close: a hub stopping is no alert
             self._history_and_streams,
+            self._janitor,        # reaps through the links: stopped before they close
             self._scheduler,
             self.mcp.lifecycle,   # stopped first, while links and store still work
         ).install(app)
@@ -234,13 +255,25 @@ class Hub:
         the disconnect while the store still works. Pinned by
         ``tests/test_lifecycle.py::test_stopping_a_hub_with_spokes_is_quiet``."""
         await self.store.mark_all_disconnected()
-        folding = asyncio.get_running_loop().create_task(self.registry.fold_rejections_forever())
+        folding = asyncio.get_running_loop().create_task(self.registry.housekeeping_forever())
         try:
             yield
         finally:
             folding.cancel()
             await self.registry.close_all(timeout_s=10.0)
             await self.registry.flush_rejections(everything=True)
+
+    async def _alerts(self, app: web.Application) -> AsyncIterator[None]:
+        """Alerts start once spokes are marked disconnected (those of the previous run are
+        expected back within the startup grace) and stop before the links close; the model
+        probe makes its first check. Pinned by tests/test_alerts_e2e.py."""
+        await self.alerts.start()
+        self.model_probe.problem()
+        try:
+            yield
+        finally:
+            await self.alerts.stop()
+            await self.model_probe.close()
 
     async def _history_and_streams(self, app: web.Application) -> AsyncIterator[None]:
         """The history sampler runs while the store is open; at the stop it ends before the
@@ -252,6 +285,15 @@ class Hub:
         finally:
             self.events.close()
             await self.history.stop()
+
+    async def _janitor(self, app: web.Application) -> AsyncIterator[None]:
+        """Idle boxes and retentions (hub/janitor.py); it destroys boxes over the links and
+        prunes the store, so it stops before either closes."""
+        self.janitor.start()
+        try:
+            yield
+        finally:
+            await self.janitor.stop()
 
     async def _scheduler(self, app: web.Application) -> AsyncIterator[None]:
         """Leasing work to spokes; stops before the links close, so nothing new is leased to

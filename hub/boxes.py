@@ -18,6 +18,7 @@ from collections.abc import AsyncGenerator, AsyncIterator
 from typing import Any
 
 from hub.audit import Outcome, audited
+from hub.box_activity import BoxActivity
 from hub.registry import Registry
 from hub.spoke_link import SpokeLink
 from hub.store import LIVE_BOX_STATES, Store
@@ -27,6 +28,7 @@ from protocol.tokens import new_id
 
 log = logging.getLogger("spokehub.hub.boxes")
 ENDED_EXECS_KEPT = 256  # ended execs the fleet views still answer for
+RESUME_WAIT_S = 30.0  # an exec whose spoke link broke waits this long for it to come back
 
 
 class BoxService:
@@ -40,6 +42,8 @@ class BoxService:
         # few that ended: the fleet views' exec runs (hub/fleet.py). Memory only, bounded.
         self.execs: dict[str, dict[str, Any]] = {}
         self.ended_execs: deque[dict[str, Any]] = deque(maxlen=ENDED_EXECS_KEPT)
+        # What the janitor's idle TTL counts from: execs and transfers (hub/box_activity.py).
+        self.activity = BoxActivity(store)
 
     def exec_run(self, run_id: str) -> dict[str, Any] | None:
         """A running or recently ended exec by its run id (``ex_…``, or a job's id), or None.
@@ -163,8 +167,9 @@ class BoxService:
             for r in rows
         ]
 
-    async def destroy(self, box_id: str) -> dict[str, Any]:
-        """Remove a live box (a box already gone answers ``removed: false``); audited."""
+    async def destroy(self, box_id: str, reason: str = "") -> dict[str, Any]:
+        """Remove a live box (a box already gone answers ``removed: false``); audited, with
+        ``reason`` as the row's detail (the janitor's: idle for how long)."""
         with v.validating(v.BOX_DESTROY):
             ref = v.BoxRef(box_id=box_id)
         box = await self.store.get_box(box_id)
@@ -172,7 +177,7 @@ class BoxService:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no box {box_id}")
         if box["state"] not in LIVE_BOX_STATES:
             return {"id": box_id, "removed": False, "state": box["state"]}
-        async with audited(self.store, "box.destroy", box_id, spoke=box["spoke"]) as outcome:
+        async with audited(self.store, "box.destroy", box_id, reason, spoke=box["spoke"]) as outcome:
             result = await (await self._link(box["spoke"])).call(v.BOX_DESTROY, ref)
             await self.store.set_box_state(box_id, "destroyed")
             outcome.result = "ok" if result.existed else "ok: it was already gone"
@@ -210,8 +215,9 @@ class BoxService:
         tests/hub/test_fleet_memory.py."""
         box_id = model.box_id
         box = await self._live_box(box_id)
-        async with audited(self.store, "box.exec", box_id, shlex.join(model.cmd)[:500],
-                           spoke=box["spoke"]) as outcome:
+        async with self.activity.using(box_id), audited(
+                self.store, "box.exec", box_id, shlex.join(model.cmd)[:500],
+                spoke=box["spoke"]) as outcome:
             async with contextlib.aclosing(self._exec(model, box, run_id, outcome)) as stream:
                 async for item in stream:
                     yield item
@@ -219,19 +225,35 @@ class BoxService:
     async def _exec(self, model: v.BoxExec, box: dict[str, Any], run_id: str | None,
                     outcome: Outcome) -> AsyncGenerator[tuple[str, Any], None]:
         box_id = model.box_id
+        kind = "job" if run_id else "exec"
+        run_id = run_id or new_id("ex")
+        # The run id names the exec on the spoke too: it survives a short break of the
+        # connection and is re-attached from the offset delivered (spoke/exec_sessions.py).
+        model = model.model_copy(update={"exec_id": run_id})
         timeout = model.timeout_s
-        call = await (await self._link(box["spoke"])).call_stream(
-            v.BOX_EXEC, model, timeout_s=(timeout + 30.0) if timeout else None
-        )
-        run = {"id": run_id or new_id("ex"), "kind": "job" if run_id else "exec", "box": box_id,
+        deadline_s = (timeout + 30.0) if timeout else None
+        link = await self._link(box["spoke"])
+        call = await link.call_stream(v.BOX_EXEC, model, timeout_s=deadline_s)
+        run = {"id": run_id, "kind": kind, "box": box_id,
                "spoke": box["spoke"], "cmd": list(model.cmd), "state": "running",
                "started_at": self.store.clock(), "ended_at": None, "exit_code": None}
-        self.execs[run["id"]] = run
+        self.execs[run_id] = run
         finished = False
+        delivered = 0  # bytes of output handed to the caller: where a re-attach resumes
         try:
-            async for stream, data in call.chunks():
-                yield stream, data
-            result = await call.result()
+            while True:
+                try:
+                    async for stream, data in call.chunks():
+                        delivered += len(data)
+                        yield stream, data
+                    result = await call.result()
+                    break
+                except RemoteError as err:
+                    if not (link.closed and err.code is ErrorCode.UNAVAILABLE):
+                        raise
+                    link = await self._relink(box["spoke"], run_id, err)
+                    attach = v.ExecAttach(box_id=box_id, exec_id=run_id, offset=delivered)
+                    call = await link.call_stream(v.BOX_ATTACH, attach, timeout_s=deadline_s)
             finished = True
             run["exit_code"] = result.exit_code
             run["state"] = ("timed_out" if result.timed_out else
@@ -252,6 +274,20 @@ class BoxService:
             run["ended_at"] = self.store.clock()
             self.ended_execs.append(run)
 
+    async def _relink(self, spoke: str, exec_id: str, lost: RemoteError) -> SpokeLink:
+        """The spoke's new link once it reconnects (within RESUME_WAIT_S), to re-attach exec
+        ``exec_id``; the original error when it does not come back in time."""
+        log.info("exec %s: the link to %s broke; waiting for it to re-attach", exec_id, spoke)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + RESUME_WAIT_S
+        while loop.time() < deadline:
+            link = self.registry.live(spoke)
+            if link is not None:
+                return link
+            await asyncio.sleep(0.1)
+        raise RemoteError(ErrorCode.UNAVAILABLE, f"{lost.message}; spoke {spoke} did not come back "
+                          f"within {RESUME_WAIT_S:.0f} s to finish the command")
+
     async def put_file(
         self,
         box_id: str,
@@ -269,8 +305,9 @@ class BoxService:
             params = v.PutFile(box_id=box_id, path=path, size=size, mode=mode, parents=parents,
                                into_dir_name=into_dir_name)
         box = await self._live_box(box_id)
-        async with audited(self.store, "box.put_file", box_id, f"{path} ({size} bytes)",
-                           spoke=box["spoke"]) as outcome:
+        async with self.activity.using(box_id), audited(
+                self.store, "box.put_file", box_id, f"{path} ({size} bytes)",
+                spoke=box["spoke"]) as outcome:
             link = await self._link(box["spoke"])
             result = await link.call_upload(v.BOX_PUT_FILE, params, source)
             outcome.detail = f"{result.path or path} ({size} bytes)"
@@ -280,7 +317,8 @@ class BoxService:
         with v.validating(v.BOX_GET_FILE):
             params = v.GetFile(box_id=box_id, path=path, max_bytes=max_bytes)
         box = await self._live_box(box_id)
-        async with audited(self.store, "box.get_file", box_id, path, spoke=box["spoke"]) as outcome:
+        async with self.activity.using(box_id), audited(
+                self.store, "box.get_file", box_id, path, spoke=box["spoke"]) as outcome:
             call = await (await self._link(box["spoke"])).call_stream(v.BOX_GET_FILE, params)
             finished = False
             try:

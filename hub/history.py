@@ -64,6 +64,9 @@ class HistorySampler:
         self._last_wall: float | None = None
         self._last_link_t: float | None = None  # the registry's clock at the previous sample
         self._task: asyncio.Task[None] | None = None
+        # Told every sample's values (the Prometheus gauges, the alert rules), so they need
+        # no query of their own. Plain functions: called on the sampler's task.
+        self.on_sample: list[Callable[[dict[str, float]], None]] = []
 
     async def sample_once(self) -> dict[str, float]:
         """Take one sample, write it, prune old rows; returns what was written. Pinned by
@@ -86,6 +89,8 @@ class HistorySampler:
         for verb, durations in self.registry.latency_since(link_since).items():
             for name, q in QUANTILES:
                 values[f"latency.{name}.{verb}"] = round(percentile(durations, q), 6)
+        for hook in self.on_sample:
+            hook(values)
         await self.store.history_add(int(now), values)  # whole seconds, never in the future
         await self.store.history_prune(now - self.retention_s)
         self._last_wall, self._last_link_t = now, link_now

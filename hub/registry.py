@@ -10,6 +10,7 @@ from __future__ import annotations
 import asyncio
 import base64
 import binascii
+import contextlib
 import hmac
 import json
 import logging
@@ -33,7 +34,7 @@ from protocol import messages
 from protocol import verbs as v
 from protocol.connection import Limits
 from protocol.errors import ErrorCode, RemoteError
-from protocol.link import HubDriver
+from protocol.link import HubDriver, Ticker
 from protocol.sides import HubConnection
 from protocol.tokens import auth_message, hash_secret, new_secret, secret_matches
 from protocol.transport import Transport
@@ -41,6 +42,7 @@ from protocol.transport import Transport
 log = logging.getLogger("spokehub.hub.registry")
 
 
+LAST_SEEN_FLUSH_S = 10.0
 UNKNOWN_IDENTITY = ("this spoke's identity is not known to this hub (it is not enrolled here, "
                     "or was enrolled with another key): enroll it again with a new join token")
 
@@ -60,11 +62,12 @@ class Registry:
         # Rejected handshakes per address: throttled, and folded in the audit log.
         self.throttle = throttle or RejectionThrottle(clock=clock)
         self.clock, self.wall_clock, self.tick_s = clock, wall_clock, tick_s
+        self.ticker = Ticker(tick_s)  # one timer task for every link (protocol/link.py)
         self.pin = pin
         self.limits = limits
         self.version = version
         self.links: dict[str, SpokeLink] = {}
-        self._last_touch: dict[str, float] = {}
+        self._flushed: dict[str, float] = {}  # last_seen written per spoke (flush_last_seen)
         self._relay_tokens: dict[str, str] = {}  # sha256(token) -> spoke name, live sessions only
         # Other services (workstreams) hook connection changes and spoke notifications here.
         self.on_connected: list[Callable[[SpokeLink], Awaitable[None]]] = []
@@ -124,7 +127,7 @@ class Registry:
                 "name": row["name"],
                 "state": self.spoke_state(row, link),
                 "connected": link is not None,
-                "last_seen": row["last_seen"],
+                "last_seen": (link.last_heartbeat_at or link.connected_at) if link else row["last_seen"],
                 "connected_at": link.connected_at if link else None,
                 "last_heartbeat_at": link.last_heartbeat_at if link else None,
                 "silent_s": round(link.silent_s(), 3) if link else None,
@@ -196,12 +199,17 @@ class Registry:
             await transport.close(messages.CLOSE_PROTOCOL, "handshake failed")
             log.info("handshake with %s failed: %r", remote, err)
             return
+        except RemoteError as err:  # the store refused: the hub is stopping (no traceback)
+            await transport.close(messages.CLOSE_GOING_AWAY, "hub shutting down")
+            log.debug("handshake with %s ended by the stop: %s", remote, err)
+            return
         name = params.name
         link = SpokeLink(name, transport, conn, self._dispatch_notification, clock=self.clock,
-                         wall_clock=self.wall_clock, tick_s=self.tick_s)
+                         wall_clock=self.wall_clock, tick_s=self.tick_s, ticker=self.ticker)
         link.on_stale = self._on_stale
         link.labels, link.models = list(params.labels), list(params.models)
         link.max_workstreams = params.max_workstreams
+        link.batch = "batch" in params.caps  # it reads several frames in one message
         relay_token = new_secret()
         link.relay_token_hash = hash_secret(relay_token)
         self._relay_tokens[link.relay_token_hash] = name
@@ -210,10 +218,20 @@ class Registry:
             await old.close(messages.CLOSE_REPLACED, "replaced by a newer connection")
         self.links[name] = link
         metrics.SPOKES_CONNECTED.set(len(self.links))
-        await self.store.mark_spoke(
-            name, connected=True, labels=list(params.labels), version=params.version
-        )
-        await self.store.audit("spoke.connected", name, f"version {params.version}")
+        if params.mode == "resume":  # every connect but the enrolling one
+            metrics.RECONNECTS.inc()
+        try:
+            await self.store.mark_spoke(
+                name, connected=True, labels=list(params.labels), version=params.version
+            )
+            await self.store.audit("spoke.connected", name, f"version {params.version}")
+        except RemoteError as err:  # the hub is stopping: the spoke comes back to the next one
+            if self.links.get(name) is link:
+                del self.links[name]
+            self._relay_tokens.pop(link.relay_token_hash, None)
+            await transport.close(messages.CLOSE_GOING_AWAY, "hub shutting down")
+            log.debug("connect of %s not recorded: %s", name, err)
+            return
         conn.accept_auth(
             messages.AuthResult(
                 session=secrets.token_hex(8),
@@ -235,6 +253,7 @@ class Registry:
             self._relay_tokens.pop(link.relay_token_hash, None)
             if self.links.get(name) is link:
                 del self.links[name]
+                self._flushed.pop(name, None)
                 metrics.SPOKES_CONNECTED.set(len(self.links))
                 try:
                     spoke = await self.store.get_spoke(name)
@@ -292,18 +311,27 @@ class Registry:
         token = await self.store.get_token(p.token_id or "")
         if token is None or not secret_matches(p.token_secret or "", token["secret_hash"]):
             raise Rejected("join token is unknown")
+        # A multi-use token (prefix) enrolls up to ``uses`` spokes named PREFIX-…, one use
+        # each, taken atomically below. Pinned by tests/test_multi_use_tokens.py.
+        from protocol.tokens import name_under_prefix
+
+        used = (f"join token has no uses left (all {token['uses']} taken)" if token["prefix"]
+                else "join token has already been used")
         if token["revoked_at"] is not None:
             raise Rejected("join token has been revoked")
-        if token["used_at"] is not None:
-            raise Rejected("join token has already been used")
+        if token["uses_left"] <= 0:
+            raise Rejected(used)
         if token["expires_at"] <= self.wall_clock():
             raise Rejected("join token has expired")
-        if not hmac.compare_digest(token["name"], p.name):
+        if token["prefix"]:
+            if not name_under_prefix(token["name"], p.name):
+                raise Rejected(f"join token enrolls spokes named {token['name']}-…, not {p.name!r}")
+        elif not hmac.compare_digest(token["name"], p.name):
             raise Rejected(f"join token is bound to spoke name {token['name']!r}, not {p.name!r}")
         if spoke is not None and spoke["revoked_at"] is None:
             raise Rejected(f"a spoke named {p.name!r} is already enrolled; revoke it first")
         if not await self.store.take_token(token["id"]):
-            raise Rejected("join token has already been used")
+            raise Rejected(used)
         await self.store.enroll_spoke(p.name, p.public_key, list(p.labels), p.version)
         await self.store.audit("spoke.enrolled", p.name, f"token {token['id']}")
 
@@ -315,10 +343,32 @@ class Registry:
             await handler(link, params)
 
     async def _on_heartbeat(self, link: SpokeLink) -> None:
-        now = self.clock()
-        if now - self._last_touch.get(link.name, 0.0) > 10.0:
-            self._last_touch[link.name] = now
-            await self.store.touch_spoke(link.name)
+        """Nothing is written per heartbeat: the link keeps when it was heard from, and
+        :meth:`flush_last_seen` writes every live spoke's in one transaction."""
+
+    async def flush_last_seen(self) -> int:
+        """One batch of ``last_seen`` for every live link heard from since the last flush;
+        how many. Run every ``LAST_SEEN_FLUSH_S`` and when links close."""
+        seen: dict[str, float] = {}
+        for link in self.links.values():
+            when = link.last_heartbeat_at or link.connected_at
+            if self._flushed.get(link.name) != when:
+                seen[link.name] = when
+        if seen:
+            try:
+                await self.store.touch_spokes(seen)
+            except RemoteError as err:  # the store is closing: the hub is stopping
+                log.debug("last_seen not written: %s", err)
+                return 0
+            self._flushed.update(seen)
+        return len(seen)
+
+    async def housekeeping_forever(self) -> None:
+        """The registry's periodic chores: last_seen in batches, folded rejections."""
+        while True:
+            await asyncio.sleep(LAST_SEEN_FLUSH_S)
+            await self.flush_last_seen()
+            await self.flush_rejections()
 
     async def _on_stale(self, link: SpokeLink, stale: bool) -> None:
         """A live link went quiet (or spoke again): a line in the events timeline."""
@@ -387,18 +437,21 @@ class Registry:
                 f"(last: {folded.last_reason})", result=f"denied x{folded.count}")
         return len(rows)
 
-    async def fold_rejections_forever(self) -> None:
-        while True:
-            await asyncio.sleep(self.throttle.window_s / 4)
-            await self.flush_rejections()
+    @staticmethod
+    async def _goodbye(link: SpokeLink, goodbye: messages.HubGoodbye) -> None:
+        with contextlib.suppress(ConnectionError):
+            link.conn.notify("hub.goodbye", goodbye)
+        await link.close(messages.CLOSE_GOING_AWAY, "hub shutting down")
 
     async def close_all(self, timeout_s: float = 10.0) -> None:
         """Hub shutdown: tell every spoke the hub is going away (close code 1001, which a
         spoke answers by reconnecting with backoff), then wait, at most ``timeout_s``, for the
         link handlers to record the disconnects, so the store closes only after them."""
         handlers = set(self._handlers)
-        closing = [asyncio.ensure_future(link.close(messages.CLOSE_GOING_AWAY, "hub shutting down"))
-                   for link in list(self.links.values())]
+        links = list(self.links.values())
+        # Come back spread over a few seconds: about 400 handshakes a second for the new hub.
+        goodbye = messages.HubGoodbye(reconnect_within_s=min(30.0, max(2.0, len(links) / 400)))
+        closing = [asyncio.ensure_future(self._goodbye(link, goodbye)) for link in links]
         if closing:
             done, slow = await asyncio.wait(closing, timeout=timeout_s)
             for task in slow:
@@ -411,3 +464,4 @@ class Registry:
             if pending:
                 log.warning("%d spoke link(s) did not finish closing in %.0fs", len(pending),
                             timeout_s)
+        await self.ticker.stop()

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 from hub import metrics
 from hub.latency import LatencyWindow
 from protocol import messages
-from protocol.link import HubDriver
+from protocol.link import HubDriver, Ticker
 from protocol.sides import HubConnection
 from protocol.transport import Transport
 
@@ -71,6 +71,13 @@ def _observe(verb: str, outcome: str, seconds: float) -> None:
     metrics.CALL_SECONDS.labels(verb).observe(seconds)
 
 
+_BEAT = ("hub.heartbeat", messages.HubHeartbeat())
+
+
+def _HUB_HEARTBEAT() -> tuple[str, BaseModel]:  # noqa: N802 - a constant's factory
+    return _BEAT
+
+
 CLOSE_NORMAL = 1000  # what a stopping spoke closes with ("spoke stopping", spoke/session.py)
 StaleHook = Callable[["SpokeLink", bool], Awaitable[None]]
 
@@ -95,10 +102,12 @@ class SpokeLink(HubDriver):
         clock: Callable[[], float] = time.monotonic,
         wall_clock: Callable[[], float] = time.time,
         tick_s: float = 1.0,
+        ticker: Ticker | None = None,
     ) -> None:
         super().__init__(conn, transport, name=f"spoke {name}", clock=clock, tick_s=tick_s,
-                         heartbeat=lambda: ("hub.heartbeat", messages.HubHeartbeat()),
-                         on_notification=self._notified, observe=self._observe_call)
+                         heartbeat=_HUB_HEARTBEAT, on_notification=self._notified,
+                         observe=self._observe_call, ticker=ticker)
+        self.heartbeat_always = False  # any frame we sent recently proves we are alive
         self.name = name
         self.wall_clock = wall_clock
         self.connected_at = wall_clock()
@@ -115,6 +124,7 @@ class SpokeLink(HubDriver):
         self.max_workstreams = 0
         self.workstreams = 0  # busy ones, as the spoke's heartbeat says
         self.relay_token_hash = ""
+        self.leaving = False  # it said spoke.leaving: no new work (hub/workstreams/moves.py)
 
     def _observe_call(self, verb: str, outcome: str, seconds: float) -> None:
         _observe(verb, outcome, seconds)

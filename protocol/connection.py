@@ -35,6 +35,7 @@ from pydantic import BaseModel, ValidationError
 
 from protocol import events as ev
 from protocol.errors import ErrorCode, RemoteError
+from protocol.frame_checks import deeper_than, may_hold_surrogates, valid_unicode
 from protocol.verbs import VERBS, Verb, parse_result
 
 
@@ -47,6 +48,9 @@ class State(enum.Enum):
     HANDSHAKE = "handshake"
     OPEN = "open"
     CLOSED = "closed"
+
+
+MAX_BATCH = 4096  # frames in one batched message (the frame size limit holds too)
 
 
 @dataclass(frozen=True)
@@ -68,6 +72,11 @@ class Limits:
     stale_after_s: float = 10.0
     deadline_grace_s: float = 5.0
     max_violations: int = 50
+    # How deeply a frame's JSON may nest. Real traffic stays under ~10 levels (a workstream's
+    # history: frame, params, history, message, content, block, tool input); a deeper frame
+    # is refused here rather than accepted and stored, where every later reader of it (a
+    # json.dumps on the event loop's stack) would meet a RecursionError.
+    max_depth: int = 100
 
     def reserved(self) -> int:
         return self.max_calls // 8 if self.reserved_per_class is None else self.reserved_per_class
@@ -254,7 +263,9 @@ class Connection:
     # ----------------------------------------------------------------- receive
     def receive_data(self, data: str | bytes) -> list[ev.Event]:
         self._last_received = self.clock()
-        size = len(data) if isinstance(data, bytes) else len(data.encode("utf-8", "surrogatepass"))
+        size = len(data)
+        if isinstance(data, str) and 4 * size > self.limits.max_frame_bytes:  # else cannot be over
+            size = len(data.encode("utf-8", "surrogatepass"))
         if size > self.limits.max_frame_bytes:
             return self._violation(
                 None,
@@ -264,11 +275,43 @@ class Connection:
             frame = json.loads(data)
         except (ValueError, UnicodeDecodeError):
             return self._violation(None, "malformed frame: not JSON")
+        except RecursionError:  # [[[[…]]]] deeper than the parser's stack (found by the fuzz)
+            return self._violation(None, "malformed frame: nested too deeply")
+        if isinstance(frame, list):
+            return self._receive_batch(frame, data)
+        return self._receive_frame(frame, data)
+
+    def _receive_batch(self, frames: list[Any], data: str | bytes) -> list[ev.Event]:
+        """Several frames in one message (a JSON array, as JSON-RPC batches are): what a link
+        whose peer said ``batch`` sends when it has more than one frame to write, one TLS
+        record and one write for all (:mod:`protocol.link`). Each frame is then judged alone."""
+        if not frames or len(frames) > MAX_BATCH or not all(isinstance(f, dict) for f in frames):
+            return self._violation(None, "malformed frame: a batch must hold 1 to "
+                                         f"{MAX_BATCH} JSON-RPC objects")
+        if may_hold_surrogates(data) and not valid_unicode(frames):
+            return self._violation(None, "malformed frame: a string is not valid "
+                                         "Unicode (a lone surrogate)")
+        events: list[ev.Event] = []
+        for frame in frames:
+            events.extend(self._receive_frame(frame, None))
+        return events
+
+    def _receive_frame(self, frame: Any, data: str | bytes | None) -> list[ev.Event]:
+        """One parsed frame (``data``: its text, for the Unicode check; None when done)."""
         if not isinstance(frame, dict) or frame.get("jsonrpc") != "2.0":
             return self._violation(None, "malformed frame: not a JSON-RPC 2.0 object")
         raw_id = frame.get("id")
         if raw_id is not None and (not isinstance(raw_id, int) or isinstance(raw_id, bool)):
             return self._violation(None, "malformed frame: id must be an integer")
+        # A request refused here is answered to its id, so the caller need not wait for
+        # its deadline; a reply's id is one of ours, and never answered.
+        request_id = raw_id if "method" in frame else None
+        if deeper_than(frame, self.limits.max_depth):
+            return self._violation(request_id, "malformed frame: nested too deeply "
+                                               f"(over {self.limits.max_depth} levels)")
+        if data is not None and may_hold_surrogates(data) and not valid_unicode(frame):
+            return self._violation(request_id, "malformed frame: a string is not valid "
+                                               "Unicode (a lone surrogate)")
         method = frame.get("method")
         if method is not None:
             if not isinstance(method, str):

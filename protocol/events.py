@@ -22,6 +22,7 @@ class HelloReceived(Event):
     versions: tuple[int, ...]
     challenge: bytes
     limits: dict[str, float]
+    caps: tuple[str, ...] = ()
 
 
 @dataclass(frozen=True)

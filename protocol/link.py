@@ -47,21 +47,89 @@ OnNotification = Callable[[str, BaseModel], Awaitable[None]]
 _END = object()
 
 
+def batched(frames: list[str], max_bytes: int) -> list[str]:
+    """``frames`` as few messages as fit under ``max_bytes`` each: JSON arrays of several
+    frames, a lone frame as itself. Pinned by tests/protocol/test_link.py::
+    test_a_burst_of_calls_leaves_in_one_message_when_the_peer_reads_batches."""
+    if len(frames) == 1:
+        return frames
+    out: list[str] = []
+    group: list[str] = []
+    size = 2
+    for frame in frames:
+        cost = len(frame.encode()) + 1 if not frame.isascii() else len(frame) + 1
+        if group and size + cost > max_bytes:
+            out.append(group[0] if len(group) == 1 else "[" + ",".join(group) + "]")
+            group, size = [], 2
+        group.append(frame)
+        size += cost
+    if group:
+        out.append(group[0] if len(group) == 1 else "[" + ",".join(group) + "]")
+    return out
+
+
+class Ticker:
+    """One timer task for many links (a hub holds thousands): every ``tick_s`` it runs each
+    registered link's :meth:`LinkDriver.tick` — deadlines, staleness, heartbeats — instead of
+    a task per link waking every second. Pinned by tests/protocol/test_link.py::
+    test_one_ticker_drives_the_timers_of_many_links."""
+
+    def __init__(self, tick_s: float = 1.0) -> None:
+        self.tick_s = tick_s
+        self._links: dict[int, LinkDriver] = {}
+        self._task: asyncio.Task[None] | None = None
+
+    def __len__(self) -> int:
+        return len(self._links)
+
+    def add(self, link: LinkDriver) -> None:
+        self._links[id(link)] = link
+        if self._task is None or self._task.done():
+            self._task = asyncio.get_running_loop().create_task(self._run())
+
+    def discard(self, link: LinkDriver) -> None:
+        self._links.pop(id(link), None)
+
+    async def _run(self) -> None:
+        while self._links:
+            await asyncio.sleep(self.tick_s)
+            for link in list(self._links.values()):
+                if link.transport.closed:
+                    continue
+                try:
+                    await link.tick()
+                except Exception:  # one link's failure must not stop the others' timers
+                    log.warning("%s: timer tick failed", link.name or "link", exc_info=True)
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+
+
 class LinkDriver:
     """What both ends do with a connection and a transport."""
 
     def __init__(self, conn: Connection, transport: Transport, *, name: str = "",
                  clock: Callable[[], float] = time.monotonic, tick_s: float = 1.0,
                  heartbeat: Heartbeat | None = None,
-                 on_notification: OnNotification | None = None) -> None:
+                 on_notification: OnNotification | None = None,
+                 ticker: Ticker | None = None) -> None:
         self.conn, self.transport, self.name = conn, transport, name
         self.clock, self.tick_s = clock, tick_s
+        self.ticker = ticker  # shared timers (the hub's); None: a timer task of its own
+        # The spoke's heartbeat carries its load: always sent. The hub's only proves it is
+        # alive, which any frame it sent recently already did.
+        self.heartbeat_always = True
         self.heartbeat = heartbeat
         self.heartbeat_s = conn.limits.heartbeat_s
         self.on_notification = on_notification
         self.close_reason = ""
         self._write_lock = asyncio.Lock()
         self._last_beat = float("-inf")
+        self._last_sent = float("-inf")  # any frame proves we are alive: no heartbeat needed
+        self.batch = False  # the peer reads several frames as one JSON array (it said "batch")
         # Event type -> handler. The hot ones (results, chunks, windows, requests) are plain
         # functions; those that must do I/O return an awaitable, which handle() awaits.
         self._dispatch: dict[type[ev.Event], Callable[[Any], Awaitable[None] | None]] = {
@@ -77,16 +145,29 @@ class LinkDriver:
 
     # ------------------------------------------------------------------ output
     async def flush(self) -> None:
-        """Write everything the connection queued, in order (one writer at a time)."""
-        if not self.conn.has_data_to_send():
+        """Write everything the connection queued, in order. One writer at a time, and a
+        caller that finds one writing returns at once: the writer goes on until nothing is
+        left, so frames queued meanwhile (a burst of calls) leave together — in one message
+        when the peer reads batches (:attr:`batch`), one TLS record and one write."""
+        if not self.conn.has_data_to_send() or self._write_lock.locked():
             return  # the common case after a frame is read: no lock, no await
         async with self._write_lock:
-            frames = self.conn.data_to_send()
-            if frames and not self.transport.closed:
-                try:
-                    await self.transport.send(frames)
-                except ConnectionError:
-                    pass  # the reader sees the close and fails what waits
+            await asyncio.sleep(0)  # let the frames of calls issued in this same turn join
+            await self._write_all()
+
+    async def drain(self) -> None:
+        """Wait for the writer, and write what is left (before a close)."""
+        async with self._write_lock:
+            await self._write_all()
+
+    async def _write_all(self) -> None:
+        while (frames := self.conn.data_to_send()) and not self.transport.closed:
+            self._last_sent = self.clock()
+            try:
+                await self.transport.send(batched(frames, self.conn.limits.max_frame_bytes)
+                                          if self.batch else frames)
+            except ConnectionError:
+                return  # the reader sees the close and fails what waits
 
     async def notify(self, method: str, params: BaseModel) -> None:
         self.conn.notify(method, params)
@@ -94,7 +175,7 @@ class LinkDriver:
 
     async def close(self, code: int, reason: str) -> None:
         self.close_reason = self.close_reason or reason
-        await self.flush()
+        await self.drain()
         await self.transport.close(code, reason[:120])
         self._lost(reason)
 
@@ -109,13 +190,20 @@ class LinkDriver:
 
     async def run(self) -> None:
         """Read until the transport closes; every outstanding call then fails."""
-        timers = asyncio.get_running_loop().create_task(self._timers())
+        timers: asyncio.Task[None] | None = None
+        if self.ticker is not None:
+            self.ticker.add(self)
+        else:
+            timers = asyncio.get_running_loop().create_task(self._timers())
         try:
             while (data := await self.transport.receive()) is not None:
                 await self.handle(self.conn.receive_data(data))
                 await self.flush()
         finally:
-            timers.cancel()
+            if timers is not None:
+                timers.cancel()
+            if self.ticker is not None:
+                self.ticker.discard(self)
             peer = self.transport.peer_close
             self.close_reason = self.close_reason or (peer[1] if peer and peer[1] else "peer disconnected")
             self._lost(self.close_reason)
@@ -129,8 +217,14 @@ class LinkDriver:
                     await pending
 
     async def _notification(self, event: ev.NotificationReceived) -> None:
-        if self.on_notification is not None:
+        if self.on_notification is None:
+            return
+        try:
             await self.on_notification(event.method, event.params)
+        except RemoteError as err:  # e.g. a store that is closing: the link goes on reading
+            log.debug("%s: %s not handled: %s", self.name or "peer", event.method, err)
+        except Exception:  # a bug in a handler must not end the connection
+            log.exception("%s: handling %s failed", self.name or "peer", event.method)
 
     async def _violation(self, event: ev.ProtocolViolation) -> None:
         log.warning("%s: protocol violation: %s", self.name or "peer", event.message)
@@ -150,7 +244,8 @@ class LinkDriver:
 
     async def tick(self) -> None:
         now = self.clock()
-        if self.heartbeat is not None and now - self._last_beat >= self.heartbeat_s:
+        if (self.heartbeat is not None and now - self._last_beat >= self.heartbeat_s
+                and (self.heartbeat_always or now - self._last_sent >= self.heartbeat_s)):
             self._last_beat = now
             self.conn.notify(*self.heartbeat())
         await self.handle(self.conn.check_timers())
@@ -378,6 +473,12 @@ class CallIO:
 
     def __init__(self, link: SpokeDriver, call_id: int) -> None:
         self.link, self.call_id = link, call_id
+
+    @property
+    def link_lost(self) -> bool:
+        """The connection this call came on is gone (not a cancel or a deadline): what a
+        resumable handler keeps running for a re-attach over the next one."""
+        return self.link.transport.closed
 
     async def send(self, stream: str, data: bytes, eof: bool = False) -> None:
         link = self.link

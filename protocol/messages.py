@@ -37,6 +37,8 @@ class Hello(_Model):
     challenge: str  # base64
     server: str
     limits: dict[str, float] = Field(default_factory=dict)
+    # What the hub can read: "batch" (several frames in one message, a JSON array).
+    caps: list[str] = Field(default_factory=list, max_length=64)
 
 
 class AuthParams(_Model):
@@ -75,6 +77,13 @@ class HubHeartbeat(_Model):
     pass
 
 
+class HubGoodbye(_Model):
+    """The hub is stopping (a restart, usually): come back within ``reconnect_within_s``, at
+    a random moment in it, so a fleet returns fast without stampeding the new hub."""
+
+    reconnect_within_s: float = Field(default=5.0, gt=0, le=600)
+
+
 class WsEvent(_Model):
     """One workstream event from the spoke; ``sseq`` is the spoke's per-workstream sequence
     number, used for acknowledgement and de-duplication (the hub assigns the log's own seq)."""
@@ -90,6 +99,18 @@ class WsEventAck(_Model):
     sseq: int
 
 
+class SpokeLeaving(_Model):
+    """A spoke stopping cleanly says so first: it takes no new work, finishes its running
+    calls (a bounded drain), and hands back its workstreams — ``interrupted`` lists those
+    whose turn it cuts short — before its goodbye (close 1000). The hub moves them at once
+    instead of waiting for a lost spoke's grace."""
+
+    interrupted: list[str] = Field(default_factory=list, max_length=10_000)
+    drain_s: float = Field(default=0.0, ge=0, le=3600)
+
+
 # Notifications each side may send (beyond the stream-control ones every call uses).
-FROM_SPOKE: dict[str, type[_Model]] = {"spoke.heartbeat": SpokeHeartbeat, "ws.event": WsEvent}
-FROM_HUB: dict[str, type[_Model]] = {"hub.heartbeat": HubHeartbeat, "ws.ack": WsEventAck}
+FROM_SPOKE: dict[str, type[_Model]] = {"spoke.heartbeat": SpokeHeartbeat, "ws.event": WsEvent,
+                                       "spoke.leaving": SpokeLeaving}
+FROM_HUB: dict[str, type[_Model]] = {"hub.heartbeat": HubHeartbeat, "ws.ack": WsEventAck,
+                                     "hub.goodbye": HubGoodbye}

@@ -48,6 +48,7 @@ class HubConnection(Connection):
                 "heartbeat_s": self.limits.heartbeat_s,
                 "stale_after_s": self.limits.stale_after_s,
             },
+            caps=["batch"],
         )
         self._emit({"method": "hello", "params": hello.model_dump()})
 
@@ -140,9 +141,12 @@ class SpokeConnection(Connection):
         try:
             hello = messages.Hello.model_validate(params)
             challenge = base64.b64decode(hello.challenge, validate=True)
-        except (ValidationError, binascii.Error):
+        except (ValidationError, binascii.Error, ValueError):
+            # ValueError: b64decode of a str with non-ASCII characters (found by the fuzz:
+            # tests/protocol/test_fuzz.py::test_a_hello_with_a_non_ascii_challenge_is_malformed_not_a_value_error)
             return self._violation(None, "malformed hello")
-        return [ev.HelloReceived(tuple(hello.versions), challenge, dict(hello.limits))]
+        return [ev.HelloReceived(tuple(hello.versions), challenge, dict(hello.limits),
+                                 tuple(hello.caps))]
 
     def _handshake_reply(self, call_id: int, result: Any, error: Any) -> list[ev.Event] | None:
         if call_id != self._auth_call:

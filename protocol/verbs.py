@@ -14,7 +14,15 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Annotated, Any, Generic, Literal, TypeVar
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    AfterValidator,
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from protocol.errors import ErrorCode, RemoteError
 
@@ -89,12 +97,27 @@ class BoxList(_Model):
     boxes: list[BoxInfoModel]
 
 
+# A hub-chosen exec id (``ex_…``, an MCP job's ``job_…``): with one, an exec survives a short
+# break of the connection and is re-attached with ``box.attach`` (spoke/exec_sessions.py).
+ExecId = Annotated[str, Field(pattern=r"^[a-z]{2,4}_[0-9a-f]{16}$")]
+
+
 class BoxExec(_Model):
     box_id: BoxId
     cmd: list[str] = Field(min_length=1, max_length=4096)
     env: dict[str, str] = Field(default_factory=dict)
     workdir: AbsPath | None = None
     timeout_s: float | None = Field(default=None, gt=0, le=MAX_EXEC_TIMEOUT_S)
+    exec_id: ExecId | None = None
+
+
+class ExecAttach(_Model):
+    """Re-attach to a resumable exec after a reconnect: its output from byte ``offset`` of
+    its combined stdout/stderr (what the hub had delivered), then its result."""
+
+    box_id: BoxId
+    exec_id: ExecId
+    offset: int = Field(ge=0)
 
 
 class ExecDone(_Model):
@@ -194,7 +217,9 @@ class ModelRef(_Model):
 class WsStart(_Model):
     ws_id: WsId
     box_id: BoxId  # chosen by the hub: a retried start never makes a second box
-    message: str = Field(min_length=1, max_length=MAX_MESSAGE_CHARS)
+    # The message to answer; empty only with ``continue_turn``: a turn its spoke lost is
+    # continued from ``history`` (the interrupted tool call answered as interrupted).
+    message: str = Field(default="", max_length=MAX_MESSAGE_CHARS)
     models: list[ModelRef] = Field(min_length=1, max_length=10)
     image: str | None = Field(default=None, max_length=512)
     auto_approve: bool = False
@@ -202,6 +227,16 @@ class WsStart(_Model):
     # The conversation so far (protocol/transcript.py), when the hub resumes a workstream
     # whose agent loop a spoke lost; empty for a new one.
     history: list[dict[str, Any]] = Field(default_factory=list, max_length=10_000)
+    continue_turn: bool = False
+
+    @model_validator(mode="after")
+    def _message_or_continue(self) -> WsStart:
+        if self.continue_turn:
+            if self.message or not self.history:
+                raise ValueError("continue_turn needs history and no message")
+        elif not self.message:
+            raise ValueError("message must not be empty")
+        return self
 
 
 class WsStarted(_Model):
@@ -262,6 +297,7 @@ BOX_CREATE = Verb("box.create", BoxCreate, BoxInfoModel, default_timeout_s=120.0
                   idempotency_field="box_id")
 BOX_LIST = Verb("box.list", Empty, BoxList, kind="control")
 BOX_EXEC = Verb("box.exec", BoxExec, ExecDone, stream="down", default_timeout_s=3600.0)
+BOX_ATTACH = Verb("box.attach", ExecAttach, ExecDone, stream="down", default_timeout_s=3600.0)
 BOX_LOGS = Verb("box.logs", BoxLogs, LogsResult, kind="control")
 BOX_DESTROY = Verb("box.destroy", BoxRef, Destroyed, default_timeout_s=60.0)
 BOX_PUT_FILE = Verb("box.put_file", PutFile, FileDone, stream="up", default_timeout_s=300.0)
@@ -279,7 +315,7 @@ SPOKE_PING = Verb("spoke.ping", Empty, Empty, default_timeout_s=10.0, kind="cont
 # The allowlist itself: nothing else is ever sent or served.
 VERBS: dict[str, Verb[Any, Any]] = {
     v.name: v
-    for v in (BOX_CREATE, BOX_LIST, BOX_EXEC, BOX_LOGS, BOX_DESTROY, BOX_PUT_FILE, BOX_GET_FILE,
+    for v in (BOX_CREATE, BOX_LIST, BOX_EXEC, BOX_ATTACH, BOX_LOGS, BOX_DESTROY, BOX_PUT_FILE, BOX_GET_FILE,
               BOX_STATS, BOX_REAP, WS_START, WS_SEND, WS_APPROVE, WS_CANCEL, WS_CLOSE,
               SPOKE_INFO, SPOKE_PING)
 }

@@ -19,6 +19,7 @@ from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
 from protocol.verbs import P, R
 from spoke.boxes.base import BoxError, BoxInfo, BoxManager, BoxSpec
+from spoke.exec_sessions import ExecSession, ExecSessions
 from spoke.policy import Policy
 
 if TYPE_CHECKING:
@@ -34,6 +35,11 @@ class CallIO(Protocol):
 
     def upload(self) -> AsyncIterator[bytes]: ...
 
+    @property
+    def link_lost(self) -> bool:
+        """The call ended with its connection (a resumable exec keeps running)."""
+        ...
+
 
 Handler = Callable[[Any, CallIO], Awaitable[BaseModel]]
 
@@ -41,6 +47,12 @@ Handler = Callable[[Any, CallIO], Awaitable[BaseModel]]
 def _on(verb: v.Verb[P, R], handler: Callable[[P, CallIO], Awaitable[R]]) -> tuple[str, Handler]:
     """One row of the handler table; mypy checks the handler against the verb's types."""
     return verb.name, handler
+
+
+# What a stopping spoke refuses (Session._leave): what would start something new. Cleanup
+# (destroy, ws.close), reads and the calls already running go on.
+NEW_WORK = frozenset({v.BOX_CREATE.name, v.BOX_EXEC.name, v.BOX_PUT_FILE.name, v.WS_START.name,
+                      v.WS_SEND.name})
 
 
 class Dispatcher:
@@ -62,10 +74,13 @@ class Dispatcher:
         self.chunk_bytes = chunk_bytes
         self._create_lock = asyncio.Lock()
         self._transfers = 0  # file transfers in progress (policy.max_transfers at most)
+        self.leaving = False  # stopping cleanly: running calls finish, new work is refused
+        self.execs = ExecSessions()  # resumable execs, across reconnects (spoke/exec_sessions.py)
         self.handlers: dict[str, Handler] = dict([
             _on(v.BOX_CREATE, self.box_create),
             _on(v.BOX_LIST, self.box_list),
             _on(v.BOX_EXEC, self.box_exec),
+            _on(v.BOX_ATTACH, self.box_attach),
             _on(v.BOX_LOGS, self.box_logs),
             _on(v.BOX_DESTROY, self.box_destroy),
             _on(v.BOX_PUT_FILE, self.box_put_file),
@@ -88,6 +103,8 @@ class Dispatcher:
         handler = self.handlers.get(verb)
         if handler is None:  # unreachable while the table and handlers agree
             raise RemoteError(ErrorCode.DENIED, f"verb {verb!r} is not on the allowlist")
+        if self.leaving and verb in NEW_WORK:
+            raise RemoteError(ErrorCode.BUSY, f"spoke {self.name} is stopping: it takes no new work")
         try:
             return await handler(params, io)
         except BoxError as err:
@@ -118,9 +135,17 @@ class Dispatcher:
         return v.BoxList(boxes=[_box_model(b) for b in await self.boxes.list()])
 
     async def box_exec(self, p: v.BoxExec, io: CallIO) -> v.ExecDone:
+        await self.execs.sweep()
         handle = await self.boxes.exec(
             p.box_id, list(p.cmd), env=dict(p.env) or None, workdir=p.workdir, timeout=p.timeout_s
         )
+        if p.exec_id is not None:
+            try:
+                session = self.execs.start(p.exec_id, handle)
+            except BaseException:
+                await handle.kill()
+                raise
+            return await self._pump(session, 0, io)
         try:
             async for stream, data in handle.chunks():
                 for start in range(0, len(data), self.chunk_bytes):
@@ -129,6 +154,35 @@ class Dispatcher:
         except BaseException:
             await handle.kill()  # deadline, cancel or lost hub: the process must not linger
             raise
+        return v.ExecDone(exit_code=result.exit_code, timed_out=result.timed_out,
+                          cancelled=result.cancelled)
+
+    async def box_attach(self, p: v.ExecAttach, io: CallIO) -> v.ExecDone:
+        """The rest of a resumable exec's output, from the hub's ``offset``, then its result.
+        Pinned by tests/test_work_survives.py::test_an_exec_survives_a_cut_connection."""
+        await self.execs.sweep()
+        session = self.execs.get(p.exec_id)
+        return await self._pump(session, p.offset, io)
+
+    async def _pump(self, session: ExecSession, offset: int, io: CallIO) -> v.ExecDone:
+        """Send the session's output from ``offset``; a lost connection leaves the command
+        running for a re-attach, anything else (cancel, deadline, the end) ends it."""
+        try:
+            async for stream, data in session.pump(offset):
+                for start in range(0, len(data), self.chunk_bytes):
+                    await io.send(stream, data[start : start + self.chunk_bytes])
+        except asyncio.CancelledError:
+            if io.link_lost:
+                self.execs.detached(session)
+            else:
+                await self.execs.end(session)
+            raise
+        except BaseException:
+            await self.execs.end(session)
+            raise
+        result = session.result
+        await self.execs.end(session)
+        assert result is not None  # set before the pump ends without an error
         return v.ExecDone(exit_code=result.exit_code, timed_out=result.timed_out,
                           cancelled=result.cancelled)
 

@@ -46,6 +46,7 @@ class SpokeOptions:
     allow_root: bool = False
     max_workspace_bytes: int = 10 * 1024**3
     max_transfers: int = 8
+    drain_s: float = 10.0  # a clean stop waits this long at most for running calls
 
     @classmethod
     def from_cli(cls, data_dir: Path, opts: dict[str, Any]) -> SpokeOptions:
@@ -151,6 +152,7 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
     CliOption("allow_root", "allow_root", lambda _: True),
     CliOption("max_workspace", "max_workspace_bytes", parse_size, check=_check_max_workspace),
     CliOption("max_transfers", "max_transfers", int, _given_number),
+    CliOption("drain_timeout", "drain_s", float, _given_number),
 )
 
 
@@ -180,6 +182,7 @@ async def serve(state: SpokeState, token: JoinToken | None, options: SpokeOption
         workstreams=runner,
         models=tuple(local),
         on_connected=lambda url: print(f"spoke {state.name} connected to {url}", flush=True),
+        drain_s=options.drain_s,
     )
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()

@@ -39,6 +39,7 @@ if TYPE_CHECKING:
     from spoke.dispatcher import Dispatcher
     from spoke.workstreams import WorkstreamRunner
 
+LEAVE_SETTLE_S = 0.5  # after the last running call, how long a leaving spoke waits for more
 log = logging.getLogger("spokehub.spoke")
 
 
@@ -60,6 +61,7 @@ class SpokeRuntime:
     workstreams: WorkstreamRunner | None = None
     models: tuple[str, ...] = ()  # spoke-local model aliases to advertise
     hub_away: bool = False  # the hub said it is shutting down: retries stay quiet until it is back
+    drain_s: float = 10.0  # a clean stop waits this long at most for running calls to end
 
 
 class WebsocketsTransport:
@@ -119,6 +121,7 @@ class Session:
         try:
             await asyncio.wait([main, stopper], return_when=asyncio.FIRST_COMPLETED)
             if stopper.done():
+                await self._leave()
                 await self.transport.close(1000, "spoke stopping")
                 main.cancel()
             else:
@@ -130,6 +133,35 @@ class Session:
             for task in list(self.driver.tasks.values()):
                 task.cancel()
         return self.authenticated
+
+    async def _leave(self) -> None:
+        """A clean stop: say ``spoke.leaving`` (the hub moves our workstreams at once and
+        offers us nothing new), refuse new work, let the running calls end — the hub's
+        ``ws.close`` for what it moved among them — for at most ``drain_s``, then the caller
+        says goodbye (1000). Pinned by tests/test_work_survives.py::
+        test_a_clean_stop_hands_back_its_workstream_and_finishes_its_exec."""
+        if not self.authenticated or self.transport.closed:
+            return
+        runner = self.rt.workstreams
+        self.rt.dispatcher.leaving = True
+        interrupted = runner.busy_ids() if runner is not None else []
+        try:
+            await self.driver.notify("spoke.leaving", messages.SpokeLeaving(
+                interrupted=interrupted, drain_s=self.rt.drain_s))
+        except ConnectionError:
+            return
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + self.rt.drain_s
+        quiet_since = loop.time()
+        while loop.time() < deadline and not self.transport.closed:
+            if self.driver.tasks:
+                quiet_since = loop.time()
+            elif loop.time() - quiet_since >= LEAVE_SETTLE_S:
+                break  # nothing running, and the hub had time to hand its cleanup calls
+            await asyncio.sleep(0.05)
+        if self.driver.tasks:
+            log.warning("stopping with %d call(s) still running after %.0fs", len(self.driver.tasks),
+                        self.rt.drain_s)
 
     async def _main(self) -> None:
         refused = ""
@@ -168,6 +200,7 @@ class Session:
 
     # ------------------------------------------------------------- handshake
     async def _hello(self, hello: ev.HelloReceived) -> None:
+        self.driver.batch = "batch" in hello.caps  # the hub reads several frames in one message
         common = set(hello.versions) & set(messages.SUPPORTED_VERSIONS)
         if not common:
             raise Fatal(
@@ -191,7 +224,7 @@ class Session:
             token_secret=token.secret if token else None,
             version=self.rt.version,
             labels=list(self.rt.labels),
-            caps=["stream", "cancel", "workstreams"],
+            caps=["stream", "cancel", "workstreams", "batch"],
             max_workstreams=runner.max_workstreams if runner else 0,
             models=list(self.rt.models),
         ))
@@ -201,6 +234,7 @@ class Session:
         assert isinstance(result, messages.AuthResult)  # the connection validated it
         self.authenticated = True
         self.rt.hub_away = False
+        self.rt.backoff.connected()
         self.driver.heartbeat_s = result.heartbeat_s
         self.driver.heartbeat = self._heartbeat
         if not self.rt.state.enrolled:
@@ -236,5 +270,8 @@ class Session:
             max_workstreams=runner.max_workstreams if runner else 0)
 
     async def _notified(self, method: str, params: BaseModel) -> None:
+        if isinstance(params, messages.HubGoodbye):
+            self.rt.backoff.hub_said_goodbye(params.reconnect_within_s, time.monotonic())
+            return
         if isinstance(params, messages.WsEventAck) and self.rt.workstreams is not None:
             self.rt.workstreams.acked(params)

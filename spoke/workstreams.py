@@ -26,6 +26,9 @@ if TYPE_CHECKING:  # the agent stack (SDKs) loads only when a workstream starts
     from spoke.agent.loop import AgentLoop
 
 log = logging.getLogger("spokehub.spoke.ws")
+# In a workstream's inbox instead of a message: continue the interrupted turn the history
+# ends in (``ws.start`` with ``continue_turn``, a workstream moved from a lost spoke).
+CONTINUE = "\x00continue"
 Notify = Callable[[str, Any], Awaitable[None]]
 
 
@@ -94,6 +97,11 @@ class WorkstreamRunner:
         Idle and errored ones keep their box and transcript but hold no slot."""
         return sum(1 for ws in self._ws.values() if ws.busy())
 
+    def busy_ids(self) -> list[str]:
+        """The workstreams in a turn now (or with a message queued): what a stopping spoke
+        hands back as interrupted."""
+        return [ws.ws_id for ws in self._ws.values() if ws.busy()]
+
     def _full(self) -> str:
         return f"all {self.max_workstreams} workstream slots of this spoke are busy"
 
@@ -134,7 +142,7 @@ class WorkstreamRunner:
         if p.history and not reused:
             await self._emit(ws, "notice", {"message": "the workstream's previous box was gone: "
                                             "continuing in a new, empty box (files made before are lost)"})
-        ws.inbox.put_nowait(p.message)
+        ws.inbox.put_nowait(CONTINUE if p.continue_turn else p.message)
         ws.worker = asyncio.get_running_loop().create_task(self._work(ws))
         return v.WsStarted(box_id=p.box_id, image=info.image or image, box_reused=reused)
 
@@ -223,7 +231,8 @@ class WorkstreamRunner:
     async def _work(self, ws: _Workstream) -> None:
         while True:
             message = await ws.inbox.get()
-            ws.current = asyncio.get_running_loop().create_task(ws.loop.handle_message(message))
+            turn = ws.loop.continue_turn() if message is CONTINUE else ws.loop.handle_message(message)
+            ws.current = asyncio.get_running_loop().create_task(turn)
             try:
                 await ws.current
             except asyncio.CancelledError:

@@ -15,7 +15,8 @@ from spoke.service import CLI_OPTIONS, OPTIONS_FILE, SpokeOptions
 NOTHING: dict[str, Any] = {"allow_image": (), "max_boxes": None, "max_memory": None, "max_cpus": None,
                            "no_network": None, "labels": (), "runtime": None, "default_image": None,
                            "max_workstreams": None, "models_file": None, "allow_root": None,
-                           "max_workspace": None, "max_transfers": None}
+                           "max_workspace": None, "max_transfers": None,
+                           "drain_timeout": None}
 
 
 def test_every_click_option_has_a_row() -> None:

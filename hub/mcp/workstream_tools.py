@@ -8,7 +8,7 @@ event), answers approval requests, and can cancel it.
 
 from __future__ import annotations
 
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from mcp.server.mcpserver import MCPServer
 from pydantic import Field
@@ -45,12 +45,15 @@ def register_workstream_tools(server: MCPServer, service: WorkstreamService) -> 
         image: Annotated[str | None, Field(description="Box image for the agent's tools.")] = None,
         auto_approve: Annotated[bool, Field(description="Run tool calls without asking. If "
                                             "false, each waits for approve_call/deny_call.")] = False,
+        on_loss: Annotated[Literal["resume", "interrupt"], Field(
+            description="If its spoke is lost: resume on another suitable spoke from the "
+                        "transcript, or end the turn as interrupted.")] = "resume",
     ) -> dict[str, Any]:
         """Start an agent workstream: an LLM agent on a spoke whose tools (shell, files) run in
         its own box. Give a spoke or a label, or neither for any spoke with capacity. Returns
         the workstream id and state; follow it with get_workstream."""
         ws = await service.start(message, spoke=spoke, label=label, model=model, image=image,
-                                 auto_approve=auto_approve, owner=caller())
+                                 auto_approve=auto_approve, owner=caller(), on_loss=on_loss)
         return _summary(ws)
 
     @tool(MUTATING)

@@ -14,7 +14,8 @@ Layout:
 - Table groups: :mod:`~hub.store.tokens` (join tokens, API keys), :mod:`~hub.store.spokes`,
   :mod:`~hub.store.boxes`, :mod:`~hub.store.audit` (also the events timeline),
   :mod:`~hub.store.users` (users, sessions), :mod:`~hub.store.runs` (runs, the worker view),
-  :mod:`~hub.store.history` (the metrics history).
+  :mod:`~hub.store.history` (the metrics history), :mod:`~hub.store.retention` (bounded
+  prunes for the janitor).
 
 :class:`Store` is all of them in one object, so callers write ``store.get_spoke(name)``.
 Pinned without processes by tests/hub/test_store.py.
@@ -27,6 +28,7 @@ from hub.store.base import StoreBase
 from hub.store.boxes import LIVE_BOX_STATES, BoxTables
 from hub.store.engine import Engine, Reader, SqliteEngine, Tx
 from hub.store.history import HistoryTables
+from hub.store.retention import RetentionTables
 from hub.store.runs import RunTables
 from hub.store.spokes import SpokeTables
 from hub.store.tokens import ApiKeyTables, TokenTables
@@ -34,7 +36,7 @@ from hub.store.users import UserTables
 
 
 class Store(TokenTables, ApiKeyTables, SpokeTables, BoxTables, AuditFeed, UserTables, RunTables,
-            HistoryTables):
+            HistoryTables, RetentionTables):
     """The hub's store: ``Store(path, clock=time.time, engine=None)``; ``await open()`` first.
 
     Every method runs through :meth:`~hub.store.base.StoreBase.transaction` or

@@ -7,6 +7,7 @@ tests/hub/test_store.py::test_box_rows_follow_the_injected_clock.
 from __future__ import annotations
 
 import json
+from collections.abc import Mapping
 from typing import Any
 
 from hub.store.base import StoreBase
@@ -28,7 +29,35 @@ class BoxTables(StoreBase):
             "created_at": self.clock(),
             "destroyed_at": None,
         }
+        row["last_active_at"] = row["created_at"]
         await self.transaction(lambda tx: tx.insert("boxes", row))
+
+    async def touch_boxes(self, times: Mapping[str, float]) -> None:
+        """Record the last activity of boxes (``{box_id: when}``; an exec or a file transfer,
+        hub/box_activity.py), in one transaction: what the janitor's idle TTL counts from.
+        A time never moves backwards. Pinned by
+        tests/hub/test_janitor.py::test_activity_keeps_a_box_and_idleness_reaps_it."""
+        sql = ("UPDATE boxes SET last_active_at=? WHERE id=? "
+               "AND (last_active_at IS NULL OR last_active_at<?)")
+        items = [(at, box_id, at) for box_id, at in times.items()]
+
+        def run(tx: Tx) -> None:
+            for params in items:
+                tx.execute(sql, params)
+
+        if items:
+            await self.transaction(run)
+
+    async def idle_boxes(self, before: float, limit: int = 100) -> list[dict[str, Any]]:
+        """Running boxes whose last activity is older than ``before``, oldest first, except
+        the box of any workstream that is not closed (in use while its workstream is open,
+        even when nobody talks to it); a box still being created is never idle. Pinned by
+        tests/hub/test_janitor.py::test_an_open_workstreams_box_is_never_reaped."""
+        sql = ("SELECT * FROM boxes WHERE state='running' "
+               "AND coalesce(last_active_at, created_at) < ? AND id NOT IN "
+               "(SELECT box_id FROM workstreams WHERE state<>'closed' AND box_id<>'') "
+               "ORDER BY coalesce(last_active_at, created_at) LIMIT ?")
+        return await self.read(lambda r: r.rows(sql, (before, limit)))
 
     async def set_box_state(self, box_id: str, state: str) -> None:
         """A state outside :data:`LIVE_BOX_STATES` also stamps ``destroyed_at``."""

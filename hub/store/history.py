@@ -58,11 +58,23 @@ class HistoryTables(StoreBase):
 
         await self.transaction(run)
 
-    async def history_prune(self, before: float) -> int:
-        """Drop samples older than ``before``; returns how many went. Pinned by
-        tests/hub/test_fleet_memory.py::test_the_sampler_writes_and_prunes."""
-        return await self.transaction(
-            lambda tx: tx.execute("DELETE FROM history WHERE ts < ?", (before,)))
+    async def history_prune(self, before: float, batch: int = 10_000) -> int:
+        """Drop the oldest samples older than ``before``: about ``batch`` rows (the rows of
+        one timestamp go together, so a few more); returns how many went. Bounded, so a hub back
+        after a long stop, or a shorter ``--history-retention``, never holds the store's
+        thread for one huge delete: the janitor (hub/janitor.py) calls it until it returns
+        less than a batch. Pinned by tests/hub/test_fleet_memory.py::
+        test_the_sampler_writes_and_prunes and tests/hub/test_janitor.py::
+        test_the_metrics_history_is_pruned_in_batches."""
+
+        def run(tx: Tx) -> int:
+            last = tx.one("SELECT ts FROM history WHERE ts < ? ORDER BY ts LIMIT 1 OFFSET ?",
+                          (before, max(0, batch - 1)))
+            if last is None:  # fewer than a batch: all of them
+                return tx.execute("DELETE FROM history WHERE ts < ?", (before,))
+            return tx.execute("DELETE FROM history WHERE ts <= ?", (last["ts"],))
+
+        return await self.transaction(run)
 
     async def history_range(self, start: int, end: int, step: int, names: Sequence[str] = (),
                             prefixes: Sequence[str] = ()) -> dict[str, list[list[float]]]:

@@ -130,4 +130,31 @@ MIGRATIONS: list[str] = [
     ALTER TABLE audit ADD COLUMN result TEXT NOT NULL DEFAULT '';
     CREATE INDEX audit_spoke ON audit(spoke, id);
     """,
+    # 9: work that survives a lost spoke (hub/workstreams/moves.py): what to do when a
+    # workstream's spoke is lost (resume elsewhere, or mark it interrupted), and whether a turn
+    # it cut short is still to be continued.
+    """
+    ALTER TABLE workstreams ADD COLUMN on_loss TEXT NOT NULL DEFAULT 'resume';
+    ALTER TABLE workstreams ADD COLUMN resume_turn INTEGER NOT NULL DEFAULT 0;
+    """,
+    # 10: multi-use join tokens (hub token create --name PREFIX --uses N): ``prefix`` marks a
+    # token for up to ``uses`` spokes named PREFIX-…; ``uses_left`` is taken atomically, one per
+    # enrollment (hub/store/tokens.py). Single-use tokens are uses = 1, prefix = 0, as before.
+    """
+    ALTER TABLE tokens ADD COLUMN uses INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE tokens ADD COLUMN uses_left INTEGER NOT NULL DEFAULT 1;
+    ALTER TABLE tokens ADD COLUMN prefix INTEGER NOT NULL DEFAULT 0;
+    UPDATE tokens SET uses_left = 0 WHERE used_at IS NOT NULL;
+    """,
+    # 11: the janitor (hub/janitor.py). A box's last activity (exec, file transfer), so one
+    # idle past ``--box-idle-ttl`` is reaped; when a closed workstream's event log was pruned
+    # (``--closed-ws-retention``), so it is not looked at again. Rows from before: a box's
+    # activity counts from its creation.
+    """
+    ALTER TABLE boxes ADD COLUMN last_active_at REAL;
+    UPDATE boxes SET last_active_at = created_at;
+    ALTER TABLE workstreams ADD COLUMN events_pruned_at REAL;
+    CREATE INDEX workstreams_unpruned ON workstreams(state, updated_at)
+        WHERE events_pruned_at IS NULL;
+    """,
 ]

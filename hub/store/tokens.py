@@ -13,11 +13,15 @@ from hub.store.engine import Tx
 
 
 class TokenTables(StoreBase):
-    """The ``tokens`` table: one-time, expiring join tokens."""
+    """The ``tokens`` table: expiring join tokens, single-use (bound to one spoke name) or
+    multi-use (``prefix``: up to ``uses`` spokes named PREFIX-…, one use taken per spoke)."""
 
     async def add_token(
-        self, token_id: str, name: str, secret_hash: str, ttl_s: float
+        self, token_id: str, name: str, secret_hash: str, ttl_s: float, uses: int | None = None
     ) -> dict[str, Any]:
+        """A single-use token bound to spoke ``name``; with ``uses``, a multi-use token for up
+        to ``uses`` spokes named ``name-…`` (``name`` is then a prefix). Pinned by
+        tests/hub/test_token_uses.py::test_a_multi_use_token_is_taken_once_per_use."""
         now = self.clock()
         row = {
             "id": token_id,
@@ -27,6 +31,9 @@ class TokenTables(StoreBase):
             "expires_at": now + ttl_s,
             "used_at": None,
             "revoked_at": None,
+            "uses": uses or 1,
+            "uses_left": uses or 1,
+            "prefix": int(uses is not None),
         }
         await self.transaction(lambda tx: tx.insert("tokens", row))
         return row
@@ -35,18 +42,22 @@ class TokenTables(StoreBase):
         return await self.read(lambda r: r.one("SELECT * FROM tokens WHERE id=?", (token_id,)))
 
     async def take_token(self, token_id: str) -> bool:
-        """Atomically mark a valid token used; False if it was used, revoked or expired.
-        Pinned by tests/hub/test_store.py::test_a_token_is_taken_once_under_concurrent_takers
-        and tests/test_enrollment.py::test_token_is_one_time."""
+        """Atomically take one use of a valid token (``used_at`` says when the last was
+        taken); False if none is left, or it was revoked or expired. One statement, so
+        concurrent enrollments never take more uses than the token has. Pinned by
+        tests/hub/test_store.py::test_a_token_is_taken_once_under_concurrent_takers,
+        tests/hub/test_token_uses.py::test_a_multi_use_token_is_taken_once_per_use and
+        tests/test_enrollment.py::test_token_is_one_time."""
         now = self.clock()
         sql = (
-            "UPDATE tokens SET used_at=? WHERE id=? AND used_at IS NULL "
+            "UPDATE tokens SET used_at=?, uses_left=uses_left-1 WHERE id=? AND uses_left>0 "
             "AND revoked_at IS NULL AND expires_at>?"
         )
         return await self.transaction(lambda tx: tx.execute(sql, (now, token_id, now))) == 1
 
     async def list_tokens(self) -> list[dict[str, Any]]:
-        sql = "SELECT id, name, created_at, expires_at, used_at, revoked_at FROM tokens ORDER BY created_at"
+        sql = ("SELECT id, name, created_at, expires_at, used_at, revoked_at, uses, uses_left, "
+               "prefix FROM tokens ORDER BY created_at")
         return await self.read(lambda r: r.rows(sql))
 
     async def revoke_token(self, token_id: str) -> bool:

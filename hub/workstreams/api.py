@@ -53,7 +53,8 @@ class WorkstreamApi:
             want(body, "message", str), spoke=want(body, "spoke", str, None), label=want(body, "label", str, None),
             model=want(body, "model", str, None), image=want(body, "image", str, None),
             auto_approve=want(body, "auto_approve", bool, False),
-            owner=str(request.get("api_key", {}).get("id", "")))
+            owner=str(request.get("api_key", {}).get("id", "")),
+            on_loss=want(body, "on_loss", str, "resume"))
         return web.json_response(row, status=201)
 
     async def list(self, request: web.Request) -> web.Response:

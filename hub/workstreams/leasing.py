@@ -70,6 +70,10 @@ class Leasing:
     def kick(self) -> None:
         self._kick.set()
 
+    def leasing_now(self) -> frozenset[str]:
+        """Workstreams being leased at this moment (their lease decides where they run)."""
+        return frozenset(self._leasing)
+
     async def _scheduler(self) -> None:
         while not self._stopping:
             with contextlib.suppress(TimeoutError):
@@ -94,7 +98,7 @@ class Leasing:
         hub_models = frozenset(self.models().models)
         candidates = [routing.Candidate(link.name, tuple(link.labels), tuple(link.models),
                                         link.max_workstreams)
-                      for link in self.registry.live_links()]
+                      for link in self.registry.live_links() if not link.leaving]
         for ws in queued:
             refused = frozenset(name for (ws_id, name), until in self._refused.items()
                                 if ws_id == ws["id"] and until > now)
@@ -132,13 +136,21 @@ class Leasing:
         ws_id = ws["id"]
         try:
             pending = await self.journal.db.inbox_pending(ws_id)
-            if not pending:
+            resume_turn = bool(ws["resume_turn"]) and not pending
+            if not pending and not resume_turn:
                 await self.journal.set_state(ws_id, "idle")
                 return
             box_id = ws["box_id"] or new_id("bx")
             leased_at = self.store.clock()
             history = await self._history(ws_id, len(pending))
-            await self.journal.db.update(ws_id, spoke=link.name, state="starting", box_id=box_id, waiting="")
+            if resume_turn and not history:
+                await self.journal.db.update(ws_id, resume_turn=0)
+                await self.journal.set_state(ws_id, "idle")
+                return
+            # From here on the spoke's events for it count (the fence in WorkstreamService's
+            # _ingest): its first ones may arrive before ws.start's answer is handled.
+            await self.journal.db.update(ws_id, spoke=link.name, state="starting", box_id=box_id,
+                                         waiting="", detached=0)
             await self.journal.append(ws_id, "assigned", {"spoke": link.name, **({"resumed": True} if history else {})})
             box_row = await self.store.get_box(box_id)
             if box_row is None:
@@ -146,10 +158,11 @@ class Leasing:
             try:
                 with v.validating(v.WS_START):
                     start = v.WsStart(
-                        ws_id=ws_id, box_id=box_id, message=pending[0]["message"],
+                        ws_id=ws_id, box_id=box_id,
+                        message="" if resume_turn else pending[0]["message"],
                         models=self._model_refs(ws["model"], link), image=ws["image"],
                         auto_approve=bool(ws["auto_approve"]), seq_base=ws["spoke_seq"],
-                        history=history)
+                        history=history, continue_turn=resume_turn)
                 started = await link.call(v.WS_START, start)
             except RemoteError as err:
                 await self._lease_failed(ws, link, box_id, box_row is None, err)
@@ -157,8 +170,10 @@ class Leasing:
             await self.store.set_box_state(box_id, "running")
             await self.store.db_update_box_image(box_id, started.image)
             await self.store.run_started(ws_id, link.name, box_id, leased_at)  # a new run (attempt)
-            await self.journal.db.update(ws_id, detached=0)
-            await self.journal.db.inbox_delivered(pending[0]["id"])
+            if resume_turn:
+                await self.journal.db.update(ws_id, resume_turn=0)
+            else:
+                await self.journal.db.inbox_delivered(pending[0]["id"])
             for extra in pending[1:]:
                 await link.call(v.WS_SEND, v.WsSend(ws_id=ws_id, message=extra["message"]))
                 await self.journal.db.inbox_delivered(extra["id"])
@@ -182,7 +197,8 @@ class Leasing:
             return
         self._refused[(ws_id, link.name)] = self.monotonic() + (5.0 if err.code is ErrorCode.BUSY else 30.0)
         keep = ws["spoke"] if ws["detached"] else None  # a resumed one waits for its box's spoke
-        await self.journal.db.update(ws_id, spoke=keep, state="queued", box_id="" if new_box else box_id)
+        await self.journal.db.update(ws_id, spoke=keep, state="queued", box_id="" if new_box else box_id,
+                                     detached=ws["detached"])
         await self.journal.append(ws_id, "lease_returned", {"spoke": link.name, "reason": str(err)})
 
     async def deliver_pending(self, ws_id: str) -> None:
@@ -217,18 +233,36 @@ class Leasing:
             await self.journal.db.inbox_delivered(message["id"])
         await self.journal.set_waiting(ws_id, "")
 
-    async def detach(self, ws: dict[str, Any], why: str) -> None:
+    async def detach(self, ws: dict[str, Any], why: str, *, busy: bool | None = None,
+                     move: bool = False) -> None:
         """The spoke lost this workstream's agent: keep everything at the hub and resume it
-        from the transcript (in its old box if that survived) with the next message."""
+        from the transcript (in its old box if that survived, or, with ``move``, on any
+        suitable spoke in a new box). A turn it cut short (``busy``; default: the row's
+        state says so) is continued at once when the workstream's ``on_loss`` is
+        ``resume``; with ``interrupt`` it ends in ``error`` and the next message goes on.
+        Pinned by tests/hub/test_workstreams_memory.py (lost, left, moved, interrupted)."""
         ws_id = ws["id"]
-        interrupted = ws["state"] in BUSY_STATES
+        interrupted = ws["state"] in BUSY_STATES if busy is None else busy
+        resume = ws["on_loss"] != "interrupt"
         await self.store.run_ended(ws_id, "lost", why)  # a resume is a new run
         await self.journal.resolve_approvals(ws_id, "the spoke lost the workstream")
-        await self.journal.db.update(ws_id, detached=1)
-        note = (f"{why}{' during a turn, which was interrupted' if interrupted else ''}; the "
-                "conversation continues from the hub's transcript with the next message")
+        fields: dict[str, Any] = {"detached": 1, "resume_turn": int(interrupted and resume)}
+        if move:
+            if ws["box_id"]:  # left on the lost spoke: reaped when it comes back
+                await self.store.set_box_state(ws["box_id"], "lost")
+            fields.update(spoke=None, box_id="")
+        await self.journal.db.update(ws_id, **fields)
+        where = "on another spoke, in a new box" if move else "from the hub's transcript"
+        if interrupted and resume:
+            note = f"{why} during a turn: the turn continues {where}"
+        elif interrupted:
+            note = f"{why}: the turn was interrupted; send a message to go on {where}"
+        else:
+            note = f"{why}; the conversation continues {where} with the next message"
         await self.journal.append(ws_id, "notice", {"message": note})
-        if await self.journal.db.inbox_pending(ws_id):
+        if interrupted and not resume:
+            await self.journal.set_state(ws_id, "error", note[:2000])
+        elif interrupted or await self.journal.db.inbox_pending(ws_id):
             await self.journal.set_state(ws_id, "queued")
             self.kick()
         elif ws["state"] != "idle" and ws["state"] != "error":
@@ -249,9 +283,12 @@ class Leasing:
             for approval in await self.journal.db.approvals_undelivered(ws_id):
                 await self.deliver_approval(link.name, ws_id, approval["call_id"],
                                              approval["state"] == "approved", approval["reason"])
-        closed = {w["id"] for w in await self.journal.db.in_state("closed")}
-        for ws_id in running & closed:
-            await link.call(v.WS_CLOSE, v.WsRef(ws_id=ws_id))
+        for ws_id in running:
+            # An agent the hub no longer counts on (closed meanwhile, moved to another spoke, or
+            # handed back) is ended here; its events were fenced off (service._ingest).
+            row = await self.journal.db.get(ws_id)
+            if row is None or row["state"] == "closed" or row["spoke"] != link.name or row["detached"]:
+                await link.call(v.WS_CLOSE, v.WsRef(ws_id=ws_id))
         self.kick()
 
     async def _spoke_disconnected(self, link: SpokeLink) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
+from hub import metrics
 from hub.audit import record
 from hub.model_config import ModelsConfig
 from hub.registry import Registry
@@ -28,6 +29,7 @@ from hub.spoke_link import SpokeLink
 from hub.store import Store
 from hub.workstreams.journal import SPOKE_STATES, Journal
 from hub.workstreams.leasing import Leasing
+from hub.workstreams.moves import ON_LOSS, Moves
 from hub.workstreams.store import WorkstreamStore
 from protocol import messages
 from protocol import verbs as v
@@ -60,7 +62,7 @@ class WorkstreamService:
     def __init__(self, store: Store, registry: Registry, models: Callable[[], ModelsConfig], *,
                  approval_timeout_s: float | None = None, clock: Callable[[], float] = time.time,
                  monotonic: Callable[[], float] = time.monotonic,
-                 models_file: Path | None = None) -> None:
+                 models_file: Path | None = None, resume_grace_s: float = 15.0) -> None:
         self.store, self.registry, self.models = store, registry, models
         self.models_file = models_file
         # clock: wall time (approval deadlines, as stored); monotonic: waits and back-offs.
@@ -68,7 +70,9 @@ class WorkstreamService:
         self.db = WorkstreamStore(store)
         self.journal = Journal(self.db, monotonic)
         self.leasing = Leasing(store, registry, self.journal, models, monotonic=monotonic,
-                               on_pass=self._expire_approvals)
+                               on_pass=self._on_pass)
+        self.moves = Moves(registry, self.journal, self.leasing, grace_s=resume_grace_s,
+                           monotonic=monotonic)
         registry.on_notification["ws.event"] = self._ingest
 
     # ------------------------------------------------------------- lifecycle
@@ -84,7 +88,7 @@ class WorkstreamService:
     # ------------------------------------------------------------ public API
     async def start(self, message: str, *, spoke: str | None = None, label: str | None = None,
                     model: str | None = None, image: str | None = None, auto_approve: bool = False,
-                    owner: str = "") -> dict[str, Any]:
+                    owner: str = "", on_loss: str = "resume") -> dict[str, Any]:
         """Record a new workstream (queued) and its first message, then let the scheduler
         lease it to a spoke: ``spoke`` directs it, ``label`` narrows it, neither is "any".
         Refused before anything is recorded when it could never run (no such model or
@@ -94,6 +98,8 @@ class WorkstreamService:
         _check_message(message)
         if spoke and label:
             raise RemoteError(ErrorCode.INVALID, "give a spoke or a label, not both")
+        if on_loss not in ON_LOSS:
+            raise RemoteError(ErrorCode.INVALID, f"on_loss must be one of {', '.join(ON_LOSS)}")
         config = self.models()
         alias = model or config.default
         if alias is None:
@@ -105,7 +111,8 @@ class WorkstreamService:
         ws_id = new_id("ws")
         await self.db.create({"id": ws_id, "spoke": None, "want_spoke": spoke, "want_label": label,
                               "model": alias, "image": image, "auto_approve": int(auto_approve),
-                              "state": "queued", "title": message.strip()[:120], "owner": owner})
+                              "state": "queued", "title": message.strip()[:120], "owner": owner,
+                              "on_loss": on_loss})
         await self.db.inbox_add(ws_id, message)
         event = await self.journal.append(ws_id, "user_message", {"text": message})
         await self.journal.append(ws_id, "state", {"state": "queued"})
@@ -255,6 +262,10 @@ class WorkstreamService:
             raise RemoteError(ErrorCode.INVALID, f"workstream {ws_id} is closed")
         return ws
 
+    async def _on_pass(self) -> None:
+        await self._expire_approvals()
+        await self.moves.on_pass()
+
     async def _expire_approvals(self) -> None:
         """With a configured deadline, an unanswered approval counts as a denial (the model is
         told why); without one, approvals wait as long as it takes."""
@@ -269,11 +280,15 @@ class WorkstreamService:
     async def _ingest(self, link: SpokeLink, params: BaseModel) -> None:
         assert isinstance(params, messages.WsEvent)
         ws = await self.db.get(params.ws_id)
-        if ws is not None and ws["spoke"] == link.name and params.kind != "user_message":
+        # The fence: only the spoke that holds the workstream's current lease speaks for it;
+        # an agent it was moved away from, or that handed it back, is heard no more (and is
+        # closed when its spoke reconnects: Leasing._spoke_connected).
+        ours = ws is not None and ws["spoke"] == link.name and not ws["detached"]
+        if ws is not None and ours and params.kind != "user_message":
             event = await self.journal.append(params.ws_id, params.kind, params.data, params.sseq)
             if event is not None:
                 await self._apply(link, ws, params.kind, params.data)
-        elif ws is not None and ws["spoke"] == link.name:
+        elif ws is not None and ours:
             await self.db.update(params.ws_id, spoke_seq=max(ws["spoke_seq"], params.sseq))
         await link.notify("ws.ack", messages.WsEventAck(ws_id=params.ws_id, sseq=params.sseq))
 
@@ -290,6 +305,8 @@ class WorkstreamService:
         elif kind == "usage":
             await self.db.usage_add(ws_id, link.name, str(data.get("model", "")),
                                     int(data.get("input_tokens", 0)), int(data.get("output_tokens", 0)))
+            metrics.count_tokens(str(data.get("model", "")), int(data.get("input_tokens", 0)),
+                                 int(data.get("output_tokens", 0)))
         elif kind == "error":
             await self.db.update(ws_id, error=str(data.get("message", ""))[:2000])
             await self.store.audit("ws.error", ws_id, str(data.get("message", "")))

@@ -138,6 +138,20 @@ class AgentLoop:
         """Run one user message to its final answer; return the answer's text."""
         self.history.append({"role": "user", "text": text})
         await self._emit("user_message", {"text": text})
+        return await self._answer()
+
+    async def continue_turn(self) -> str:
+        """Finish the turn the history ends in: its spoke was lost mid-turn, and this one
+        resumes it from the hub's transcript. Tool calls left without a result are answered
+        as interrupted by the model client's ``normalize`` (never re-run silently); the
+        model decides what to do next. Pinned by tests/agent/test_loop.py::
+        test_continue_turn_answers_an_interrupted_call_and_finishes and
+        tests/hub/test_workstreams_memory.py."""
+        await self._emit("notice", {"message": "continuing the interrupted turn from the "
+                                               "hub's transcript"})
+        return await self._answer()
+
+    async def _answer(self) -> str:
         try:
             return await self._run()
         except asyncio.CancelledError:

@@ -226,3 +226,25 @@ async def test_turn_limit_and_resume(llm_server: LLMServer, sandbox: BoxSandbox)
                         history=loop.history)
     # history: 3 assistant messages (2 turns + the note) → step 3 of the script.
     assert await resumed.handle_message("go on") == "finally"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_continue_turn_answers_an_interrupted_call_and_finishes(
+        llm_server: LLMServer, sandbox: BoxSandbox, provider: Provider) -> None:
+    """A turn whose spoke was lost mid-tool-call is continued elsewhere from the hub's
+    transcript: the call is answered as interrupted (not re-run), and the model goes on."""
+    llm_server.add_script("moved", [Call("bash", {"command": "touch /workspace/ran-once"}),
+                                    Echo("the tool said: {last_tool_result}")])
+    history = [{"role": "user", "text": "[script:moved] run it"},
+               {"role": "assistant", "text": "", "tool_calls": [
+                   {"id": "call_lost", "name": "bash",
+                    "arguments": {"command": "touch /workspace/ran-once"}}]}]
+    rec = Recorder()
+    loop = make_loop(client_for(llm_server, provider), sandbox, rec, auto_approve=True,
+                     history=history)
+    answer = await loop.continue_turn()
+    assert answer.startswith("the tool said: ") and "interrupted" in answer
+    assert not box_path(sandbox, "/workspace/ran-once").exists(), "never re-run silently"
+    assert "user_message" not in rec.kinds(), "no message is invented"
+    assert rec.of("notice")[0]["message"].startswith("continuing the interrupted turn")
+    assert rec.states()[-1] == "idle"

@@ -30,6 +30,8 @@ class StubIO:
         self.gate.set()
         self.started = asyncio.Event()
 
+    link_lost = False
+
     async def send(self, stream: str, data: bytes, eof: bool = False) -> None:
         self.started.set()
         await self.gate.wait()

@@ -325,3 +325,12 @@ async def test_a_job_left_running_by_an_earlier_hub_reads_as_interrupted(store: 
     with pytest.raises(RemoteError) as err:
         await runner.status("job_1", "key_2")
     assert err.value.code is ErrorCode.NOT_FOUND
+
+
+async def test_touch_spokes_writes_a_batch(store: Store) -> None:
+    for name in ("a", "b", "c"):
+        await store.enroll_spoke(name, f"key-{name}", [], "1")
+    await store.touch_spokes({"a": 5000.0, "c": 7000.0, "ghost": 1.0})
+    seen = {row["name"]: row["last_seen"] for row in await store.list_spokes()}
+    assert seen["a"] == 5000.0 and seen["c"] == 7000.0 and seen["b"] != 5000.0
+    await store.touch_spokes({})  # nothing to write: no transaction

@@ -12,8 +12,9 @@ from typing import Any
 
 import pytest
 
+from protocol.errors import RemoteError
 from tests.hub.memory_cluster import MemoryCluster
-from tests.llm_server import Hang, LLMServer, Say
+from tests.llm_server import Call, Echo, Hang, LLMServer, Say, Step
 
 
 @pytest.fixture
@@ -113,6 +114,109 @@ async def test_a_revoked_spoke_s_generic_work_moves_to_another_spoke(tmp_path: P
         assert (await _row(hub, ws_id))["spoke"] == "two"
 
 
+APPROVE_THEN_ECHO: list[Step] = [Call("bash", {"command": "echo never-run"}), Echo("went on: {last_tool_result}")]
+
+
+async def test_a_lost_spoke_s_turn_continues_on_another_spoke_after_the_grace(
+        tmp_path: Path, llm: LLMServer) -> None:
+    """Issue 9: a workstream whose spoke is lost mid-turn (here: waiting for an approval)
+    moves to another spoke once the grace is over, in a new box, and the turn goes on from
+    the transcript; the interrupted call is reported as such, never run."""
+    llm.add_script("lost", APPROVE_THEN_ECHO)
+    async with MemoryCluster(tmp_path, llm_url=llm.openai_url) as hub:
+        await hub.join("s1")
+        ws_id = (await hub.workstreams.start("[script:lost] go", model="local", spoke=None))["id"]
+        first = await _state(hub, ws_id, "attention")
+        assert first["spoke"] == "s1"
+        await hub.join("s2")
+        await hub.drop("s1")
+        await _until_lost(hub, "s1")
+        hub.workstreams.kick()
+        await asyncio.sleep(0.05)
+        assert (await _row(hub, ws_id))["spoke"] == "s1", "within the grace nothing moves"
+        hub.clock.advance(16.0)
+        hub.workstreams.kick()
+        row = await _state(hub, ws_id, "idle")
+        assert row["spoke"] == "s2" and row["box_id"] != first["box_id"]
+        answers = [e["data"]["text"] for e in await hub.workstreams.events(ws_id)
+                   if e["kind"] == "assistant_message"]
+        assert answers[-1].startswith("went on: ") and "interrupted" in answers[-1]
+        assert "never-run" not in answers[-1]
+        notices = [e["data"]["message"] for e in await hub.workstreams.events(ws_id)
+                   if e["kind"] == "notice"]
+        assert any("spoke s1 was lost during a turn: the turn continues on another spoke" in n
+                   for n in notices), notices
+        old_box = await hub.store.get_box(first["box_id"])
+        assert old_box is not None and old_box["state"] == "lost"  # reaped when s1 is back
+        assert (await hub.workstreams.db.approvals(ws_id, "pending")) == []
+
+
+async def test_directed_work_waits_for_its_spoke_and_continues_there(
+        tmp_path: Path, llm: LLMServer) -> None:
+    llm.add_script("home", APPROVE_THEN_ECHO)
+    async with MemoryCluster(tmp_path, llm_url=llm.openai_url) as hub:
+        await hub.join("home")
+        await hub.join("other")
+        ws_id = (await hub.workstreams.start("[script:home] go", model="local", spoke="home"))["id"]
+        await _state(hub, ws_id, "attention")
+        await hub.drop("home")
+        await _until_lost(hub, "home")
+        hub.clock.advance(16.0)
+        hub.workstreams.kick()
+        await _wait_waiting(hub, ws_id, "spoke home was lost; it runs only there")
+        assert (await _row(hub, ws_id))["spoke"] == "home"
+        await hub.join("home")  # back, restarted: the turn continues there
+        row = await _state(hub, ws_id, "idle")
+        assert row["spoke"] == "home"
+        texts = [e["data"]["text"] for e in await hub.workstreams.events(ws_id)
+                 if e["kind"] == "assistant_message"]
+        assert texts and "interrupted" in texts[-1]
+
+
+async def test_interrupt_policy_ends_the_turn_in_error_and_a_message_goes_on(
+        tmp_path: Path, llm: LLMServer) -> None:
+    llm.add_script("stop", [Hang("thinking hard"), Say("picked up again")])
+    async with MemoryCluster(tmp_path, llm_url=llm.openai_url) as hub:
+        await hub.join("s1")
+        ws_id = (await hub.workstreams.start("[script:stop] go", model="local",
+                                             on_loss="interrupt"))["id"]
+        await _state(hub, ws_id, "thinking")
+        await hub.join("s2")
+        await hub.drop("s1")
+        llm.release()
+        await _until_lost(hub, "s1")
+        hub.clock.advance(16.0)
+        hub.workstreams.kick()
+        row = await _state(hub, ws_id, "error")
+        assert row["error"].startswith("spoke s1 was lost: the turn was interrupted")
+        await hub.workstreams.send(ws_id, "carry on")
+        await _wait_count(hub, ws_id, "assistant_message", 1)
+        assert (await _row(hub, ws_id))["spoke"] == "s2"
+        with pytest.raises(RemoteError, match="on_loss must be one of"):
+            await hub.workstreams.start("x", model="local", on_loss="pray")
+
+
+async def test_a_clean_leave_hands_work_back_at_once(tmp_path: Path, llm: LLMServer) -> None:
+    llm.add_script("leave", APPROVE_THEN_ECHO)
+    async with MemoryCluster(tmp_path, llm_url=llm.openai_url) as hub:
+        await hub.join("s1")
+        ws_id = (await hub.workstreams.start("[script:leave] go", model="local"))["id"]
+        first = await _state(hub, ws_id, "attention")
+        await hub.join("s2")
+        hub.spokes["s1"].stop.set()  # SIGTERM: spoke.leaving, a short drain, goodbye
+        assert await hub.spokes["s1"].stopped() is True
+        row = await _state(hub, ws_id, "idle")  # no grace, no clock advance
+        assert row["spoke"] == "s2"
+        assert first["box_id"] not in {b.id for b in await hub.spokes["s1"].boxes.list()}, \
+            "the spoke removed the box of the work it handed back"
+        for _ in range(400):
+            row_s1 = await hub.store.get_spoke("s1")
+            if row_s1 is not None and row_s1["state"] == "left":
+                break
+            await asyncio.sleep(0.005)
+        assert row_s1 is not None and row_s1["state"] == "left", "a goodbye, not a loss"
+
+
 # ----------------------------------------------------------------------- helpers
 async def _wait_count(hub: MemoryCluster, ws_id: str, kind: str, count: int) -> list[dict[str, Any]]:
     for _ in range(2000):
@@ -126,6 +230,12 @@ async def _wait_count(hub: MemoryCluster, ws_id: str, kind: str, count: int) -> 
 async def _wait_kind(hub: MemoryCluster, ws_id: str, kind: str) -> list[dict[str, Any]]:
     events = await _wait_count(hub, ws_id, kind, 1)
     return [e for e in events if e["kind"] == kind]
+
+
+async def _until_lost(hub: MemoryCluster, spoke: str) -> None:
+    """Until the hub has recorded ``spoke`` as lost (its grace starts then)."""
+    await hub.until(lambda: hub.workstreams.moves.lost_since(spoke) is not None,
+                    f"{spoke} recorded lost")
 
 
 async def _wait_waiting(hub: MemoryCluster, ws_id: str, fragment: str) -> None:

@@ -39,6 +39,7 @@ SAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     ),
     "box.list": ({}, {"boxes": [{"box_id": BOX, "image": "i", "state": "up", "created_at": 2.0}]}),
     "box.exec": ({"box_id": BOX, "cmd": ["echo", "hi"], "workdir": "/w"}, {"exit_code": 3}),
+    "box.attach": ({"box_id": BOX, "exec_id": "ex_0123456789abcdef", "offset": 5}, {"exit_code": 0}),
     "box.logs": ({"box_id": BOX, "tail": 5}, {"data": "aGk="}),
     "box.destroy": ({"box_id": BOX}, {"existed": True}),
     "box.put_file": ({"box_id": BOX, "path": "/tmp/f", "size": 3}, {"size": 3}),

@@ -9,6 +9,7 @@ failing every outstanding call.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import AsyncIterator
 
 import pytest
@@ -17,9 +18,9 @@ from pydantic import BaseModel
 from protocol import events as ev
 from protocol import messages
 from protocol import verbs as v
-from protocol.connection import Limits
+from protocol.connection import Limits, State
 from protocol.errors import ErrorCode, RemoteError
-from protocol.link import CallIO, HubDriver, SpokeDriver
+from protocol.link import CallIO, HubDriver, SpokeDriver, Ticker, batched
 from protocol.sides import HubConnection, SpokeConnection
 from protocol.transport import MemoryTransport, memory_pipe
 from tests.protocol.helpers import AUTH, AUTH_RESULT, BOX, CHALLENGE, FakeClock
@@ -188,3 +189,50 @@ async def test_heartbeats_and_staleness_follow_the_injected_clock() -> None:
     assert hub.closed and hub.close_reason == "heartbeats missed"
     assert isinstance(spoke.transport, MemoryTransport)
     assert spoke.transport.peer_close == (messages.CLOSE_STALE, "heartbeats missed")
+
+
+async def test_one_ticker_drives_the_timers_of_many_links() -> None:
+    """The hub's links share one timer task; an idle hub link heartbeats, a busy one need
+    not (any frame it sent proves it is alive)."""
+    ticker = Ticker(tick_s=0.01)
+    limits = Limits(heartbeat_s=0.05)
+    ends, tasks = [], []
+    for _ in range(3):
+        hub_end, spoke_end = memory_pipe()
+        hub = HubDriver(HubConnection(time.monotonic, limits), hub_end, ticker=ticker,
+                        heartbeat=lambda: ("hub.heartbeat", messages.HubHeartbeat()))
+        hub.heartbeat_always = False
+        hub.conn.state = State.OPEN  # past the handshake (tested elsewhere): timers only
+        tasks.append(asyncio.create_task(hub.run()))
+        ends.append((hub, hub_end, spoke_end))
+    await asyncio.sleep(0)
+    assert len(ticker) == 3
+    await asyncio.sleep(0.3)
+    assert all(hub_end.sent >= 3 for _hub, hub_end, _spoke in ends), "idle links heartbeat"
+    busy, busy_end, _ = ends[0]
+    before = busy_end.sent
+    for _ in range(20):  # something sent every 10 ms: no heartbeat needed on top
+        busy._last_sent = time.monotonic()
+        await asyncio.sleep(0.01)
+    assert busy_end.sent == before
+    for hub, _hub_end, _spoke in ends:
+        await hub.close(1000, "done")
+    await asyncio.gather(*tasks)
+    assert len(ticker) == 0
+    await ticker.stop()
+
+
+async def test_a_burst_of_calls_leaves_in_one_message_when_the_peer_reads_batches() -> None:
+    """Frames queued in one turn of the loop are written together: as one JSON array when
+    the peer said "batch" (one TLS record, one write), each judged alone on arrival."""
+    hub, spoke, _served, tasks = await pair()
+    hub.batch = spoke.batch = True
+    before = hub.transport.sent if isinstance(hub.transport, MemoryTransport) else 0
+    results = await asyncio.gather(*(hub.call(v.SPOKE_PING, v.Empty()) for _ in range(50)))
+    assert results == [v.Empty()] * 50
+    assert isinstance(hub.transport, MemoryTransport)
+    assert hub.transport.sent - before <= 3, "50 requests in a message or three, not 50"
+    assert batched(["a"], 10) == ["a"]
+    assert batched(['{"x":1}', '{"y":2}', '{"z":3}'], 20) == ['[{"x":1},{"y":2}]', '{"z":3}']
+    await hub.close(1000, "done")
+    await asyncio.gather(*tasks)
