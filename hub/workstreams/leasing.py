@@ -51,6 +51,8 @@ class Leasing:
         self._refused: dict[tuple[str, str], float] = {}  # (ws, spoke) -> until
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
+        # Whether a workstream's spoke has been away past the grace (set by moves.Moves).
+        self.gone: Callable[[str], bool] = lambda spoke: False
         registry.on_connected.append(self._spoke_connected)
         registry.on_disconnected.append(self._spoke_disconnected)
 
@@ -217,6 +219,9 @@ class Leasing:
             return
         link = self.registry.live(ws["spoke"])
         if link is None:
+            if not ws["want_spoke"] and self.gone(ws["spoke"]):  # generic: go on elsewhere
+                await self.detach(ws, f"spoke {ws['spoke']} is gone", busy=False, move=True)
+                return
             await self.journal.set_waiting(ws_id, f"waiting: spoke {ws['spoke']} is not connected")
             return
         for message in pending:

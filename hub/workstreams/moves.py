@@ -2,7 +2,8 @@
 
 When a spoke goes without a goodbye (crash, power, network), the hub waits ``grace_s``
 (a blip reconnects well within it, its agents still running) and then lets go of the spoke's
-workstreams, each as its ``on_loss`` says:
+workstreams that were in a turn, each as its ``on_loss`` says (an idle one keeps its box there
+and moves only when a message comes for it after the grace: Leasing.deliver_pending):
 
 - ``resume`` (the default): generic and label-routed work moves — the scheduler leases it to
   another suitable spoke, in a new box, and a turn the loss cut short is *continued* from the
@@ -50,6 +51,9 @@ class Moves:
         self._lost: dict[str, float] = {}  # spoke -> when it was lost (monotonic)
         self._leaving: set[str] = set()  # spokes that said spoke.leaving on their link
         self._tasks: set[asyncio.Task[None]] = set()
+        self._released: dict[str, float] = {}  # lost spokes whose busy work was let go
+        self._started = monotonic()
+        leasing.gone = self.gone
         registry.on_disconnected.append(self._disconnected)
         registry.on_connected.append(self._connected)
         registry.on_notification["spoke.leaving"] = self._leaving_notice
@@ -60,11 +64,15 @@ class Moves:
 
     async def _connected(self, link: SpokeLink) -> None:
         self._lost.pop(link.name, None)
+        self._released.pop(link.name, None)
         self._leaving.discard(link.name)
 
     async def _disconnected(self, link: SpokeLink) -> None:
         if link.name in self._leaving:
-            return  # handed back already, when it said it was leaving
+            # Its busy work was handed back when it said it was leaving; idle ones keep their
+            # box there and move only if a message comes after the grace (Leasing.deliver_pending).
+            self._lost[link.name] = self.monotonic()
+            return
         if link.gone_state() == "lost":
             self._lost[link.name] = self.monotonic()
             self.leasing.kick()
@@ -89,14 +97,24 @@ class Moves:
         for ws_id in moved:
             await self.leasing.tell(spoke, v.WS_CLOSE, v.WsRef(ws_id=ws_id))
 
+    def gone(self, spoke: str) -> bool:
+        """Whether ``spoke`` has been away longer than the grace (counted from the hub's
+        start when it was already away then): an idle workstream of it moves when a message
+        comes. Before that, the message waits for the spoke, and the box's files with it."""
+        if self.registry.live(spoke) is not None:
+            return False
+        since = self._lost.get(spoke, self._started)
+        return self.monotonic() - since >= self.grace_s
+
     async def on_pass(self) -> None:
-        """Every scheduling pass: let go of the work of spokes lost longer than the grace."""
+        """Every scheduling pass: let go of the busy work of spokes lost past the grace."""
         now = self.monotonic()
         for name, since in list(self._lost.items()):
             if self.registry.live(name) is not None:
                 del self._lost[name]
-            elif now - since >= self.grace_s:
-                del self._lost[name]
+                self._released.pop(name, None)
+            elif now - since >= self.grace_s and name not in self._released:
+                self._released[name] = since
                 await self.release(name, f"spoke {name} was lost", busy=None, leaving=False)
 
     async def release(self, spoke: str, why: str, *, busy: set[str] | None,
@@ -109,6 +127,8 @@ class Moves:
             if ws["id"] in self.leasing.leasing_now() or ws["detached"]:
                 continue
             was_busy = ws["state"] in BUSY_STATES if busy is None else ws["id"] in busy
+            if not was_busy:
+                continue  # nothing runs: it keeps its box there; a message moves it later
             if await self._release_one(ws, why, was_busy, leaving):
                 moved.append(ws["id"])
         if moved:

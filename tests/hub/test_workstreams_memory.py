@@ -151,6 +151,27 @@ async def test_a_lost_spoke_s_turn_continues_on_another_spoke_after_the_grace(
         assert (await hub.workstreams.db.approvals(ws_id, "pending")) == []
 
 
+async def test_an_idle_workstream_keeps_its_box_until_a_message_needs_it_elsewhere(
+        tmp_path: Path, llm: LLMServer) -> None:
+    """Nothing runs in an idle workstream: a lost spoke keeps it (and its box's files) until
+    a message comes after the grace; then it goes on elsewhere."""
+    llm.add_script("idle", [Say("first"), Say("second")])
+    async with MemoryCluster(tmp_path, llm_url=llm.openai_url) as hub:
+        await hub.join("s1")
+        ws_id = (await hub.workstreams.start("[script:idle] hi", model="local"))["id"]
+        await _state(hub, ws_id, "idle")
+        await hub.join("s2")
+        await hub.drop("s1")
+        await _until_lost(hub, "s1")
+        hub.clock.advance(16.0)
+        hub.workstreams.kick()
+        await asyncio.sleep(0.05)
+        assert (await _row(hub, ws_id))["spoke"] == "s1", "idle: nothing to move yet"
+        await hub.workstreams.send(ws_id, "again")
+        await _wait_count(hub, ws_id, "assistant_message", 2)
+        assert (await _row(hub, ws_id))["spoke"] == "s2"
+
+
 async def test_directed_work_waits_for_its_spoke_and_continues_there(
         tmp_path: Path, llm: LLMServer) -> None:
     llm.add_script("home", APPROVE_THEN_ECHO)
