@@ -24,7 +24,7 @@ from aiohttp import web
 
 log = logging.getLogger("spokehub.hub.connections")
 HEADERS_END = b"\r\n\r\n"
-TLS_READ_BUFFER = 32 * 1024
+TLS_READ_BUFFER = 16 * 1024 + 512  # one TLS record (16 KiB of data, and its header and tag)
 WARN_EVERY_S = 10.0
 
 
@@ -135,7 +135,7 @@ class GuardedSite(web.SockSite):
         loop = asyncio.get_running_loop()
         handshake = self.header_timeout_s if self._ssl_context is not None else None
         # asyncio gives every TLS connection a 256 KiB read buffer up front: 220 KiB of the
-        # ~330 KiB a connected spoke cost. A TLS record is at most ~16.6 KiB, so 32 KiB reads
+        # ~330 KiB a connected spoke cost. A TLS record is at most ~16.6 KiB: reads of one
         # lose nothing but that memory (issue 9: 1000 spokes in under 150 MB).
         asyncio.sslproto.SSLProtocol.max_size = TLS_READ_BUFFER
         self._server = await loop.create_server(

@@ -15,7 +15,6 @@ from __future__ import annotations
 
 import math
 import time
-from collections import deque
 from collections.abc import Callable, Iterable
 
 MAX_SAMPLES = 256  # per verb
@@ -39,14 +38,19 @@ class LatencyWindow:
     def __init__(self, clock: Callable[[], float] = time.monotonic, *,
                  max_samples: int = MAX_SAMPLES, window_s: float = WINDOW_S) -> None:
         self.clock, self.max_samples, self.window_s = clock, max_samples, window_s
-        self._samples: dict[str, deque[tuple[float, float, bool]]] = {}
+        # Plain lists, trimmed as they pass twice the bound: a deque allocates a 64-slot block
+        # up front (~600 B a verb), and a hub holding thousands of mostly idle links keeps a
+        # window per link (issue 9: memory per connected spoke).
+        self._samples: dict[str, list[tuple[float, float, bool]]] = {}
 
     def observe(self, verb: str, outcome: str, seconds: float) -> None:
         """The driver's call observer: one finished call (``outcome`` ``ok`` or an error code)."""
         samples = self._samples.get(verb)
         if samples is None:
-            samples = self._samples[verb] = deque(maxlen=self.max_samples)
+            samples = self._samples[verb] = []
         samples.append((self.clock(), seconds, outcome == "ok"))
+        if len(samples) > 2 * self.max_samples:
+            del samples[: len(samples) - self.max_samples]
 
     def since(self, start: float) -> dict[str, list[float]]:
         """Durations of the calls that finished after ``start`` (on this window's clock), by
@@ -54,7 +58,7 @@ class LatencyWindow:
         test_the_sampler_writes_and_prunes."""
         out: dict[str, list[float]] = {}
         for verb, samples in self._samples.items():
-            recent = [s for at, s, _ok in samples if at > start]
+            recent = [s for at, s, _ok in samples[-self.max_samples:] if at > start]
             if recent:
                 out[verb] = recent
         return out
@@ -66,7 +70,7 @@ class LatencyWindow:
         start = self.clock() - self.window_s
         out: dict[str, dict[str, float | int]] = {}
         for verb in sorted(self._samples):
-            recent = [(s, ok) for at, s, ok in self._samples[verb] if at > start]
+            recent = [(s, ok) for at, s, ok in self._samples[verb][-self.max_samples:] if at > start]
             if not recent:
                 continue
             durations = [s for s, _ok in recent]

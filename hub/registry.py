@@ -11,6 +11,8 @@ import asyncio
 import base64
 import binascii
 import contextlib
+import ctypes
+import functools
 import hmac
 import json
 import logging
@@ -43,6 +45,25 @@ log = logging.getLogger("spokehub.hub.registry")
 
 
 LAST_SEEN_FLUSH_S = 10.0
+
+
+@functools.cache
+def _libc() -> Any:
+    try:
+        return ctypes.CDLL("libc.so.6")
+    except OSError:  # not glibc: nothing to do
+        return None
+
+
+def release_free_memory() -> None:
+    """Give heap memory freed since the last call back to the system (glibc's
+    ``malloc_trim``): a storm of TLS handshakes at a restart leaves megabytes freed but kept,
+    and a hub holding thousands of spokes would otherwise show that peak as its size for good."""
+    libc = _libc()
+    if libc is not None:
+        libc.malloc_trim(0)
+
+
 UNKNOWN_IDENTITY = ("this spoke's identity is not known to this hub (it is not enrolled here, "
                     "or was enrolled with another key): enroll it again with a new join token")
 
@@ -242,6 +263,7 @@ class Registry:
             )
         )
         await link.flush()
+        del handshake, params, challenge  # not held for the link's life: thousands of them
         reconcile = asyncio.create_task(self._reconcile(link))
         handler = asyncio.current_task()
         if handler is not None:
@@ -369,6 +391,7 @@ class Registry:
             await asyncio.sleep(LAST_SEEN_FLUSH_S)
             await self.flush_last_seen()
             await self.flush_rejections()
+            release_free_memory()
 
     async def _on_stale(self, link: SpokeLink, stale: bool) -> None:
         """A live link went quiet (or spoke again): a line in the events timeline."""

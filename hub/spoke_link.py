@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
+from typing import Any
 
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel
@@ -66,9 +67,17 @@ class AiohttpTransport:
         return self._peer_close
 
 
+_CHILDREN: dict[tuple[str, str], tuple[Any, Any]] = {}  # (verb, outcome) -> the two series
+
+
 def _observe(verb: str, outcome: str, seconds: float) -> None:
-    metrics.CALLS.labels(verb, outcome).inc()
-    metrics.CALL_SECONDS.labels(verb).observe(seconds)
+    """Count a call: the label lookups are made once per (verb, outcome), a bounded set."""
+    series = _CHILDREN.get((verb, outcome))
+    if series is None:
+        series = _CHILDREN[(verb, outcome)] = (metrics.CALLS.labels(verb, outcome),
+                                               metrics.CALL_SECONDS.labels(verb))
+    series[0].inc()
+    series[1].observe(seconds)
 
 
 _BEAT = ("hub.heartbeat", messages.HubHeartbeat())
@@ -108,6 +117,9 @@ class SpokeLink(HubDriver):
                          heartbeat=_HUB_HEARTBEAT, on_notification=self._notified,
                          observe=self._observe_call, ticker=ticker)
         self.heartbeat_always = False  # any frame we sent recently proves we are alive
+        # Ours only proves the hub is alive (the spoke's carry its load): every 40 % of the
+        # spoke's stale limit is enough, two beats of margin, and a quarter fewer frames.
+        self.heartbeat_s = max(conn.limits.heartbeat_s, 0.4 * conn.limits.stale_after_s)
         self.name = name
         self.wall_clock = wall_clock
         self.connected_at = wall_clock()
@@ -135,8 +147,8 @@ class SpokeLink(HubDriver):
         return max(0.0, self.clock() - self.conn.last_received)
 
     def is_stale(self) -> bool:
-        """Open, but nothing received for longer than two heartbeat intervals."""
-        return not self.closed and self.silent_s() > 2 * self.heartbeat_s
+        """Open, but nothing received for longer than two of the spoke's heartbeat intervals."""
+        return not self.closed and self.silent_s() > 2 * self.conn.limits.heartbeat_s
 
     def gone_state(self) -> str:
         """How a closed link ended: ``left`` if the spoke said goodbye (close code 1000, and
@@ -151,6 +163,9 @@ class SpokeLink(HubDriver):
         if self.closed_by_hub is None and not self.closed:
             self.closed_by_hub = reason
         await super().close(code, reason)
+
+    def tick_due(self) -> bool:
+        return super().tick_due() or (not self.closed and self.is_stale() != self.stale)
 
     async def tick(self) -> None:
         """The driver's timers, then the stale check (every tick, so at most a tick late)."""

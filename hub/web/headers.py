@@ -44,6 +44,8 @@ def install_security_headers(app: web.Application, *, https: bool) -> None:
     fixed = security_headers(https)
 
     async def add(request: web.Request, response: web.StreamResponse) -> None:
+        if response.status == 101:  # a WebSocket upgrade (a spoke's link): nothing a browser
+            return  # renders, and thousands of them would each keep these headers
         for name, value in fixed.items():
             response.headers.setdefault(name, value)
 
