@@ -33,6 +33,30 @@ def data_dir_option(kind: str, env: str) -> Callable[[F], F]:
     )
 
 
+def env_vars(prefix: str, skip: tuple[str, ...] = (), **named: str) -> Callable[[F], F]:
+    """Give every option of a command an environment variable, ``PREFIX`` + its name in
+    capitals (``--public-url`` of ``hub serve``: ``SPOKEHUB_HUB_PUBLIC_URL``), shown in
+    ``--help``; ``named`` overrides a parameter's (arguments included), ``skip`` leaves
+    some without (those with another documented variable). Precedence is click's: a flag
+    beats the environment, which beats the default. Apply above the command decorator.
+    Pinned by tests/test_config_reference.py."""
+    import click
+
+    def apply(command: F) -> F:
+        assert isinstance(command, click.Command)
+        for param in command.params:
+            name = param.name or ""
+            if name in named:
+                param.envvar = named[name]
+            elif isinstance(param, click.Option) and param.envvar is None and name not in skip:
+                param.envvar = prefix + name.upper()
+            if isinstance(param, click.Option):
+                param.show_envvar = True
+        return command
+
+    return apply
+
+
 # HTTP client libraries that log every request at INFO (the model SDKs' clients, each model
 # call through the hub's relay): noise in a ``hub up`` terminal, so shown only at DEBUG.
 # Per-request lines of the HTTP clients and the MCP SDK's session chatter: DEBUG only.

@@ -12,7 +12,7 @@ from typing import Any
 
 import click
 
-from cli.common import aliased_group, data_dir_option, emit, fail, json_option, table
+from cli.common import aliased_group, data_dir_option, emit, env_vars, fail, json_option, table
 from cli.common import guarded as _call
 from cli.common import hub_client as _client
 
@@ -32,6 +32,7 @@ def hub() -> None:
     """
 
 
+@env_vars("SPOKEHUB_HUB_", skip=("default_model", "fallback_models"), config_file="SPOKEHUB_HUB_CONFIG")
 @hub.command()
 @hub_dir
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -171,6 +172,7 @@ def serve(
         fail(_already_running(data_dir, err.holder))
     from hub.alerts import AlertConfigError
     from hub.model_config import ConfigError
+    from hub.store.engine import SchemaTooNew
 
     try:
         asyncio.run(run(config, sock=sock))
@@ -178,6 +180,8 @@ def serve(
         fail(f"model configuration: {err}", 2)
     except AlertConfigError as err:
         fail(f"alert configuration: {err}", 2)
+    except SchemaTooNew as err:
+        fail(f"{data_dir / 'hub.db'}: {err}")
     finally:
         lock.release()
 
@@ -402,3 +406,15 @@ def audit(data_dir: Path, as_json: bool, spoke: str | None, actor: str | None,
     data = _call(lambda: _client(data_dir).request("GET", f"/api/audit?{urlencode(query)}"))
     emit(data["audit"] if not as_json else data, as_json, lambda rows: table(
         rows, ["ts", "actor", "kind", "spoke", "subject", "detail", "result"]))
+
+
+from cli.backup_commands import backup as _backup  # noqa: E402
+from cli.backup_commands import restore as _restore  # noqa: E402
+
+hub.add_command(_backup)
+hub.add_command(_restore)
+
+
+from cli.doctor_command import hub_doctor  # noqa: E402
+
+hub.add_command(hub_doctor)  # hub doctor: cli/doctor_command.py

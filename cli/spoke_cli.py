@@ -8,7 +8,8 @@ from typing import Any
 
 import click
 
-from cli.common import data_dir_option, fail
+from cli.common import data_dir_option, env_vars, fail
+from cli.doctor_command import spoke_doctor
 from cli.sim_command import sim
 
 spoke_dir = data_dir_option("spoke", "SPOKEHUB_SPOKE_DIR")
@@ -71,6 +72,7 @@ def main() -> None:
     """spokehub spoke: dial out to a hub and run sandboxed boxes on this machine."""
 
 
+@env_vars("SPOKEHUB_SPOKE_", token="SPOKEHUB_JOIN_TOKEN", spoke_name="SPOKEHUB_SPOKE_NAME")
 @main.command()
 @spoke_dir
 @_policy_options
@@ -156,6 +158,7 @@ def join(data_dir: Path, token: str | None, token_file: Any, insecure_http: bool
     sys.exit(code)
 
 
+@env_vars("SPOKEHUB_SPOKE_")
 @main.command()
 @spoke_dir
 @_policy_options
@@ -219,6 +222,7 @@ def _serve(data_dir: Path, state: Any, token: Any, opts: dict[str, Any]) -> int:
 
 
 main.add_command(sim)  # spoke sim: cli/sim_command.py
+main.add_command(spoke_doctor)  # spoke doctor: cli/doctor_command.py
 
 if __name__ == "__main__":
     main()

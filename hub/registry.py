@@ -34,6 +34,7 @@ from hub.store import Store
 from protocol import events as ev
 from protocol import messages
 from protocol import verbs as v
+from protocol.compat import spoke_refusal
 from protocol.connection import Limits
 from protocol.errors import ErrorCode, RemoteError
 from protocol.link import HubDriver, Ticker
@@ -309,6 +310,9 @@ class Registry:
                 f"(hub speaks {list(messages.SUPPORTED_VERSIONS)})",
                 messages.CLOSE_PROTOCOL,
             )
+        too_far = spoke_refusal(self.version, p.version)
+        if too_far is not None:  # before the token is spent: the spoke can be fixed and retry
+            raise Rejected(too_far)
         try:
             key_bytes = base64.b64decode(p.public_key, validate=True)
             Ed25519PublicKey.from_public_bytes(key_bytes).verify(

@@ -168,6 +168,9 @@ async def serve(state: SpokeState, token: JoinToken | None, options: SpokeOption
     if why:  # issue 8 item 7: say so, loudly, rather than pretend workspaces are limited
         log.warning("workspace size limits are unavailable on this spoke: %s; boxes get an "
                     "unlimited /workspace volume (a box can fill the disk)", why)
+    swept = await boxes.end_orphaned_execs()
+    if swept:
+        log.info("ended what earlier execs left running in %d box(es)", swept)
     policy = options.policy()
     local = load_local_models(Path(options.models_file) if options.models_file else None)
     runner = WorkstreamRunner(boxes, policy, default_image=options.default_image,

@@ -22,10 +22,14 @@ from spoke.boxes.base import BoxManager, BoxSpec
 from spoke.policy import Policy
 
 if TYPE_CHECKING:  # the agent stack (SDKs) loads only when a workstream starts
-    from spoke.agent.llm import ModelClient, ModelSpec, ToolCall
+    from spoke.agent.llm import ModelClient, ModelError, ModelSpec, ToolCall
     from spoke.agent.loop import AgentLoop
 
 log = logging.getLogger("spokehub.spoke.ws")
+
+# How long a turn whose model call lost the hub's relay waits for the hub to be back (a
+# restart takes seconds; longer, and the turn fails with the model error as before).
+RELAY_RETRY_WAIT_S = 60.0
 # In a workstream's inbox instead of a message: continue the interrupted turn the history
 # ends in (``ws.start`` with ``continue_turn``, a workstream moved from a lost spoke).
 CONTINUE = "\x00continue"
@@ -66,6 +70,7 @@ class WorkstreamRunner:
         self.max_workstreams = max_workstreams
         self.local_models = local_models or {}
         self.hub = HubAccess()
+        self._hub_changed = asyncio.Event()  # set, and replaced, on every new hub session
         self._ws: dict[str, _Workstream] = {}
         self._notify: Notify | None = None
 
@@ -78,6 +83,8 @@ class WorkstreamRunner:
             for ws in self._ws.values():  # the relay token is per session: rebuild clients
                 with contextlib.suppress(RemoteError):
                     ws.loop.client = self._client(ws.models)
+            self._hub_changed.set()
+            self._hub_changed = asyncio.Event()
         if notify is not None:
             for ws in list(self._ws.values()):
                 for event in list(ws.outbox):
@@ -137,7 +144,8 @@ class WorkstreamRunner:
         ws.loop = AgentLoop(client=client, sandbox=BoxSandbox(self.boxes, p.box_id),
                             emit=lambda kind, data: self._emit(ws, kind, data),
                             ask=lambda call: self._ask(ws, call), auto_approve=p.auto_approve,
-                            history=list(p.history))
+                            history=list(p.history),
+                            model_retry=lambda err, failed: self._relay_retry(ws, err, failed))
         self._ws[p.ws_id] = ws
         if p.history and not reused:
             await self._emit(ws, "notice", {"message": "the workstream's previous box was gone: "
@@ -211,6 +219,25 @@ class WorkstreamRunner:
         if not clients:
             raise RemoteError(ErrorCode.INVALID, "none of the requested models is available on this spoke")
         return clients[0] if len(clients) == 1 else FallbackClient(clients)
+
+    async def _relay_retry(self, ws: _Workstream, err: ModelError, failed: ModelClient) -> bool:
+        """Whether a failed model call should be asked again: only when it could not reach
+        (or lost) the hub's relay — no HTTP status, retryable — and a new hub session comes
+        within RELAY_RETRY_WAIT_S (a hub restart or a cut link: the relay token is per session,
+        and :meth:`attach` gives the loop a new client for it, so a client other than the
+        one that failed means the way is back). A relay that answers with an error, or a model
+        the spoke reaches itself, fails the turn as before. Pinned by
+        tests/test_kill_and_restart.py::test_a_hub_restart_mid_turn_loses_nothing."""
+        if err.status is not None or not err.retryable or all(r.via == "spoke" for r in ws.models):
+            return False
+        deadline = asyncio.get_running_loop().time() + RELAY_RETRY_WAIT_S
+        while ws.loop.client is failed or self._notify is None:
+            remaining = deadline - asyncio.get_running_loop().time()
+            if remaining <= 0:
+                return False
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._hub_changed.wait(), remaining)
+        return True
 
     async def _emit(self, ws: _Workstream, kind: str, data: dict[str, Any]) -> None:
         ws.sseq += 1

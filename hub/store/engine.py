@@ -307,11 +307,28 @@ class SqliteEngine:
         self._conn = conn
 
 
+class SchemaTooNew(RuntimeError):
+    """The database was written by a newer hub: an older hub must not run on it (it would
+    not know the newer tables and columns, and there is no way down). Pinned by
+    tests/hub/test_store.py::test_a_newer_database_is_refused_with_both_versions and
+    tests/test_backup.py."""
+
+    def __init__(self, found: int, known: int) -> None:
+        self.found, self.known = found, known
+        super().__init__(
+            f"the database's schema version is {found}, newer than this hub knows (up to "
+            f"{known}): it was used by a newer spokehub. Run that version (or newer), or "
+            f"restore a backup made with this one; nothing was changed")
+
+
 def migrate(conn: sqlite3.Connection, migrations: Sequence[str]) -> int:
     """Run the scripts past ``PRAGMA user_version``, each with its version bump in one
     transaction (a failing script leaves the schema at the version before it); returns the
-    version reached. Pinned by tests/hub/test_store.py::test_migrations_run_once_in_order."""
+    version reached; refuses (:class:`SchemaTooNew`) a database past the last script. Pinned
+    by tests/hub/test_store.py::test_migrations_run_once_in_order."""
     version = int(conn.execute("PRAGMA user_version").fetchone()[0])
+    if version > len(migrations):
+        raise SchemaTooNew(version, len(migrations))
     for number, script in enumerate(migrations[version:], start=version + 1):
         try:
             conn.executescript(f"BEGIN;{script};PRAGMA user_version={number};COMMIT;")

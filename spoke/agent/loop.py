@@ -16,6 +16,8 @@ the source of truth, so the events are the contract — keep their kinds and fie
 ``tool_result``    ``{call_id, tool, output, is_error}``
 ``usage``          ``{model, input_tokens, output_tokens}`` — one per model turn
 ``error``          ``{message}``
+``notice``         ``{message}`` (``retry``: true when a broken model call is asked again and
+                   the text streamed so far is void)
 ================== =====================================================================
 
 Cancellation is the caller cancelling the task that runs :meth:`AgentLoop.handle_message`:
@@ -31,11 +33,15 @@ from collections.abc import Awaitable, Callable
 from dataclasses import asdict
 from typing import Any
 
-from spoke.agent.llm import INTERRUPTED, ModelClient, ModelError, ToolCall
+from spoke.agent.llm import INTERRUPTED, ModelClient, ModelError, ToolCall, TurnResult
 from spoke.agent.tools import DEFAULT_POLICY, TOOLS, Sandbox, ToolOutcome, run_tool
 
 Emit = Callable[[str, dict[str, Any]], Awaitable[None]]
 AskApproval = Callable[[ToolCall], Awaitable[tuple[bool, str]]]
+# Asked when a model call failed: True when it is worth asking again (after waiting, if need
+# be, for the way to the model to come back). See AgentLoop._model_turn.
+ModelRetry = Callable[[ModelError, ModelClient], Awaitable[bool]]
+MODEL_RETRIES = 3
 
 DEFAULT_SYSTEM = """\
 You are a capable software agent working inside a sandboxed Linux container (a "box").
@@ -103,8 +109,10 @@ class AgentLoop:
     def __init__(self, *, client: ModelClient, sandbox: Sandbox, emit: Emit, ask: AskApproval,
                  auto_approve: bool = False, policy: dict[str, str] | None = None,
                  max_turns: int = 30, system: str = DEFAULT_SYSTEM,
-                 history: list[dict[str, Any]] | None = None) -> None:
+                 history: list[dict[str, Any]] | None = None,
+                 model_retry: ModelRetry | None = None) -> None:
         self.client = client
+        self.model_retry = model_retry
         self.sandbox = sandbox
         self.ask = ask
         self.auto_approve = auto_approve
@@ -177,8 +185,7 @@ class AgentLoop:
     async def _run(self) -> str:
         for _ in range(self.max_turns):
             await self._set_state("thinking")
-            self._partial = []
-            result = await self.client.turn(self.system, self.history, TOOLS, self._on_text)
+            result = await self._model_turn()
             self._partial = None
             calls = result.tool_calls
             self.history.append({"role": "assistant", "text": result.text,
@@ -201,6 +208,27 @@ class AgentLoop:
         await self._emit("assistant_message", {"text": note})
         await self._set_state("idle")
         return note
+
+    async def _model_turn(self) -> TurnResult:
+        """One model call, asked again (at most MODEL_RETRIES times) when ``model_retry`` says
+        the failure was the way to the model and that way is back, e.g. the hub's relay
+        during a hub restart. The half-streamed answer is dropped (a ``notice`` says so and
+        the web page discards the unfinished text): ``history`` only ever gets whole turns.
+        Pinned by tests/agent/test_loop.py::test_a_model_call_is_asked_again_when_the_way_is_back
+        and tests/test_kill_and_restart.py::test_a_hub_restart_mid_turn_loses_nothing."""
+        for attempt in range(MODEL_RETRIES + 1):
+            self._partial = []
+            client = self.client
+            try:
+                return await client.turn(self.system, self.history, TOOLS, self._on_text)
+            except ModelError as err:
+                if attempt == MODEL_RETRIES or self.model_retry is None:
+                    raise
+                if not await self.model_retry(err, client):
+                    raise
+                await self._emit("notice", {"message": f"the connection to the model broke "
+                                            f"({err.message}); asking again", "retry": True})
+        raise AssertionError("unreachable")
 
     def _settle(self, why: str) -> None:
         """Leave the transcript valid after an interrupted turn: keep streamed text, and give

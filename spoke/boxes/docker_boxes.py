@@ -21,6 +21,7 @@ import asyncio
 import builtins
 import contextlib
 import functools
+import logging
 import time
 from collections.abc import AsyncIterator
 from typing import Any
@@ -47,10 +48,13 @@ from spoke.boxes.base import (
 from spoke.boxes.docker_engine import DockerEngine
 from spoke.boxes.docker_exec import (
     DockerExecHandle,
+    end_orphaned_execs,
     make_pidfile_path,
     start_exec,
     wrap_command,
 )
+
+log = logging.getLogger(__name__)
 
 
 class DockerBoxManager(DockerEngine):
@@ -208,6 +212,23 @@ class DockerBoxManager(DockerEngine):
         if existed and (data.get("HostConfig") or {}).get("NetworkMode") == self.network.name:
             await self.network.release_if_unused()  # the spoke's last networked box went
         return existed
+
+    async def end_orphaned_execs(self) -> int:
+        """Kill the commands that execs of an earlier process of this spoke left running in
+        its boxes (docker_exec.ORPHANS_SCRIPT); returns how many boxes were swept. Call once
+        at start, before taking calls. Pinned by
+        tests/test_kill_and_restart.py::test_a_spoke_killed_mid_exec_is_lost_the_caller_told_and_nothing_is_left."""
+        api = await self._api()
+        swept = 0
+        for info in await self.list():
+            if info.state != "running":
+                continue
+            try:
+                await self._call(end_orphaned_execs, api, info.container_id)
+                swept += 1
+            except Exception as exc:  # a box going away meanwhile must not stop the spoke
+                log.warning("could not end orphaned execs in box %s: %s", info.id, exc)
+        return swept
 
     async def reap(self, keep: set[str]) -> builtins.list[str]:
         removed: builtins.list[str] = []

@@ -19,7 +19,7 @@ from tests.agent.helpers import (
     read_pid,
     until,
 )
-from tests.llm_server import Call, Calls, Echo, Fail, Hang, LLMServer, Malformed, Say, Step
+from tests.llm_server import Call, Calls, Drop, Echo, Fail, Hang, LLMServer, Malformed, Say, Step
 
 MULTI_STEP: list[Step] = [Call("write_file", {"path": "hello.py", "content": "print(6 * 7)\n"}),
               Call("bash", {"command": "python3 hello.py"}),
@@ -248,3 +248,42 @@ async def test_continue_turn_answers_an_interrupted_call_and_finishes(
     assert "user_message" not in rec.kinds(), "no message is invented"
     assert rec.of("notice")[0]["message"].startswith("continuing the interrupted turn")
     assert rec.states()[-1] == "idle"
+
+
+@pytest.mark.parametrize("provider", PROVIDERS)
+async def test_a_model_call_is_asked_again_when_the_way_is_back(
+        llm_server: LLMServer, sandbox: BoxSandbox, provider: Provider) -> None:
+    """The connection breaks mid-answer; ``model_retry`` (the runner's: "the hub's relay is
+    back") swaps in a working client and says yes: the call is asked again, a ``notice``
+    with ``retry`` voids the half-streamed text, and the history holds only the whole turn.
+    Without a yes the turn fails as before."""
+    llm_server.add_script("blip", [Drop("half an ans")], model="broken-model")
+    llm_server.add_script("blip", [Say("the whole answer")])
+    asked: list[ModelError] = []
+    rec = Recorder()
+    loop = make_loop(client_for(llm_server, provider, model="broken-model"), sandbox, rec)
+
+    async def way_is_back(err: ModelError, failed: object) -> bool:
+        asked.append(err)
+        assert failed is loop.client
+        loop.client = client_for(llm_server, provider)
+        return True
+
+    loop.model_retry = way_is_back
+    assert await loop.handle_message("[script:blip] hi") == "the whole answer"
+    assert len(asked) == 1 and asked[0].retryable
+    assert [n["retry"] for n in rec.of("notice")] == [True]
+    assert rec.of("assistant_message") == [{"text": "the whole answer"}]
+    assert [m["role"] for m in loop.history] == ["user", "assistant"]
+    assert not rec.of("error")
+
+    refused = Recorder()
+    never = make_loop(client_for(llm_server, provider, model="broken-model"), sandbox, refused)
+
+    async def no(err: ModelError, failed: object) -> bool:
+        return False
+
+    never.model_retry = no
+    with pytest.raises(ModelError):
+        await never.handle_message("[script:blip] again")
+    assert refused.states()[-1] == "error" and not refused.of("notice")

@@ -57,13 +57,14 @@ class MemorySpoke:
 class MemoryCluster:
     root: Path
     llm_url: str = ""
+    hub_version: str = "test"  # "test" is no release: every spoke version is accepted
     clock: FakeClock = field(default_factory=FakeClock)
     wall: FakeClock = field(default_factory=lambda: FakeClock(1_800_000_000.0))
     spokes: dict[str, MemorySpoke] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         self.store = Store(self.root / "hub.db", clock=self.wall)
-        self.registry = Registry(self.store, PIN, Limits(), "test", clock=self.clock,
+        self.registry = Registry(self.store, PIN, Limits(), self.hub_version, clock=self.clock,
                                  wall_clock=self.wall, tick_s=3600)
         self.boxes = BoxService(self.store, self.registry)
         self.workstreams = WorkstreamService(self.store, self.registry, ModelsConfig,
@@ -93,7 +94,7 @@ class MemoryCluster:
 
     async def join(self, name: str, *, slots: int = 4, labels: tuple[str, ...] = (),
                    token: JoinToken | None = None, wait: bool = True,
-                   remote: str | None = None) -> MemorySpoke:
+                   remote: str | None = None, version: str = "test") -> MemorySpoke:
         """Enroll (the first time) or reconnect spoke ``name`` over a new pipe."""
         known = self.spokes.get(name)
         data_dir = self.root / f"spoke-{name}"
@@ -109,7 +110,7 @@ class MemoryCluster:
         runner = WorkstreamRunner(boxes, policy, default_image=IMAGE, max_workstreams=slots,
                                   local_models=local)
         dispatcher = Dispatcher(name, "test", boxes, policy, 64 * 1024, workstreams=runner)
-        rt = SpokeRuntime(identity=identity, state=state, dispatcher=dispatcher, version="test",
+        rt = SpokeRuntime(identity=identity, state=state, dispatcher=dispatcher, version=version,
                           labels=labels, token=None if state.enrolled else (token or await self.token(name)),
                           workstreams=runner, models=tuple(local))
         hub_end, spoke_end = memory_pipe()

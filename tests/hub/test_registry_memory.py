@@ -138,3 +138,24 @@ async def test_an_unknown_name_and_a_wrong_key_get_the_same_refusal(tmp_path: Pa
         said = [str(await impostor.stopped()), str(await stranger.stopped())]
         assert said[0] == said[1] and "not known to this hub" in said[0], said
         assert "known" not in said[0].replace("not known", "")
+
+
+async def test_a_spoke_of_another_release_is_refused_naming_both(tmp_path: Path) -> None:
+    """A spoke newer than the hub's release series, or older than it supports, is refused at
+    the handshake with both versions in the message, before its join token is spent."""
+    async with MemoryCluster(tmp_path, hub_version="0.4.1") as hub:
+        token = await hub.token("eta")
+        (tmp_path / "spoke-eta").mkdir()
+        newer = await hub.join("eta", token=token, wait=False, version="0.5.0")
+        outcome = await newer.stopped()
+        assert isinstance(outcome, Fatal)
+        assert "0.5.0" in str(outcome) and "0.4.1" in str(outcome)
+        assert "upgrade the hub first" in str(outcome)
+        older = await hub.join("eta", token=token, wait=False, version="0.0.3")
+        outcome = await older.stopped()
+        assert isinstance(outcome, Fatal) and "upgrade the spoke" in str(outcome)
+        assert await hub.store.get_spoke("eta") is None
+        same = await hub.join("eta", token=token, version="0.4.0")  # the token is still good
+        assert same.session.authenticated
+        row = await hub.store.get_spoke("eta")
+        assert row is not None and row["version"] == "0.4.0"

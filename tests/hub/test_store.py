@@ -19,6 +19,7 @@ import pytest
 from hub.boxes import BoxService
 from hub.mcp.jobs import JobRunner, JobStore
 from hub.store import SqliteEngine, Store, Tx
+from hub.store.engine import SchemaTooNew
 from hub.store.migrations import MIGRATIONS
 from hub.workstreams.store import WorkstreamStore
 from protocol.errors import ErrorCode, RemoteError
@@ -175,6 +176,22 @@ async def test_migrations_run_once_in_order(tmp_path: Path, clock: Clock) -> Non
     assert user_version(path) == 2  # the failing script left nothing, not even its first row
     with sqlite3.connect(path) as db:
         assert [r[0] for r in db.execute("SELECT x FROM t ORDER BY x")] == [1, 2]
+
+
+async def test_a_newer_database_is_refused_with_both_versions(tmp_path: Path, clock: Clock) -> None:
+    store = Store(tmp_path / "hub.db", clock=clock)
+    await store.open()
+    await store.close()
+    newer = len(MIGRATIONS) + 3
+    with sqlite3.connect(tmp_path / "hub.db") as db:
+        db.execute(f"PRAGMA user_version={newer}")
+    older = Store(tmp_path / "hub.db", clock=clock)
+    with pytest.raises(SchemaTooNew) as refused:
+        await older.open()
+    await older.close()
+    assert f"schema version is {newer}" in str(refused.value)
+    assert f"up to {len(MIGRATIONS)}" in str(refused.value)
+    assert user_version(tmp_path / "hub.db") == newer, "nothing was changed"
 
 
 # ------------------------------------------------------------------------- atomic writes

@@ -186,7 +186,11 @@ export class Transcript {
   }
   on_error(d, e) { this.endStream(); this.line("error", `error: ${d.message}`, e.ts); }
   on_cancelled(d, e) { this.endStream(); this.line("notice", "cancelled", e.ts); }
-  on_notice(d, e) { this.line("notice", d.message, e.ts); }
+  on_notice(d, e) {
+    // A retried model call (d.retry) voids the text streamed so far: the answer starts again.
+    if (d.retry && this.streaming) { this.streaming.node.remove(); this.streaming = null; }
+    this.line("notice", d.message, e.ts);
+  }
   on_waiting(d, e) {
     if (!d.reason) { this.waitingLine?.remove(); this.waitingLine = null; return; }
     if (this.waitingLine) this.waitingLine.remove();

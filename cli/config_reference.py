@@ -1,0 +1,83 @@
+"""Render ``docs/configuration.md``: every option of ``hub serve``, ``spoke join`` and
+``spoke run``, with its default and environment variable, from the click commands
+themselves, so the reference cannot drift from the code.
+
+    python -m cli.config_reference > docs/configuration.md
+
+tests/test_config_reference.py fails when the file is not what this renders.
+"""
+
+from __future__ import annotations
+
+import click
+
+HEADER = """# Configuration reference
+
+Every option of the long-running commands, with its default and environment variable.
+Precedence: a flag on the command line beats its environment variable, which beats the
+default. Generated from the commands themselves by `python -m cli.config_reference >
+docs/configuration.md` (a test checks it is current); `--help` on each command says the same.
+
+Files the hub and spoke read besides their options:
+
+- the hub's `hub.toml` in its data dir (or `--config`): models ([agents.md](agents.md)) and
+  alerts ([operator-guide.md, section 11](operator-guide.md#alerts)); models also come from
+  `SPOKEHUB_MODEL_*` variables (`SPOKEHUB_MODEL_DEFAULT`, `SPOKEHUB_MODEL_FALLBACK`,
+  `SPOKEHUB_MODEL_<ALIAS>_<FIELD>`), between the flags and the file;
+- the spoke's `options.json` in its data dir: the options given at `spoke join`, reused by
+  `spoke run` for any option not given again;
+- the spoke's `--models-file` (its own models, like `hub.toml`'s `[models.*]`).
+
+The admin commands (`hub token …`, `hub spoke …`, `hub box …`) find the hub through
+`SPOKEHUB_HUB_DIR` (its `admin.json`), or `SPOKEHUB_URL`, `SPOKEHUB_API_KEY` and
+`SPOKEHUB_PIN`.
+"""
+
+
+def _default(param: click.Parameter) -> str:
+    if isinstance(param, click.Option) and param.is_flag:
+        return "off"
+    if isinstance(param, click.Option) and isinstance(param.show_default, str):
+        return param.show_default
+    default = param.default
+    # click 8.2+ marks "no default" with a sentinel object; older ones with None.
+    if callable(default) or default is None or default == () or "UNSET" in repr(default):
+        return "—"
+    return str(default)
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
+
+
+def section(title: str, command: click.Command) -> str:
+    rows = ["| option | default | environment | what it does |", "|---|---|---|---|"]
+    for param in command.params:
+        if isinstance(param, click.Option):
+            flag = ", ".join(f"`{o}`" for o in param.opts)
+            if param.metavar and not param.is_flag:
+                flag += f" `{param.metavar}`"
+            what = param.help or ""
+        elif isinstance(param, click.Argument):
+            flag, what = f"`{(param.name or '').upper()}` (argument)", ""
+        else:
+            continue
+        env = param.envvar if isinstance(param.envvar, str) else "—"
+        env = f"`{env}`" if env != "—" else env
+        rows.append(f"| {flag} | {_cell(_default(param))} | {env} | {_cell(what)} |")
+    doc = (command.help or "").split("\n\n")[0]
+    return f"## `{title}`\n\n{_cell(doc)}\n\n" + "\n".join(rows) + "\n"
+
+
+def render() -> str:
+    from cli.hub_commands import serve
+    from cli.spoke_cli import join, run
+
+    parts = [HEADER]
+    for title, command in (("hub serve", serve), ("spoke join", join), ("spoke run", run)):
+        parts.append(section(title, command))
+    return "\n".join(parts)
+
+
+if __name__ == "__main__":
+    print(render(), end="")
