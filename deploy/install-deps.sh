@@ -26,6 +26,8 @@ if [ ! -x "$VENV/bin/python" ] && ! "$PYTHON" -c 'import ensurepip, venv' >/dev/
   need+=(python3-venv)
 fi
 [ "$mode" = test ] && { command -v chromium >/dev/null 2>&1 || need+=(chromium); }
+# tests/test_deploy.py validates and runs deploy/compose.yaml with Debian's docker-compose.
+[ "$mode" = test ] && { command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose); }
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
   step "installing system packages: ${need[*]} (apt-get; a minute or two)"

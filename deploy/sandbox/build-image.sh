@@ -34,7 +34,7 @@ cleanup() {
 trap cleanup EXIT INT TERM
 
 echo "debootstrap $SUITE (minbase + python3-minimal, procps) from $MIRROR"
-"$DEBOOTSTRAP" --variant=minbase --include=python3-minimal,procps "$SUITE" "$ROOTFS" "$MIRROR"
+"$DEBOOTSTRAP" --variant=minbase --include=python3-minimal,procps,git,ca-certificates "$SUITE" "$ROOTFS" "$MIRROR"
 
 echo "adding user sandbox (1000:1000) and /workspace"
 grep -q '^sandbox:' "$ROOTFS/etc/passwd" ||

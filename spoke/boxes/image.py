@@ -29,7 +29,7 @@ import docker.errors
 
 DEFAULT_IMAGE = "spokehub-sandbox:bookworm"
 SUITE = "bookworm"
-INCLUDE = "python3-minimal,procps"
+INCLUDE = "python3-minimal,procps,git,ca-certificates"
 SANDBOX_UID = 1000
 DEFAULT_MIRROR = "http://deb.debian.org/debian"
 IMPORT_CHANGES = ["USER 1000:1000", "WORKDIR /workspace", 'CMD ["/bin/sh"]']
