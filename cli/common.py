@@ -57,22 +57,62 @@ def env_vars(prefix: str, skip: tuple[str, ...] = (), **named: str) -> Callable[
     return apply
 
 
+def version_option(prog: str) -> Callable[[F], F]:
+    """``--version`` (``hub 0.1.0``), from the one version string (protocol/version.py)."""
+    import click
+
+    from protocol.version import VERSION
+
+    return click.version_option(VERSION, "--version", prog_name=prog,
+                                message="%(prog)s %(version)s")
+
+
+def apply_file_defaults(ctx: Any, kind: str, commands: dict[str, Any], args: list[str]) -> None:
+    """Give the subcommand about to run its defaults from ``hub.toml`` (cli/config_file.py:
+    flags > environment > file > defaults), as click's ``default_map``. Only commands that
+    take them: an admin command never fails over a bad ``[serve]`` table."""
+    from cli.config_file import ConfigFileError, default_map
+
+    try:
+        ctx.default_map = default_map(kind, args, commands)
+    except ConfigFileError as err:
+        fail(str(err), 2)
+
+
 # HTTP client libraries that log every request at INFO (the model SDKs' clients, each model
 # call through the hub's relay): noise in a ``hub up`` terminal, so shown only at DEBUG.
 # Per-request lines of the HTTP clients and the MCP SDK's session chatter: DEBUG only.
 CHATTY_LOGGERS = ("httpx", "httpx2", "httpcore", "httpcore2", "mcp")
 
 
-def setup_logging(level: str) -> None:
+LOG_FORMATS = ("text", "json")
+
+
+def setup_logging(level: str, log_format: str = "text", service: str | None = None) -> None:
     """Logging for ``hub serve`` and ``spoke run|join``: ``level`` for our own lines, and
-    the HTTP clients' per-request lines only when ``level`` is DEBUG."""
+    the HTTP clients' per-request lines only when ``level`` is DEBUG. ``log_format`` ``json``
+    writes one JSON object a line, with the trace and span ids while a span is current
+    (cli/telemetry.py); ``text`` is for people. With ``service`` (``spokehub-hub``,
+    ``spokehub-spoke``) tracing is set up too, if the OTEL_* environment asks for it.
+    Pinned by tests/test_tracing.py."""
     import logging
 
-    logging.basicConfig(level=level.upper(),
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if log_format == "json":
+        from cli.telemetry import JsonFormatter
+
+        handler = logging.StreamHandler()
+        handler.setFormatter(JsonFormatter())
+        logging.basicConfig(level=level.upper(), handlers=[handler])
+    else:
+        logging.basicConfig(level=level.upper(),
+                            format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     if logging.getLogger().getEffectiveLevel() > logging.DEBUG:
         for name in CHATTY_LOGGERS:
             logging.getLogger(name).setLevel(logging.WARNING)
+    if service is not None:
+        from cli.telemetry import setup_tracing
+
+        setup_tracing(service)  # the SDK loads only if the environment asks for traces
 
 
 # Either word works for either command: `hub box list` and `hub spoke ls` are what people type.
@@ -85,11 +125,25 @@ def aliased_group() -> Any:
     import click
 
     class AliasedGroup(click.Group):
+        # Set on a top-level group: (kind, names of the commands that take hub.toml defaults).
+        file_defaults: tuple[str, tuple[str, ...]] | None = None
+
         def get_command(self, ctx: click.Context, cmd_name: str) -> click.Command | None:
             found = super().get_command(ctx, cmd_name)
             if found is None and cmd_name in COMMAND_ALIASES:
                 found = super().get_command(ctx, COMMAND_ALIASES[cmd_name])
             return found
+
+        def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+            """Also where the file's defaults go in: the one place that sees the
+            subcommand's arguments (``--data-dir``, ``--config``) before they are parsed."""
+            name, command, rest = super().resolve_command(ctx, args)
+            if self.file_defaults is not None and command is not None:
+                kind, takers = self.file_defaults
+                if command.name in takers and not ctx.resilient_parsing:
+                    apply_file_defaults(ctx, kind, {n: self.commands[n] for n in takers},
+                                        list(rest))
+            return name, command, rest
 
     return AliasedGroup
 

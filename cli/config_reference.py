@@ -13,10 +13,42 @@ import click
 
 HEADER = """# Configuration reference
 
-Every option of the long-running commands, with its default and environment variable.
-Precedence: a flag on the command line beats its environment variable, which beats the
-default. Generated from the commands themselves by `python -m cli.config_reference >
+Every option of the long-running commands, with its default, its environment variable and
+its key in `hub.toml`. One precedence for all of them:
+
+    flag on the command line  >  environment variable  >  hub.toml  >  built-in default
+
+`hub config show` prints the value each option would have here and where it came from.
+Generated from the commands themselves by `python -m cli.config_reference >
 docs/configuration.md` (a test checks it is current); `--help` on each command says the same.
+
+## `hub.toml`
+
+The hub's own file (models and alerts live there too): `[serve]` holds defaults for
+`hub serve`, `[spoke]` for `spoke join` and `spoke run`, keyed as in the tables below. A key
+that is not an option is refused (exit 2), so a typo never goes unnoticed; the join token is
+never read from the file.
+
+```toml
+[serve]
+public_url = "https://hub.example.org:8443"
+host = "0.0.0.0"
+resume_grace = "30s"
+
+[spoke]
+max_boxes = 40
+label = ["gpu", "big-disk"]
+```
+
+Which file: `SPOKEHUB_CONFIG` when set; else for `hub` commands `--config` /
+`SPOKEHUB_HUB_CONFIG` or `hub.toml` in the hub's data dir; for `spoke` commands `hub.toml` in
+the hub's data dir (`SPOKEHUB_HUB_DIR`, or the default) — shared on a machine that runs both,
+as `hub up` does; a spoke-only machine sets `SPOKEHUB_CONFIG`. `spoke run` also reuses the
+options given at `spoke join` (its `options.json`) for any not given again.
+
+Shell completion (click's): `eval "$(_HUB_COMPLETE=bash_source hub)"` and
+`eval "$(_SPOKE_COMPLETE=bash_source spoke)"` in `~/.bashrc` (`zsh_source` / `fish_source`
+for zsh and fish). `hub --version`, `spoke --version` print the release.
 
 Files the hub and spoke read besides their options:
 
@@ -50,8 +82,12 @@ def _cell(text: str) -> str:
     return " ".join(text.split()).replace("|", "\\|")
 
 
-def section(title: str, command: click.Command) -> str:
-    rows = ["| option | default | environment | what it does |", "|---|---|---|---|"]
+SECRET = ("token", "token_file")  # never from the file (cli/config_file.py)
+
+
+def section(title: str, command: click.Command, table_name: str) -> str:
+    rows = ["| option | default | environment | `hub.toml` | what it does |",
+            "|---|---|---|---|---|"]
     for param in command.params:
         if isinstance(param, click.Option):
             flag = ", ".join(f"`{o}`" for o in param.opts)
@@ -64,7 +100,8 @@ def section(title: str, command: click.Command) -> str:
             continue
         env = param.envvar if isinstance(param.envvar, str) else "—"
         env = f"`{env}`" if env != "—" else env
-        rows.append(f"| {flag} | {_cell(_default(param))} | {env} | {_cell(what)} |")
+        key = "—" if param.name in SECRET else f"`[{table_name}] {param.name}`"
+        rows.append(f"| {flag} | {_cell(_default(param))} | {env} | {key} | {_cell(what)} |")
     doc = (command.help or "").split("\n\n")[0]
     return f"## `{title}`\n\n{_cell(doc)}\n\n" + "\n".join(rows) + "\n"
 
@@ -74,8 +111,9 @@ def render() -> str:
     from cli.spoke_cli import join, run
 
     parts = [HEADER]
-    for title, command in (("hub serve", serve), ("spoke join", join), ("spoke run", run)):
-        parts.append(section(title, command))
+    for title, command, table_name in (("hub serve", serve, "serve"), ("spoke join", join, "spoke"),
+                                       ("spoke run", run, "spoke")):
+        parts.append(section(title, command, table_name))
     return "\n".join(parts)
 
 

@@ -12,7 +12,16 @@ from typing import Any
 
 import click
 
-from cli.common import aliased_group, data_dir_option, emit, env_vars, fail, json_option, table
+from cli.common import (
+    aliased_group,
+    data_dir_option,
+    emit,
+    env_vars,
+    fail,
+    json_option,
+    table,
+    version_option,
+)
 from cli.common import guarded as _call
 from cli.common import hub_client as _client
 
@@ -20,6 +29,7 @@ hub_dir = data_dir_option("hub", "SPOKEHUB_HUB_DIR")
 
 
 @click.group(cls=aliased_group(), context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("hub")
 def hub() -> None:
     """spokehub hub: run the hub and administer spokes, tokens, keys, users and boxes.
 
@@ -47,6 +57,9 @@ def hub() -> None:
 @click.option("--insecure-http", is_flag=True, help="Serve plain HTTP (only behind a TLS proxy).")
 @click.option("--log-level", default="INFO", show_default=True,
               help="DEBUG, INFO, WARNING or ERROR (DEBUG adds HTTP requests and protocol frames).")
+@click.option("--log-format", type=click.Choice(["text", "json"]), default="text", show_default=True,
+              help="text for people; json: one JSON object a line, with trace_id/span_id "
+                   "when tracing (OTEL_EXPORTER_OTLP_ENDPOINT).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Models and alerts TOML (default: hub.toml in the data dir).")
 @click.option("--default-model", default=None, help="Default model alias (over env and file).")
@@ -84,6 +97,7 @@ def serve(
     tls_key: Path | None,
     insecure_http: bool,
     log_level: str,
+    log_format: str,
     config_file: Path | None,
     default_model: str | None,
     fallback_models: tuple[str, ...],
@@ -142,7 +156,7 @@ def serve(
     except ListenError as err:
         fail(str(err))
         return
-    setup_logging(log_level)
+    setup_logging(log_level, log_format, service="spokehub-hub")
     config = HubConfig(
         data_dir=data_dir,
         host=host,
@@ -418,3 +432,9 @@ hub.add_command(_restore)
 from cli.doctor_command import hub_doctor  # noqa: E402
 
 hub.add_command(hub_doctor)  # hub doctor: cli/doctor_command.py
+
+hub.file_defaults = ("hub", ("serve",))  # type: ignore[attr-defined]  # hub.toml [serve]: cli/config_file.py
+
+from cli.config_command import config as _config  # noqa: E402
+
+hub.add_command(_config)  # hub config show

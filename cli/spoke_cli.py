@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from cli.common import data_dir_option, env_vars, fail
+from cli.common import aliased_group, data_dir_option, env_vars, fail, version_option
 from cli.doctor_command import spoke_doctor
 from cli.sim_command import sim
 
@@ -61,13 +61,18 @@ def _policy_options(fn: Any) -> Any:
                      help="TOML with this spoke's own models ([models.ALIAS] like hub.toml)."),
             click.option("--log-level", default="INFO", show_default=True,
                          help="DEBUG, INFO, WARNING or ERROR."),
+            click.option("--log-format", type=click.Choice(["text", "json"]), default="text",
+                         show_default=True,
+                         help="text for people; json: one JSON object a line, with "
+                              "trace_id/span_id when tracing (OTEL_EXPORTER_OTLP_ENDPOINT)."),
         ]
     ):
         fn = option(fn)
     return fn
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=aliased_group(), context_settings={"help_option_names": ["-h", "--help"]})
+@version_option("spoke")
 def main() -> None:
     """spokehub spoke: dial out to a hub and run sandboxed boxes on this machine."""
 
@@ -212,7 +217,8 @@ def _serve(data_dir: Path, state: Any, token: Any, opts: dict[str, Any]) -> int:
     from cli.common import setup_logging
     from spoke.service import SpokeOptions, serve
 
-    setup_logging(str(opts.pop("log_level")))
+    setup_logging(str(opts.pop("log_level")), str(opts.pop("log_format")),
+                  service="spokehub-spoke")
     try:
         options = SpokeOptions.from_cli(data_dir, opts)
     except ValueError as err:
@@ -222,6 +228,7 @@ def _serve(data_dir: Path, state: Any, token: Any, opts: dict[str, Any]) -> int:
 
 
 main.add_command(sim)  # spoke sim: cli/sim_command.py
+main.file_defaults = ("spoke", ("join", "run"))  # type: ignore[attr-defined]  # hub.toml [spoke]: cli/config_file.py
 main.add_command(spoke_doctor)  # spoke doctor: cli/doctor_command.py
 
 if __name__ == "__main__":

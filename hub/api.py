@@ -18,8 +18,11 @@ from aiohttp import web
 from hub import roles
 from hub.boxes import BoxService
 from hub.disconnect import cancelled_on_disconnect
+from hub.events_api import int_param
 from hub.health import Health, connected
-from hub.http_util import actor, json_body, want
+from hub.http_util import actor, parsed_body
+from hub.openapi import NDJSON, OCTETS, Param, Reply, int_or_empty, operation
+from hub.openapi.models import cluster as m
 from hub.registry import Registry
 from hub.store import Store
 from protocol import verbs as v
@@ -28,6 +31,13 @@ from protocol.tokens import MAX_PREFIX_CHARS, JoinToken, hash_secret, new_id, ne
 from protocol.units import parse_size, parse_ttl
 
 MAX_TOKEN_USES = 100_000  # spokes one multi-use join token may enroll
+# What a call through a spoke may answer besides 404: its policy (403), its call slots
+# (429), no live link (503), no answer in time (504).
+SPOKE_ERRORS = (403, 429, 503, 504)
+MAX_LOG_TAIL = 100_000  # what box.logs accepts (protocol/verbs.py BoxLogs)
+ON_BOX = (400, *SPOKE_ERRORS)  # 400: not a box id (bx_ + 16 hex digits), or a bad parameter
+BOX_PATH = (Param("id", {"type": "string", "pattern": v.BOX_ID_RE.pattern}, "the box",
+                  where="path"),)
 
 
 def _flag(request: web.Request, name: str) -> bool:
@@ -71,32 +81,42 @@ class Api:
             web.get("/api/boxes/{id}/file", self.box_get_file),
         ]
 
+    @operation("Health of the hub", tag="health", replies=(Reply(200, "always 200: "
+               "`degraded` (with its reasons) when no spoke is connected or the default model "
+               "is unreachable", m.Health),))
     async def healthz(self, request: web.Request) -> web.Response:
         """200 ``{"ok": true, "status": "ok"|"degraded", "reasons": [...],
         "spokes_connected": N}`` at once (hub/health.py). Pinned by
         tests/test_alerts_e2e.py::test_healthz_is_degraded_without_spokes_or_model."""
         return web.json_response(self.health.report())
 
+    @operation("The hub's URL, certificate pin and version", tag="health",
+               replies=(Reply(200, "the hub", m.Info),))
     async def info(self, request: web.Request) -> web.Response:
         return web.json_response(
             {"url": self.public_url, "pin": self.pin, "version": self.registry.version}
         )
 
     # ---------------------------------------------------------------- tokens
+    @operation("Create a join token", tag="tokens", body=m.TokenCreate,
+               replies=(Reply(201, "the token, shown only here", m.TokenCreated),))
     async def token_create(self, request: web.Request) -> web.Response:
-        body = await json_body(request)
-        name = want(body, "name", str)
-        if not v.SPOKE_NAME_RE.match(name):
+        body = await parsed_body(request, m.TokenCreate)
+        name = body.name
+        # fullmatch: the pattern's ``$`` also matches before a final newline, so ``match``
+        # let "name\n" through. Pinned by tests/test_openapi_regressions.py::
+        # test_names_with_a_newline_are_refused.
+        if not v.SPOKE_NAME_RE.fullmatch(name):
             raise RemoteError(
                 ErrorCode.INVALID,
                 f"bad spoke name {name!r}: lowercase letters, digits and '-', max 63",
             )
-        ttl = parse_ttl(body.get("ttl", "1h"))
+        ttl = parse_ttl(body.ttl)
         if ttl > 30 * 86400:
             raise RemoteError(ErrorCode.INVALID, "ttl may be at most 30d: join tokens must expire")
         # ``uses``: a multi-use token for up to that many spokes named NAME-… (docs/api.md).
         # Pinned by tests/test_multi_use_tokens.py.
-        uses = want(body, "uses", int, None)
+        uses = body.uses
         if uses is not None and not 1 <= uses <= MAX_TOKEN_USES:
             raise RemoteError(ErrorCode.INVALID, f"uses must be 1..{MAX_TOKEN_USES}")
         if uses is not None and len(name) > MAX_PREFIX_CHARS:
@@ -120,6 +140,8 @@ class Api:
             status=201,
         )
 
+    @operation("List join tokens", tag="tokens",
+               replies=(Reply(200, "every token, with its state", list[m.Token]),))
     async def token_list(self, request: web.Request) -> web.Response:
         now = self.clock()
         rows = await self.store.list_tokens()
@@ -136,6 +158,8 @@ class Api:
             )
         return web.json_response(rows)
 
+    @operation("Revoke a join token", tag="tokens",
+               replies=(Reply(200, "revoked (false: it was already)", m.Revoked),))
     async def token_revoke(self, request: web.Request) -> web.Response:
         token_id = request.match_info["id"]
         if await self.store.get_token(token_id) is None:
@@ -146,15 +170,17 @@ class Api:
         return web.json_response({"id": token_id, "revoked": revoked})
 
     # -------------------------------------------------------------- api keys
+    @operation("Create an API key", tag="api keys", body=m.ApiKeyCreate,
+               replies=(Reply(201, "the key, shown only here", m.ApiKeyCreated),))
     async def apikey_create(self, request: web.Request) -> web.Response:
-        body = await json_body(request)
-        name = want(body, "name", str)
+        body = await parsed_body(request, m.ApiKeyCreate)
+        name = body.name
         if not 0 < len(name) <= 100:
             raise RemoteError(ErrorCode.INVALID, "name must be 1..100 characters")
         if not name.isprintable():  # it is printed by the CLI and shown on the dashboard
             raise RemoteError(ErrorCode.INVALID, "name must not contain control characters")
         try:  # admin by default, as every key was before roles existed
-            role = roles.check_role(want(body, "role", str, roles.ADMIN))
+            role = roles.check_role(body.role)
         except ValueError as err:
             raise RemoteError(ErrorCode.INVALID, str(err)) from None
         key_id, key = new_id("key"), "shk_" + new_secret()
@@ -163,9 +189,13 @@ class Api:
         return web.json_response({"key": key, "id": key_id, "name": name, "role": role},
                                  status=201)
 
+    @operation("List API keys", tag="api keys",
+               replies=(Reply(200, "every key (never the key itself)", list[m.ApiKey]),))
     async def apikey_list(self, request: web.Request) -> web.Response:
         return web.json_response(await self.store.list_api_keys())
 
+    @operation("Revoke an API key", tag="api keys", description="Requests with it are "
+               "refused at once.", replies=(Reply(200, "revoked", m.Revoked),))
     async def apikey_revoke(self, request: web.Request) -> web.Response:
         key_id = request.match_info["id"]
         if not await self.store.revoke_api_key(key_id):
@@ -174,9 +204,14 @@ class Api:
         return web.json_response({"id": key_id, "revoked": True})
 
     # ---------------------------------------------------------------- spokes
+    @operation("List spokes", tag="spokes",
+               replies=(Reply(200, "every enrolled spoke with its live state", list[m.Spoke]),))
     async def spoke_list(self, request: web.Request) -> web.Response:
         return web.json_response(await self.registry.spoke_summaries())
 
+    @operation("Revoke a spoke", tag="spokes", description="Deletes its public key and "
+               "closes its connection: it stops instead of reconnecting.",
+               replies=(Reply(200, "revoked (false: it was already)", m.SpokeRevoked),))
     async def spoke_revoke(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
         if await self.store.get_spoke(name) is None:
@@ -187,12 +222,15 @@ class Api:
                                    result="ok")
         return web.json_response({"name": name, "revoked": revoked})
 
+    @operation("Round trips to a spoke", tag="spokes", body=m.PingBody, body_required=False,
+               description="No-op calls through the live link, `concurrency` at a time.",
+               replies=(Reply(200, "how long they took", m.Ping),), errors=SPOKE_ERRORS)
     async def spoke_ping(self, request: web.Request) -> web.Response:
         """No-op round trips through the live link, ``concurrency`` at a time: measures the
         protocol path itself (used by benchmarks and by operators checking a spoke's handlers)."""
-        body = await json_body(request)
-        count = want(body, "count", int, 1)
-        concurrency = want(body, "concurrency", int, 1)
+        body = await parsed_body(request, m.PingBody)
+        count = 1 if body.count is None else body.count  # never None: want's default
+        concurrency = 1 if body.concurrency is None else body.concurrency
         if not (1 <= count <= 1_000_000 and 1 <= concurrency <= 256):
             raise RemoteError(ErrorCode.INVALID, "count must be 1..1000000, concurrency 1..256")
         link = self.registry.link(request.match_info["name"])
@@ -214,53 +252,67 @@ class Api:
         )
 
     # ----------------------------------------------------------------- boxes
+    @operation("Create a box", tag="boxes", body=m.BoxCreate,
+               replies=(Reply(201, "the box, running", m.BoxCreated),), errors=(404, *SPOKE_ERRORS))
     async def box_create(self, request: web.Request) -> web.Response:
-        body = await json_body(request)
-        spoke = want(body, "spoke", str)
-        params: dict[str, Any] = {
-            "image": want(body, "image", str),
-            "network": want(body, "network", bool, False),
-        }
-        if body.get("memory") is not None:
-            params["memory_bytes"] = parse_size(body["memory"])
-        if body.get("cpus") is not None:
-            params["cpus"] = want(body, "cpus", (int, float))
-        params.update({"user": want(body, "user", str)} if body.get("user") is not None else {})
-        if body.get("workspace") is not None:
-            params["workspace_bytes"] = parse_size(body["workspace"])
-        env = want(body, "env", dict, {})
-        params["env"] = {str(k): str(v) for k, v in env.items()}
-        box = await self.boxes.create(spoke, params)
+        body = await parsed_body(request, m.BoxCreate)
+        params: dict[str, Any] = {"image": body.image, "network": bool(body.network)}
+        if body.memory is not None:
+            params["memory_bytes"] = parse_size(body.memory)
+        if body.cpus is not None:
+            params["cpus"] = body.cpus
+        params.update({"user": body.user} if body.user is not None else {})
+        if body.workspace is not None:
+            params["workspace_bytes"] = parse_size(body.workspace)
+        params["env"] = {str(k): str(v) for k, v in (body.env or {}).items()}
+        box = await self.boxes.create(body.spoke, params)
         return web.json_response(box, status=201)
 
+    @operation("List boxes", tag="boxes", query=(
+        Param("spoke", description="only this spoke's"),
+        Param("all", {"type": "string"}, "`1`: the hub's records merged with what each "
+              "connected spoke reports (`on_spoke`, `note`)")),
+        replies=(Reply(200, "live boxes, or with `all=1` every record",
+                       list[m.InventoryBox] | list[m.Box]),), errors=(404,))
     async def box_list(self, request: web.Request) -> web.Response:
         if request.query.get("all", "").lower() in ("1", "true", "yes"):
             return web.json_response(await self.boxes.inventory(request.query.get("spoke")))
         return web.json_response(await self.boxes.list(request.query.get("spoke")))
 
+    @operation("Destroy a box", tag="boxes",
+               replies=(Reply(200, "gone (`removed` false: it was already)", m.BoxDestroyed),),
+               path_params=BOX_PATH, errors=ON_BOX)
     async def box_destroy(self, request: web.Request) -> web.Response:
         result = await self.boxes.destroy(request.match_info["id"])
         return web.json_response(result)
 
+    @operation("A box's logs", tag="boxes", query=(
+        Param("tail", int_or_empty(1, MAX_LOG_TAIL), "the last N lines (default 200)"),),
+        replies=(Reply(200, "the raw log bytes", {"type": "string", "format": "binary"},
+                       OCTETS),), path_params=BOX_PATH, errors=ON_BOX)
     async def box_logs(self, request: web.Request) -> web.Response:
-        tail = (
-            int(request.query.get("tail", "200"))
-            if request.query.get("tail", "200").isdigit()
-            else 200
-        )
+        # A bad tail is a 400 like every other bad parameter (it fell back to 200 silently,
+        # and ``²`` passed isdigit() into a 500). Pinned by tests/test_openapi_regressions.py.
+        tail = int_param(request, "tail", 200, 1, MAX_LOG_TAIL) or 200
         data = await self.boxes.logs(request.match_info["id"], tail)
         return web.Response(body=data, content_type="application/octet-stream")
 
+    @operation("A box's live usage", tag="boxes",
+               replies=(Reply(200, "memory, CPU and processes", m.BoxStats),),
+               path_params=BOX_PATH, errors=ON_BOX)
     async def box_stats(self, request: web.Request) -> web.Response:
         return web.json_response(await self.boxes.stats(request.match_info["id"]))
 
+    @operation("Run a command in a box", tag="boxes", body=m.ExecBody,
+               description="Output is streamed as NDJSON lines as it is produced; the command "
+               "is killed when the caller goes away.",
+               replies=(Reply(200, "NDJSON: output lines, then the exit line", m.ExecLine,
+                              NDJSON),), path_params=BOX_PATH, errors=ON_BOX)
     async def box_exec(self, request: web.Request) -> web.StreamResponse:
-        body = await json_body(request)
+        body = await parsed_body(request, m.ExecBody)
         params = self.boxes.exec_params(request.match_info["id"], {
-            "cmd": want(body, "cmd", list),
-            "env": want(body, "env", dict, {}),
-            "workdir": want(body, "workdir", str, None),
-            "timeout_s": want(body, "timeout_s", (int, float), None),
+            "cmd": body.cmd, "env": body.env or {}, "workdir": body.workdir,
+            "timeout_s": body.timeout_s,
         })
         stream = self.boxes.exec(params)
         try:
@@ -287,6 +339,17 @@ class Api:
         finally:
             await stream.aclose()  # cancels the call on the spoke if it has not ended
 
+    @operation("Upload a file into a box", tag="boxes", body={"type": "string",
+               "format": "binary"}, body_content_type=OCTETS, query=(
+        Param("path", {"type": "string", "minLength": 1}, "where: absolute, or relative to "
+              "the box's working directory", required=True),
+        Param("mode", {"type": "string", "pattern": "^[0-7]{3,4}$"}, "octal, default 644"),
+        Param("parents", {"type": "string", "enum": ["0", "1", "false", "true"]},
+              "create missing directories"),
+        Param("into_dir_name", description="the file's name when `path` is a directory")),
+        description="The raw body is the file; `Content-Length` is required.",
+        replies=(Reply(200, "written", m.FileWritten),), path_params=BOX_PATH,
+        errors=(*ON_BOX, 413))
     async def box_put_file(self, request: web.Request) -> web.Response:
         path = request.query.get("path", "")
         mode = (
@@ -313,6 +376,13 @@ class Api:
         )
         return web.json_response(result)
 
+    @operation("Download a file from a box", tag="boxes", query=(
+        Param("path", {"type": "string", "minLength": 1}, "absolute, or relative to the box's "
+              "working directory",
+              required=True),),
+        replies=(Reply(200, "the file's bytes, streamed", {"type": "string",
+                                                           "format": "binary"}, OCTETS),),
+        path_params=BOX_PATH, errors=ON_BOX)
     async def box_get_file(self, request: web.Request) -> web.StreamResponse:
         path = request.query.get("path", "")
         stream = self.boxes.get_file(request.match_info["id"], path, v.MAX_FILE_BYTES)

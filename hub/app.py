@@ -20,7 +20,7 @@ from typing import Any
 import aiohttp.web_response
 from aiohttp import web
 
-from hub import metrics, model_config, tls
+from hub import metrics, model_config, tls, tracing
 from hub.alerts import AlertService
 from hub.alerts import load as load_alerts
 from hub.api import Api
@@ -33,6 +33,7 @@ from hub.history import HistoryApi, HistorySampler
 from hub.http_util import auth_middleware, errors_middleware
 from hub.janitor import Janitor, JanitorConfig
 from hub.mcp.frontend import McpServices, mount_mcp
+from hub.openapi.serve import OpenApiRoute
 from hub.registry import Registry
 from hub.relay import Relay
 from hub.store import Store
@@ -196,7 +197,7 @@ class Hub:
         app = web.Application(
             client_max_size=1024 * 1024,
             # Who may call what: one table, hub/roles.py (pages, sign-in, health are public there).
-            middlewares=[errors_middleware, auth_middleware(self.store, self.config.url())],
+            middlewares=[*tracing.middlewares(), errors_middleware, auth_middleware(self.store, self.config.url())],
         )
         install_security_headers(app, https=self.https)
         app.on_response_prepare.append(_server_header)
@@ -216,6 +217,7 @@ class Hub:
                                              job_running=self.mcp.jobs.is_running)).routes())
         app.router.add_routes(self.events.routes())
         app.router.add_routes(HistoryApi(self.store, self.config.history_interval_s).routes())
+        app.router.add_routes(OpenApiRoute().routes())  # GET /api/openapi.json, from this table
         # Set up top to bottom, torn down bottom to top (see Lifecycles and the methods).
         Lifecycles(
             self._database,       # opened first, closed last: no handler meets a closed store

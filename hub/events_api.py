@@ -23,11 +23,17 @@ from typing import Any
 
 from aiohttp import web
 
+from hub.http_util import is_digits
+from hub.openapi import SSE, Param, Reply, int_or_empty, operation
+from hub.openapi.models import fleet as m
 from hub.store import Store
 from protocol.errors import ErrorCode, RemoteError
 
 KEEPALIVE_S = 15.0
 MAX_EVENTS = 1000
+MAX_CURSOR = 2**63 - 1  # the largest id SQLite stores (INTEGER is 64-bit signed)
+# The audit filters: 1..200 printable characters (the pattern keeps out control characters).
+FILTER = {"type": "string", "minLength": 1, "maxLength": 200, "pattern": r"^[^\x00-\x1f\x7f]+$"}
 STREAM_PAGE = 500
 RETRY_MS = 3000  # what EventSource waits before reconnecting
 
@@ -36,12 +42,14 @@ Wait = Callable[[int, float], Awaitable[list[dict[str, Any]]]]
 
 def int_param(request: web.Request, name: str, default: int | None, low: int = 0,
               high: int | None = None) -> int | None:
-    """A non-negative integer query parameter in ``[low, high]``; ``invalid`` otherwise.
-    Pinned by tests/hub/test_fleet_memory.py::test_events_are_read_by_cursor."""
+    """A non-negative integer query parameter in ``[low, high]`` (``high`` at most
+    :data:`MAX_CURSOR`: larger ids reach no row, and SQLite refused them with a 500 that
+    schemathesis found); ``invalid`` otherwise. Pinned by tests/hub/test_fleet_memory.py::
+    test_events_are_read_by_cursor and tests/test_openapi_regressions.py."""
     raw = request.query.get(name)
     if raw is None or raw == "":
         return default
-    if not raw.isdigit() or int(raw) < low or (high is not None and int(raw) > high):
+    if not is_digits(raw) or len(raw) > 20 or not low <= int(raw) <= (high or MAX_CURSOR):
         bound = f"{low}..{high}" if high is not None else f">= {low}"
         raise RemoteError(ErrorCode.INVALID, f"{name} must be an integer {bound}, got {raw[:20]!r}")
     return int(raw)
@@ -53,7 +61,7 @@ def resume_cursor(request: web.Request, name: str = "after") -> int | None:
     tests/hub/test_fleet_memory.py::test_event_stream_sse and ::test_ws_stream_as_sse."""
     last = request.headers.get("Last-Event-ID", "").strip()
     if last:
-        if not last.isdigit():
+        if not is_digits(last) or len(last) > 20 or int(last) > MAX_CURSOR:
             raise RemoteError(ErrorCode.INVALID, f"Last-Event-ID must be an integer, got {last[:20]!r}")
         return int(last)
     return int_param(request, name, None)
@@ -118,6 +126,12 @@ class EventsApi:
         self.stopping = True
         self.store.wake_audit_readers()
 
+    @operation("Read the events timeline", tag="events", query=(
+        Param("after", int_or_empty(0), "the cursor: events with a larger id; without it, "
+              "the newest `limit`"),
+        Param("limit", int_or_empty(1, MAX_EVENTS), "default 100")),
+        replies=(Reply(200, "events oldest first, and the next cursor", m.Events),),
+        errors=(400,))
     async def events(self, request: web.Request) -> web.Response:
         """``{"events": [...], "last": ID}``: after ``after``, or the newest ``limit``
         without it. ``last`` is the cursor for the next call (the last id returned, or
@@ -133,6 +147,13 @@ class EventsApi:
             last = rows[-1]["id"] if rows else after
         return web.json_response({"events": rows, "last": last})
 
+    @operation("Follow the events timeline", tag="events", query=(
+        Param("after", int_or_empty(0), "the cursor; default: from now"),
+        Param("Last-Event-ID", {"type": "string", "pattern": "^[0-9]{1,19}$"}, "the cursor an "
+              "EventSource resends (wins over `after`)", where="header")),
+        description="Server-Sent Events without end: `id:` is the event's id, `data:` the "
+        "event; a `: keepalive` comment after 15 s without one.",
+        replies=(Reply(200, "SSE, endless", {"type": "string"}, SSE),), errors=(400,))
     async def stream(self, request: web.Request) -> web.StreamResponse:
         """SSE from ``Last-Event-ID`` or ``after``; without either, from now on. Pinned by
         tests/hub/test_fleet_memory.py::test_event_stream_sse and
@@ -147,6 +168,13 @@ class EventsApi:
         return await serve_sse(request, after, wait, lambda row: int(row["id"]),
                                keepalive_s=self.keepalive_s, stopping=lambda: self.stopping)
 
+    @operation("Read the audit log", tag="events", query=(
+        Param("limit", int_or_empty(1, MAX_EVENTS), "default 100"),
+        Param("before", int_or_empty(1), "page back: the `next_before` of the previous page"),
+        Param("spoke", FILTER, "only rows of this spoke"),
+        Param("actor", FILTER, "only rows by `user:NAME` or `key:KEY_ID`"),
+        Param("kind", FILTER, "only this kind (`box.exec`), or a family (`box.*`)")),
+        replies=(Reply(200, "rows newest first", m.Audit),), errors=(400,))
     async def audit(self, request: web.Request) -> web.Response:
         """``{"audit": [...], "next_before": ID|null}``: the audit log newest first, filtered
         by ``spoke``, ``actor`` (``user:NAME``, ``key:KEY_ID``) and ``kind`` (``box.exec``,

@@ -24,6 +24,8 @@ from typing import Any
 from aiohttp import web
 
 from hub.boxes import BoxService
+from hub.openapi import Reply, operation
+from hub.openapi.models import fleet as m
 from hub.registry import Registry
 from hub.store import LIVE_BOX_STATES, Store
 from hub.workstreams.journal import BUSY_STATES
@@ -151,11 +153,21 @@ class FleetApi:
             web.get("/api/runs/{id}/inspect", self.inspect),
         ]
 
+    @operation("Work running now", tag="fleet", description="Every busy workstream and "
+               "every exec or exec job in flight, with its spoke, box and start time.",
+               replies=(Reply(200, "one snapshot", m.Workers),))
     async def workers(self, request: web.Request) -> web.Response:
         return web.json_response(await self.fleet.active_workers())
 
+    @operation("One run", tag="fleet", description="`run_…` (a workstream's lease), "
+               "`job_…` (an MCP exec job) or `ex_…` (an exec).",
+               replies=(Reply(200, "the run", m.Run),))
     async def run(self, request: web.Request) -> web.Response:
         return web.json_response(await self.fleet.run(request.match_info["id"]))
 
+    @operation("A live look inside a run's box", tag="fleet", description="Its box's "
+               "live usage, or `alive: false` with the reason.",
+               replies=(Reply(200, "usage, or why there is none", m.Inspection),),
+               errors=(403, 429, 503, 504))
     async def inspect(self, request: web.Request) -> web.Response:
         return web.json_response(await self.fleet.inspect(request.match_info["id"]))

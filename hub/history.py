@@ -33,6 +33,8 @@ from aiohttp import web
 
 from hub.boxes import BoxService
 from hub.latency import percentile
+from hub.openapi import Param, Reply, operation
+from hub.openapi.models import fleet as m
 from hub.registry import Registry
 from hub.store import Store
 from hub.workstreams.store import OPEN_STATES
@@ -206,6 +208,12 @@ class HistoryApi:
             points.setdefault(name, [])
         return {"range": range_name, "from": start, "to": end, "step_s": step, "series": points}
 
+    @operation("The metrics history", tag="history", query=(
+        Param("range", {"type": "string", "enum": list(RANGES)}, "default 1h"),
+        Param("series", description="comma-separated names, and prefixes ending in `*`; "
+              "default: every series")),
+        replies=(Reply(200, "points per series, at most ~300 each", m.History),),
+        errors=(400,))
     async def history(self, request: web.Request) -> web.Response:
         return web.json_response(await self.query(request.query.get("range", "1h"),
                                                   request.query.get("series", "")))

@@ -17,14 +17,52 @@ from typing import Any
 
 import aiohttp
 from aiohttp import web
+from pydantic import BaseModel
 
 from hub.http_util import read_limited
 from hub.model_config import ModelsConfig
+from hub.openapi import Reply, operation
 from protocol.errors import ErrorCode
 
 log = logging.getLogger("spokehub.hub.relay")
 MAX_RELAY_BODY = 32 * 1024 * 1024
 _HOP_HEADERS = {"content-length", "transfer-encoding", "connection", "content-encoding", "keep-alive"}
+
+
+class RelayErrorDetail(BaseModel):
+    type: str
+    code: str
+    message: str
+
+
+class RelayError(BaseModel):
+    """The relay's own error shape: the providers' SDKs read ``error.type``."""
+
+    error: RelayErrorDetail
+
+
+def _relay_doc(provider: str) -> dict[str, Any]:
+    """The OpenAPI declaration of a relay route: used by spokes (their session's relay
+    token, the provider's official SDK), not by people; the answer is the provider's."""
+    key = "`Authorization: Bearer <relay token>`"
+    if provider == "anthropic":
+        key += " or `x-api-key`"
+    return {
+        "description": f"For spokes, not people: {key}; the provider's request body with "
+        "`model` set to an alias of this hub. The hub swaps in the real model and key and "
+        "streams the provider's answer back as it comes (JSON, or SSE when `stream` is set).",
+        "body": {"type": "object", "required": ["model"], "properties": {
+            "model": {"type": "string", "description": f"an {provider} model alias"}}},
+        "replies": (
+            Reply(200, "the provider's answer, passed through (any status it gives)",
+                  {"type": "object"}),
+            Reply(400, "not JSON, or no `model`", RelayError),
+            Reply(401, "the relay token is not valid (only connected spokes may relay)",
+                  RelayError),
+            Reply(404, f"no {provider} model alias of that name", RelayError),
+            Reply(413, "body over 32 MiB", RelayError),
+            Reply(502, "the model endpoint is unreachable", RelayError)),
+    }
 
 
 class Relay:
@@ -46,10 +84,12 @@ class Relay:
     def _error(self, status: int, code: ErrorCode, message: str) -> web.Response:
         return web.json_response({"error": {"type": code.value, "code": code.value, "message": message}}, status=status)
 
+    @operation("Model relay: OpenAI chat completions", tag="relay", **_relay_doc("openai"))
     async def openai(self, request: web.Request) -> web.StreamResponse:
         token = request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         return await self._forward(request, "openai", token, "/chat/completions")
 
+    @operation("Model relay: Anthropic messages", tag="relay", **_relay_doc("anthropic"))
     async def anthropic(self, request: web.Request) -> web.StreamResponse:
         token = request.headers.get("x-api-key", "") or request.headers.get("Authorization", "").removeprefix("Bearer ").strip()
         return await self._forward(request, "anthropic", token, "/v1/messages")

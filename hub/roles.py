@@ -40,6 +40,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/favicon.ico"): PUBLIC,
     ("GET", "/static"): PUBLIC,
     ("POST", "/api/session"): PUBLIC,
+    ("GET", "/api/openapi.json"): PUBLIC,  # the API's description: no data in it
     # their own auth: the spoke link (signed challenge) and the model relay (relay token)
     ("GET", "/spoke/connect"): OWN_AUTH,
     ("POST", "/relay/openai/v1/chat/completions"): OWN_AUTH,

@@ -49,6 +49,7 @@ class RequestReceived(Event):
     verb: str
     params: BaseModel
     deadline: float  # on the connection's clock
+    traceparent: str | None = None  # the frame's ``tp``, validated (protocol/tracecontext.py)
 
 
 @dataclass(frozen=True)

@@ -17,6 +17,11 @@ another call on the link.
   and is cancelled when the hub cancels or the link drops (the handler kills what it
   started).
 
+Tracing (protocol/tracecontext.py): a call made while a span is current (a traced API
+request) gets a dispatch span of its own, named in the request's ``tp``; the spoke's driver
+makes that the parent of the handler's task. Untraced calls make no span and send no ``tp``.
+Pinned by tests/protocol/test_tracecontext.py.
+
 Pinned by tests/protocol/test_link.py (both drivers over :func:`memory_pipe`) and by every
 end-to-end test.
 """
@@ -31,6 +36,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from typing import Any, Generic, Protocol
 
+from opentelemetry import trace
 from pydantic import BaseModel
 
 from protocol import events as ev
@@ -38,10 +44,12 @@ from protocol import messages
 from protocol.connection import Connection
 from protocol.errors import ErrorCode, RemoteError
 from protocol.sides import HubConnection, SpokeConnection
+from protocol.tracecontext import attach, in_trace, traceparent_of
 from protocol.transport import Transport
 from protocol.verbs import VERBS, P, R, Verb
 
 log = logging.getLogger("spokehub.link")
+_TRACER = trace.get_tracer("spokehub.link")
 Heartbeat = Callable[[], tuple[str, BaseModel]]
 OnNotification = Callable[[str, BaseModel], Awaitable[None]]
 _END = object()
@@ -278,6 +286,7 @@ class _Pending:
     future: asyncio.Future[Any]
     chunks: asyncio.Queue[Any] | None = None
     window: asyncio.Event = field(default_factory=asyncio.Event)
+    span: trace.Span | None = None  # the dispatch span of a traced call, ended by _finish
 
 
 class CallObserver(Protocol):
@@ -350,9 +359,19 @@ class HubDriver(LinkDriver):
     async def _start(self, verb: Verb[P, R], params: P, timeout_s: float | None,
                      stream: bool) -> tuple[int, _Pending]:
         await self._slot(verb)
-        call_id = self.conn.send_request(verb, params, timeout_s)
+        span = traceparent = None
+        if in_trace():  # a traced request (an API call's span is current): trace its call
+            span = _TRACER.start_span(verb.name, kind=trace.SpanKind.CLIENT, attributes={
+                "rpc.system": "spokehub", "rpc.method": verb.name, "spokehub.spoke": self.name})
+            traceparent = traceparent_of(span)  # the spoke's handler span is its child
+        try:
+            call_id = self.conn.send_request(verb, params, timeout_s, traceparent=traceparent)
+        except RemoteError as err:
+            if span is not None:
+                _end_span(span, err)
+            raise
         pending = _Pending(asyncio.get_running_loop().create_future(),
-                           asyncio.Queue() if stream else None)
+                           asyncio.Queue() if stream else None, span=span)
         self._pending[call_id] = pending
         return call_id, pending
 
@@ -475,6 +494,9 @@ def _finish(pending: _Pending, outcome: BaseModel | RemoteError) -> None:
     if pending.chunks is not None:
         pending.chunks.put_nowait(_END)
     pending.window.set()
+    if pending.span is not None:
+        _end_span(pending.span, outcome)
+        pending.span = None
     if pending.future.done():
         return
     if isinstance(outcome, RemoteError):
@@ -482,6 +504,14 @@ def _finish(pending: _Pending, outcome: BaseModel | RemoteError) -> None:
         pending.future.exception()  # mark retrieved: nobody may be waiting any more
     else:
         pending.future.set_result(outcome)
+
+
+def _end_span(span: trace.Span, outcome: BaseModel | RemoteError) -> None:
+    """End a call's dispatch span with its outcome: an error's kind, else OK."""
+    if isinstance(outcome, RemoteError):
+        span.set_attribute("spokehub.error", outcome.code.value)
+        span.set_status(trace.StatusCode.ERROR, outcome.message[:200])
+    span.end()
 
 
 # --------------------------------------------------------------------- spoke side
@@ -561,6 +591,8 @@ class SpokeDriver(LinkDriver):
 
     async def _serve(self, req: ev.RequestReceived) -> None:
         call_id = req.call_id
+        if req.traceparent is not None:  # the hub traces this call: the handler joins it
+            attach(req.traceparent)  # in this task's own context, gone with the task
         try:
             async with asyncio.timeout(max(0.0, req.deadline - self.clock())):
                 result = await self.serve(req, CallIO(self, call_id))

@@ -21,6 +21,7 @@ from protocol import events as ev
 from protocol import messages
 from protocol.connection import Connection, Limits, LocalProtocolError, Role, State, _Call
 from protocol.errors import ErrorCode, RemoteError
+from protocol.tracecontext import TP_FIELD, valid_traceparent
 from protocol.verbs import P, R, Verb, lookup, parse_params
 
 
@@ -79,19 +80,21 @@ class HubConnection(Connection):
 
     # ------------------------------------------------------------------- calls
     @overload
-    def send_request(self, verb: Verb[P, R], params: P, timeout_s: float | None = None) -> int: ...
+    def send_request(self, verb: Verb[P, R], params: P, timeout_s: float | None = None,
+                     traceparent: str | None = None) -> int: ...
 
     @overload
     def send_request(self, verb: str, params: BaseModel | dict[str, Any],
-                     timeout_s: float | None = None) -> int: ...
+                     timeout_s: float | None = None, traceparent: str | None = None) -> int: ...
 
     def send_request(self, verb: Verb[Any, Any] | str, params: BaseModel | dict[str, Any],
-                     timeout_s: float | None = None) -> int:
+                     timeout_s: float | None = None, traceparent: str | None = None) -> int:
         """Queue a request; raises :class:`RemoteError` without sending.
 
         Typed use (``send_request(BOX_DESTROY, BoxRef(...))``) sends the model as built: it
         was validated once, where the hub made it. A verb name (tests, raw tools) is looked up
-        and its params, dict or model, validated here first."""
+        and its params, dict or model, validated here first. ``traceparent`` (the caller's
+        dispatch span, protocol/tracecontext.py) goes out as the frame's optional ``tp``."""
         if self.state is not State.OPEN:
             raise RemoteError(ErrorCode.UNAVAILABLE, "connection is not open")
         verb_def = lookup(verb) if isinstance(verb, str) else verb
@@ -106,8 +109,11 @@ class HubConnection(Connection):
         timeout = verb_def.default_timeout_s if timeout_s is None else timeout_s
         call_id = self._take_id()
         self._outgoing[call_id] = _Call(verb_def, self.clock() + timeout + self.limits.deadline_grace_s)
-        self._emit({"id": call_id, "method": verb_def.name, "params": model.model_dump(),
-                    "timeout_ms": int(timeout * 1000)})
+        frame: dict[str, Any] = {"id": call_id, "method": verb_def.name, "params": model.model_dump(),
+                                 "timeout_ms": int(timeout * 1000)}
+        if traceparent is not None:
+            frame[TP_FIELD] = traceparent
+        self._emit(frame)
         return call_id
 
     def can_send(self, verb: Verb[Any, Any]) -> bool:
@@ -182,7 +188,10 @@ class SpokeConnection(Connection):
             timeout_ms = int(verb.default_timeout_s * 1000)
         deadline = self.clock() + timeout_ms / 1000
         self._incoming[call_id] = _Call(verb, deadline)
-        return [ev.RequestReceived(call_id, verb.name, request_params, deadline)]
+        # The hub's trace context, when it traces this call; a bad one is dropped, never
+        # refused (protocol/tracecontext.py): tracing must not fail a call.
+        tp = valid_traceparent(frame[TP_FIELD]) if TP_FIELD in frame else None
+        return [ev.RequestReceived(call_id, verb.name, request_params, deadline, tp)]
 
 
 def for_role(role: Role, clock: Callable[[], float], limits: Limits | None = None) -> Connection:

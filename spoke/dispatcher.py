@@ -13,10 +13,12 @@ import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, Any, Protocol
 
+from opentelemetry import trace
 from pydantic import BaseModel
 
 from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
+from protocol.tracecontext import in_trace
 from protocol.verbs import P, R
 from spoke.boxes.base import BoxError, BoxInfo, BoxManager, BoxSpec
 from spoke.exec_sessions import ExecSession, ExecSessions
@@ -26,6 +28,7 @@ if TYPE_CHECKING:
     from spoke.workstreams import WorkstreamRunner
 
 log = logging.getLogger("spokehub.spoke.dispatch")
+_TRACER = trace.get_tracer("spokehub.spoke")
 
 
 class CallIO(Protocol):
@@ -100,15 +103,31 @@ class Dispatcher:
             raise RuntimeError(f"verbs without a handler: {sorted(missing)}")
 
     async def dispatch(self, verb: str, params: BaseModel, io: CallIO) -> BaseModel:
+        """Run ``verb``'s handler; a box error becomes its typed code. A call the hub traced
+        (protocol/link.py made its ``tp`` current) gets a handler span, parent of the Docker
+        calls' spans (spoke/boxes/docker_boxes.py)."""
         handler = self.handlers.get(verb)
         if handler is None:  # unreachable while the table and handlers agree
             raise RemoteError(ErrorCode.DENIED, f"verb {verb!r} is not on the allowlist")
         if self.leaving and verb in NEW_WORK:
             raise RemoteError(ErrorCode.BUSY, f"spoke {self.name} is stopping: it takes no new work")
         try:
+            if in_trace():  # the hub traced this call (the frame's tp): the handler's span
+                with _TRACER.start_as_current_span(verb, kind=trace.SpanKind.SERVER,
+                                                   attributes=self._span_attributes(verb, params)):
+                    return await handler(params, io)
             return await handler(params, io)
         except BoxError as err:
             raise RemoteError(err.code, str(err)) from None
+
+    def _span_attributes(self, verb: str, params: BaseModel) -> dict[str, str]:
+        """What a handler span says: the verb, this spoke, the box (never a command line:
+        it may hold secrets). Pinned by tests/test_tracing.py."""
+        attributes = {"rpc.system": "spokehub", "rpc.method": verb, "spokehub.spoke": self.name}
+        box_id = getattr(params, "box_id", None)
+        if isinstance(box_id, str):
+            attributes["spokehub.box_id"] = box_id
+        return attributes
 
     async def box_create(self, p: v.BoxCreate, io: CallIO) -> v.BoxInfoModel:
         """The policy's checks and defaults (user, workspace size, limits), then the box.

@@ -43,10 +43,12 @@ from hub.boxes import BoxService
 from hub.mcp.asgi import HTTP_REQUEST_KEY, Scope, serve_asgi
 from hub.mcp.cluster_tools import register_cluster_tools
 from hub.mcp.jobs import JobRunner
+from hub.mcp.tracing import RequestSpanParent
 from hub.mcp.workstream_tools import register_workstream_tools
 from hub.registry import Registry
 from hub.store import Store
 from hub.workstreams.service import WorkstreamService
+from protocol.tracecontext import tracing_enabled
 
 log = logging.getLogger("spokehub.hub.mcp")
 
@@ -122,6 +124,8 @@ class McpFrontend:
             name="spokehub", version=services.version, instructions=INSTRUCTIONS,
             log_level="WARNING",
         )
+        if tracing_enabled():  # each message under its HTTP request's span (hub/mcp/tracing.py)
+            self.server.middleware.insert(0, RequestSpanParent())
         register_cluster_tools(self.server, services.registry, services.boxes, self.jobs)
         if services.workstreams is not None:
             register_workstream_tools(self.server, services.workstreams)

@@ -35,11 +35,13 @@ from hub import roles
 from hub.http_util import (
     SESSION_COOKIE,
     actor,
-    json_body,
     origin_allowed,
+    parsed_body,
     unauthorized,
-    want,
 )
+from hub.openapi import Reply, operation
+from hub.openapi.models import people as m
+from hub.openapi.models.common import Error
 from hub.store import Store
 from protocol.errors import ErrorCode, RemoteError
 from protocol.tokens import hash_secret
@@ -206,14 +208,22 @@ class WebAuth:
         ]
 
     # ------------------------------------------------------------------ sessions
+    @operation("Sign in", tag="session and users", body=m.SignIn, description="Sets the "
+               "`spokehub_session` cookie (HttpOnly, SameSite=Strict). Limited per address "
+               "and per user name.",
+               replies=(Reply(200, "the session; the cookie is set", m.Session,
+                              headers={"Set-Cookie": "the session cookie"}),
+                        Reply(429, "too many attempts", Error,
+                              headers={"Retry-After": "seconds until a new attempt counts"})),
+               errors=(401, 403))
     async def sign_in(self, request: web.Request) -> web.Response:
         """``{"user", "password"}`` → 200 ``{"user", "role", "csrf", "expires_at"}`` and the
         session cookie; 401 for a wrong name or password (one message for both); 429 with
         ``Retry-After`` while limited; 403 for a cross-site post."""
         if not origin_allowed(request, self.public_url):
             raise RemoteError(ErrorCode.DENIED, "cross-site sign-in refused")
-        body = await json_body(request)
-        name, password = want(body, "user", str), want(body, "password", str)
+        body = await parsed_body(request, m.SignIn)
+        name, password = body.user, body.password
         remote = request.remote or "unknown"
         keys = (f"ip:{remote}", f"user:{name.strip().lower()[:100]}")
         wait = self.limiter.begin(keys)
@@ -247,6 +257,9 @@ class WebAuth:
                                   "expires_at": expires_at},
                                  headers={"Cache-Control": "no-store"})
 
+    @operation("The signed-in user's session", tag="session and users",
+               description="401 for a request that carries an API key instead of a session.",
+               replies=(Reply(200, "the session (with its CSRF token)", m.Session),))
     async def current(self, request: web.Request) -> web.Response:
         """The signed-in user's session (what the pages read on load); 401 without one."""
         session = request.get("session")
@@ -255,6 +268,9 @@ class WebAuth:
         return self._session_body(session["user"], session["role"], session["csrf"],
                                   session["expires_at"])
 
+    @operation("Sign out", tag="session and users", description="Ends the session in the "
+               "hub (the cookie is dead wherever a copy of it is) and clears the cookie.",
+               replies=(Reply(204, "signed out"),))
     async def sign_out(self, request: web.Request) -> web.Response:
         """End this session in the store (204) and clear the cookie."""
         session = request.get("session")
@@ -268,22 +284,26 @@ class WebAuth:
         return response
 
     # --------------------------------------------------------------------- users
+    @operation("List users", tag="session and users",
+               replies=(Reply(200, "every user (no password hashes)", list[m.User]),))
     async def user_list(self, request: web.Request) -> web.Response:
         return web.json_response(await self.store.list_users())
 
+    @operation("Add a user", tag="session and users", body=m.UserAdd,
+               replies=(Reply(201, "the user; `password` when one was generated", m.UserAdded),))
     async def user_add(self, request: web.Request) -> web.Response:
         """``{"name", "role", "password"?}`` → 201 ``{"name", "role", "created_at"}``, plus
         ``"password"`` when none was given (the generated one, shown only here)."""
-        body = await json_body(request)
-        name = want(body, "name", str)
-        if not USER_NAME_RE.match(name):
+        body = await parsed_body(request, m.UserAdd)
+        name = body.name
+        if not USER_NAME_RE.fullmatch(name):  # not match: "$" allows a final newline
             raise RemoteError(ErrorCode.INVALID, f"bad user name {name[:70]!r}: lowercase "
                                                  "letters, digits, '.', '_' and '-', max 64")
         try:
-            role = roles.check_role(want(body, "role", str))
+            role = roles.check_role(body.role)
         except ValueError as err:
             raise RemoteError(ErrorCode.INVALID, str(err)) from None
-        given = want(body, "password", str, None)
+        given = body.password
         password = check_new_password(given) if given is not None else new_password()
         row = await self.store.add_user(name, await hash_password(password), role)
         if row is None:
@@ -294,6 +314,9 @@ class WebAuth:
             out["password"] = password
         return web.json_response(out, status=201)
 
+    @operation("Remove a user", tag="session and users", description="Their sessions end. "
+               "The last admin cannot be removed (400).",
+               replies=(Reply(200, "removed", m.UserRemoved),), errors=(400,))
     async def user_remove(self, request: web.Request) -> web.Response:
         """Remove a user and end their sessions; 404 if unknown, 400 for the last admin."""
         name = request.match_info["name"]
@@ -306,6 +329,10 @@ class WebAuth:
         await self.store.audit("user.removed", name, actor=actor(request), result="ok")
         return web.json_response({"name": name, "removed": True})
 
+    @operation("Set a user's password", tag="session and users", body=m.PasswordSet,
+               description="An admin sets anyone's; other users only their own, giving "
+               "`current_password`. Every other session of that user ends.",
+               replies=(Reply(200, "set", m.PasswordWasSet),))
     async def set_password(self, request: web.Request) -> web.Response:
         """``{"password", "current_password"?}``: an admin sets anyone's; other users only
         their own, giving the current one. Every other session of that user ends."""
@@ -315,13 +342,13 @@ class WebAuth:
         if not own and not roles.allows(who["role"], roles.ADMIN):
             raise RemoteError(ErrorCode.DENIED,
                               "setting another user's password needs the admin role")
-        body = await json_body(request)
-        password = check_new_password(want(body, "password", str))
+        body = await parsed_body(request, m.PasswordSet)
+        password = check_new_password(body.password)
         row = await self.store.get_user(name)
         if row is None:
             raise RemoteError(ErrorCode.NOT_FOUND, f"no user {name[:70]!r}")
         if not roles.allows(who["role"], roles.ADMIN):
-            current = want(body, "current_password", str, "")
+            current = body.current_password or ""
             if not await verify_password(current, row["password_hash"]):
                 raise RemoteError(ErrorCode.DENIED, "current password is wrong")
         session = request.get("session")

@@ -24,6 +24,8 @@ from pathlib import Path
 
 from aiohttp import web
 
+from hub.openapi import HTML, Reply, operation
+
 STATIC_DIR = Path(__file__).parent / "static"
 
 # Page routes (no data in them, hence public) and the file each serves.
@@ -82,11 +84,19 @@ class Pages:
         return out
 
     def _page(self, name: str) -> Callable[[web.Request], Awaitable[web.StreamResponse]]:
+        @operation(f"The {name.removesuffix('.html')} page", tag="pages", replies=(
+            Reply(200, "the page: an HTML shell with no data in it (its script fetches "
+                  "what it shows from the API)", {"type": "string"}, HTML),
+            Reply(304, "not modified (`If-None-Match` named its ETag)")))
         async def handler(request: web.Request) -> web.StreamResponse:
             return self._answer(request, name)
 
         return handler
 
+    @operation("The pages' CSS, scripts and images", tag="pages", replies=(
+        Reply(200, "the file, with an `ETag` and `Cache-Control: no-cache`",
+              {"type": "string"}, "*/*", headers={"ETag": "the file's strong ETag"}),
+        Reply(304, "not modified (`If-None-Match` named its ETag)")), errors=(404,))
     async def static(self, request: web.Request) -> web.StreamResponse:
         return self._answer(request, request.match_info["path"])
 
@@ -95,7 +105,9 @@ class Pages:
         # request, so ``..`` or an absolute path can reach nothing else.
         found = self._files.get(rel)
         if found is None:
-            raise web.HTTPNotFound(reason=f"no file {rel[:200]}")
+            # ascii(): a reason may hold no CR or LF (aiohttp raises: a 500 for /static/%0D
+            # that schemathesis found; tests/test_openapi_regressions.py).
+            raise web.HTTPNotFound(reason=f"no file {ascii(rel[:200])}")
         headers = {"Cache-Control": CACHE_CONTROL, "ETag": found.etag}
         if found.etag in _etags(request.headers.get("If-None-Match", "")):
             return web.Response(status=304, headers=headers)

@@ -28,7 +28,9 @@ from typing import Any
 
 import docker
 import docker.errors
+from opentelemetry import trace
 
+from protocol.tracecontext import child_span
 from spoke.boxes import docker_files, docker_tmpfs
 from spoke.boxes import docker_util as du
 from spoke.boxes.base import (
@@ -55,6 +57,7 @@ from spoke.boxes.docker_exec import (
 )
 
 log = logging.getLogger(__name__)
+_TRACER = trace.get_tracer("spokehub.spoke.docker")
 
 
 class DockerBoxManager(DockerEngine):
@@ -287,22 +290,26 @@ class DockerBoxManager(DockerEngine):
                               workdir=workdir)
 
         what = f"exec in box {box_id}"
-        try:
-            exec_id, sock = await self._call(start, container_id)
-        except BoxError:
-            raise
-        except Exception as exc:
-            stale = cached_id is not None and (
-                isinstance(exc, docker.errors.NotFound)
-                or (isinstance(exc, docker.errors.APIError) and exc.status_code == 409)
-            )
-            if not stale:
-                raise du.map_docker_error(exc, what) from exc
-            # The cached container was removed or stopped since: the full check answers
-            # with the usual error, or finds the box's current container.
-            self._exec_targets.pop(box_id, None)
-            container_id = await self._running_id(box_id)
-            exec_id, sock = await self._run(what, start, container_id)
+        # A traced call (spoke/dispatcher.py's handler span is current): the Engine API's
+        # exec create + start, the last hop of a trace that began at the hub's API.
+        with child_span(_TRACER, "docker exec", trace.SpanKind.CLIENT,
+                        {"spokehub.box_id": box_id, "container.id": container_id}):
+            try:
+                exec_id, sock = await self._call(start, container_id)
+            except BoxError:
+                raise
+            except Exception as exc:
+                stale = cached_id is not None and (
+                    isinstance(exc, docker.errors.NotFound)
+                    or (isinstance(exc, docker.errors.APIError) and exc.status_code == 409)
+                )
+                if not stale:
+                    raise du.map_docker_error(exc, what) from exc
+                # The cached container was removed or stopped since: the full check answers
+                # with the usual error, or finds the box's current container.
+                self._exec_targets.pop(box_id, None)
+                container_id = await self._running_id(box_id)
+                exec_id, sock = await self._run(what, start, container_id)
         self._exec_targets[box_id] = container_id
         handle = DockerExecHandle(
             api=api, container_id=container_id, exec_id=exec_id, sock=sock, pidfile=pidfile,
