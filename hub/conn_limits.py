@@ -39,16 +39,17 @@ class ConnectionGuard:
         self.open: Counter[str] = Counter()
         self.refused = 0
         self.timed_out = 0
-        self._last_warning = float("-inf")
+        self._last_warning: dict[str, float] = {}  # per kind of warning
 
     def __call__(self) -> asyncio.Protocol:
         return _Guarded(self, self.factory())
 
     def warn(self, message: str, *args: Any) -> None:
-        """At most one warning every few seconds: a flood must not flood the log too."""
+        """At most one warning of each kind every few seconds: a flood must not flood the log
+        too, and one kind (slow headers) must not hide another (the per-address cap)."""
         now = self.clock()
-        if now - self._last_warning >= WARN_EVERY_S:
-            self._last_warning = now
+        if now - self._last_warning.get(message, float("-inf")) >= WARN_EVERY_S:
+            self._last_warning[message] = now
             log.warning(message, *args)
 
 
