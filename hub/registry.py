@@ -37,7 +37,8 @@ from protocol import verbs as v
 from protocol.compat import spoke_refusal
 from protocol.connection import Limits
 from protocol.errors import ErrorCode, RemoteError
-from protocol.link import HubDriver, Ticker
+from protocol.hub_driver import HubDriver
+from protocol.link import Ticker
 from protocol.sides import HubConnection
 from protocol.tokens import auth_message, hash_secret, new_secret, secret_matches
 from protocol.transport import Transport

@@ -22,7 +22,8 @@ from pydantic import BaseModel
 from hub import metrics
 from hub.latency import LatencyWindow
 from protocol import messages
-from protocol.link import HubDriver, Ticker
+from protocol.hub_driver import HubDriver
+from protocol.link import Ticker
 from protocol.sides import HubConnection
 from protocol.transport import Transport
 

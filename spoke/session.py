@@ -27,8 +27,8 @@ from protocol import events as ev
 from protocol import messages
 from protocol.connection import Limits
 from protocol.errors import ErrorCode
-from protocol.link import CallIO, SpokeDriver
 from protocol.sides import SpokeConnection
+from protocol.spoke_driver import CallIO, SpokeDriver
 from protocol.tokens import JoinToken
 from protocol.transport import Transport
 from spoke.backoff import Backoff

@@ -20,8 +20,10 @@ from protocol import messages
 from protocol import verbs as v
 from protocol.connection import Limits, State
 from protocol.errors import ErrorCode, RemoteError
-from protocol.link import CallIO, HubDriver, SpokeDriver, Ticker, batched
+from protocol.hub_driver import HubDriver
+from protocol.link import Ticker, batched
 from protocol.sides import HubConnection, SpokeConnection
+from protocol.spoke_driver import CallIO, SpokeDriver
 from protocol.transport import MemoryTransport, memory_pipe
 from tests.protocol.helpers import AUTH, AUTH_RESULT, BOX, CHALLENGE, FakeClock
 

@@ -21,10 +21,10 @@ from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanE
 from pydantic import BaseModel
 
 from protocol import events as ev
-from protocol import link as link_module
+from protocol import hub_driver as link_module
 from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
-from protocol.link import CallIO
+from protocol.spoke_driver import CallIO
 from protocol.tracecontext import (
     MAX_TRACEPARENT,
     TP_FIELD,
