@@ -1,11 +1,15 @@
-"""Box create through the hub vs a direct Docker SDK create + start (real Docker).
+"""Box create through the hub, cold and from a warm pool, vs a direct Docker SDK create +
+start (real Docker).
 
-Starts a real hub and spoke on loopback, then, interleaved so drift hits both alike, times
+Starts a real hub and two spokes on loopback (one with ``--warm IMAGE=2``: spoke/boxes/
+warm_pool.py), then, interleaved so drift hits all alike, times
 ``POST /api/boxes`` (the hub asks the spoke, which creates and starts a hardened container with
 a size-limited workspace volume) against the Docker SDK creating and starting the same image
 with the same hardening (read-only root, tmpfs, no capabilities, no-new-privileges, limits,
-init, no network, a non-root user, a fresh named volume at /workspace) from this process.
-Figures of one run, not a test.
+init, no network, a non-root user, a fresh named volume at /workspace) from this process,
+and against ``POST /api/boxes`` on the warm spoke, which claims a ready pool box (each round
+waits until the pool has refilled, so every warm create finds a ready box and no refill runs
+while anything is timed). Figures of one run, not a test.
 
     python benchmarks/box_create.py [--n 20] [--bin-dir DIR]
 """
@@ -27,7 +31,16 @@ import docker  # noqa: E402
 from benchmarks.machine import describe, pct, use_executables  # noqa: E402
 from spoke.boxes import docker_util as du  # noqa: E402
 from spoke.boxes.image import DEFAULT_IMAGE, ensure_sandbox_image  # noqa: E402
-from tests.cluster import Hub, Spoke  # noqa: E402
+from tests.cluster import Hub, Spoke, wait_until  # noqa: E402
+
+WARM = 2  # ready boxes on the warm spoke
+
+
+def ready_pool_boxes(client: docker.DockerClient, spoke: str) -> int:
+    """Unclaimed pool boxes of ``spoke`` (a claimed one keeps its label, under a new name)."""
+    rows = client.api.containers(filters={"label": [f"{du.LABEL_SPOKE}={spoke}",
+                                                    du.LABEL_POOL]})
+    return sum(du.pool_ready(r.get("Labels"), (r.get("Names") or [""])[0]) for r in rows)
 
 
 def direct_create(client: docker.DockerClient) -> Callable[[], None]:
@@ -67,20 +80,30 @@ def main() -> None:
         hub.extra = ["--log-level", "INFO"]
         hub.start()
         spoke = Spoke(Path(tmp), hub, name="bench")
+        warm = Spoke(Path(tmp), hub, name="bench-warm", extra=["--warm", f"{DEFAULT_IMAGE}={WARM}"])
         try:
             spoke.join()
+            warm.join()
             api = hub.client()
 
-            def via_hub() -> Callable[[], None]:
-                box = api.request("POST", "/api/boxes", {"spoke": "bench", "image": DEFAULT_IMAGE})
+            def via_hub(on: str = "bench") -> Callable[[], None]:
+                box = api.request("POST", "/api/boxes", {"spoke": on, "image": DEFAULT_IMAGE})
                 return lambda: api.request("DELETE", f"/api/boxes/{box['id']}")
 
             def direct() -> Callable[[], None]:
                 return direct_create(docker_client)
 
-            timings: dict[str, list[float]] = {"hub": [], "sdk": []}
+            def pool_full() -> None:
+                wait_until(lambda: ready_pool_boxes(docker_client, "bench-warm") >= WARM,
+                           timeout=300, what="the warm pool to refill")
+
+            def via_warm() -> Callable[[], None]:
+                return via_hub("bench-warm")
+
+            timings: dict[str, list[float]] = {"hub": [], "sdk": [], "warm": []}
             for i in range(args.n + 2):  # the first two of each are warm-up
-                for name, create in (("hub", via_hub), ("sdk", direct)):
+                pool_full()
+                for name, create in (("hub", via_hub), ("sdk", direct), ("warm", via_warm)):
                     started = time.perf_counter()
                     remove = create()
                     took = time.perf_counter() - started
@@ -93,8 +116,18 @@ def main() -> None:
                   f"docker SDK create+start p50 {d50 * 1000:.0f} ms  p99 {d99 * 1000:.0f} ms")
             print(f"  ratio p50 {h50 / d50:.2f}  ratio p99 {h99 / d99:.2f} (the hub's box also "
                   "gets a size-limited workspace volume and its user checked against the image)")
+            w50, w99 = pct(timings["warm"], 0.5), pct(timings["warm"], 0.99)
+            print(f"box create from a warm pool x{args.n} (through the hub): p50 "
+                  f"{w50 * 1000:.1f} ms  p99 {w99 * 1000:.1f} ms | vs cold through the hub: "
+                  f"p50 ratio {w50 / h50:.3f} ({h50 / w50:.0f}x faster)")
         finally:
+            warm.stop()
             spoke.stop()
+            for c in docker_client.containers.list(  # a stopped spoke keeps its pool boxes
+                    all=True, filters={"label": f"{du.LABEL_SPOKE}=bench-warm"}):
+                c.remove(force=True)
+            for v in docker_client.volumes.list(filters={"label": f"{du.LABEL_SPOKE}=bench-warm"}):
+                v.remove(force=True)
             hub.stop()
 
 

@@ -114,6 +114,26 @@ def box_rm(data_dir: Path, as_json: bool, box_id: str) -> None:
     emit(data, as_json, lambda d: click.echo(box_id))
 
 
+@box.command("pause")
+@hub_dir
+@json_option
+@click.argument("box_id")
+def box_pause(data_dir: Path, as_json: bool, box_id: str) -> None:
+    """Freeze every process in box BOX_ID (memory kept); it refuses work until resumed."""
+    data = _guard(lambda: _client(data_dir).request("POST", f"/api/boxes/{box_id}/pause"))
+    emit(data, as_json, lambda d: click.echo(f"{box_id} paused"))
+
+
+@box.command("resume")
+@hub_dir
+@json_option
+@click.argument("box_id")
+def box_resume(data_dir: Path, as_json: bool, box_id: str) -> None:
+    """Thaw box BOX_ID after `hub box pause`."""
+    data = _guard(lambda: _client(data_dir).request("POST", f"/api/boxes/{box_id}/resume"))
+    emit(data, as_json, lambda d: click.echo(f"{box_id} running"))
+
+
 @box.command("logs")
 @hub_dir
 @click.option("--tail", default=200, show_default=True, type=click.IntRange(1, 100_000),
@@ -136,6 +156,10 @@ def box_logs(data_dir: Path, tail: int, box_id: str) -> None:
 @click.option("--env", "env", multiple=True, metavar="K=V",
               help="Environment variable for the command (repeatable).")
 @click.option("--workdir", default=None, help="Directory to run in (default: the box's workdir).")
+@click.option("-i", "--interactive", is_flag=True, help="Send our stdin to the command (with -t: "
+              "keystrokes on a terminal).")
+@click.option("-t", "--tty", is_flag=True, help="Run it on a terminal (PTY) in the box, this "
+              "terminal in raw mode, like docker exec -it.")
 @click.argument("box_id")
 @click.argument("cmd", nargs=-1, required=True, type=click.UNPROCESSED)
 def box_exec(
@@ -143,6 +167,8 @@ def box_exec(
     timeout: float | None,
     env: tuple[str, ...],
     workdir: str | None,
+    interactive: bool,
+    tty: bool,
     box_id: str,
     cmd: tuple[str, ...],
 ) -> None:
@@ -150,9 +176,43 @@ def box_exec(
 
     \b
     Example:  hub box exec --timeout 60 $BOX -- sh -c 'make test'
+              hub box exec -it $BOX -- bash     (a terminal, like docker exec -it)
     """
     env_map = dict(item.partition("=")[::2] for item in env)
+    if interactive or tty:  # a PTY session through the hub (client/pty_client.py)
+        if timeout is not None:
+            fail("--timeout applies to plain exec, not to -i/-t sessions")
+        from client.pty_client import run_terminal
+
+        sys.exit(_guard(lambda: run_terminal(_client(data_dir), box_id, list(cmd),
+                                             interactive=interactive, tty=tty, env=env_map,
+                                             workdir=workdir)))
     sys.exit(stream_exec(data_dir, box_id, list(cmd), timeout, env_map, workdir))
+
+
+@box.command("port")
+@hub_dir
+@json_option
+@click.option("--ttl", default="1h", show_default=True, help="How long the link works (at most 7d).")
+@click.option("--revoke", is_flag=True, help="Instead: revoke every preview link of the box.")
+@click.argument("box_id")
+@click.argument("port", type=click.IntRange(1, 65535), required=False)
+def box_port(data_dir: Path, as_json: bool, ttl: str, revoke: bool, box_id: str,
+             port: int | None) -> None:
+    """Print a signed link on the hub to PORT inside the box (HTTP and WebSocket).
+
+    \b
+    Example:  hub box port $BOX 8000 --ttl 30m
+    """
+    if revoke:
+        emit(_guard(lambda: _client(data_dir).request("DELETE", f"/api/boxes/{box_id}/ports")),
+             as_json, lambda r: click.echo(f"revoked every preview link of {r['box']}"))
+        return
+    if port is None:
+        fail("PORT is required (1-65535)", 2)
+    link = _guard(lambda: _client(data_dir).request("POST", f"/api/boxes/{box_id}/ports",
+                                                    {"port": port, "ttl": ttl}))
+    emit(link, as_json, lambda r: click.echo(r["url"]))
 
 
 @box.command("cp")

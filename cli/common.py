@@ -258,7 +258,8 @@ def stream_exec(
             kind = event.get("t")
             if kind in ("stdout", "stderr"):
                 target = out if kind == "stdout" else err
-                target.write(base64.b64decode(event["d"]))
+                data = event.get("data")  # raw from the binary exec stream, else NDJSON base64
+                target.write(data if isinstance(data, bytes) else base64.b64decode(event["d"]))
                 target.flush()
             elif kind == "exit":
                 code = int(event["exit_code"])

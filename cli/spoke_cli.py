@@ -27,6 +27,10 @@ def _policy_options(fn: Any) -> Any:
             ),
             click.option("--max-boxes", type=click.IntRange(1, 10_000), default=None,
                          help="Most boxes this spoke runs at once (default 20)."),
+            click.option("--warm", "warm", multiple=True, metavar="IMAGE=N",
+                         help="Keep N ready boxes of IMAGE (an allowed image), so a create "
+                              "claims one instead of starting a container (repeatable; "
+                              "they count against --max-boxes; N=0 drops a saved pool)."),
             click.option("--drain-timeout", type=click.FloatRange(0, 3600), default=None,
                          metavar="SECONDS", help="On SIGTERM, how long to let running calls "
                          "finish before leaving (default 10; the hub moves this spoke's "

@@ -20,6 +20,7 @@ from urllib.parse import quote
 import aiohttp
 
 from client.errors import api_error
+from client.exec_events import ACCEPT, from_binary_async, is_binary
 from client.http_client import admin_credentials, local_hub_dir
 from client.turns import Turn
 from protocol.errors import ErrorCode, RemoteError
@@ -67,13 +68,15 @@ class AsyncHubClient:
         return self._session
 
     async def _open(self, method: str, path: str, body: dict[str, Any] | None = None, *,
-                    raw: bytes | None = None) -> aiohttp.ClientResponse:
+                    raw: bytes | None = None,
+                    headers: dict[str, str] | None = None) -> aiohttp.ClientResponse:
         try:
             if raw is not None:
                 resp = await self._http().request(method, self.url + path, data=raw, ssl=self._ssl(),
                                                   headers={"Content-Type": "application/octet-stream"})
             else:
-                resp = await self._http().request(method, self.url + path, json=body, ssl=self._ssl())
+                resp = await self._http().request(method, self.url + path, json=body, ssl=self._ssl(),
+                                                  headers=headers)
         except aiohttp.ServerFingerprintMismatch:
             raise RemoteError(ErrorCode.DENIED, "the hub's certificate does not match the pin") from None
         except aiohttp.ClientConnectionError as err:
@@ -95,11 +98,17 @@ class AsyncHubClient:
     async def exec_stream(self, box_id: str, cmd: list[str], timeout_s: float | None = None,
                           env: dict[str, str] | None = None,
                           workdir: str | None = None) -> AsyncIterator[dict[str, Any]]:
-        """NDJSON events as the hub streams them: ``{"t": "stdout"|"stderr", "d": b64}``, then
-        ``{"t": "exit", "exit_code": …}`` (or ``{"t": "error", …}``)."""
+        """Events as the hub streams them: ``{"t": "stdout"|"stderr", "data": bytes}`` (its
+        ``"d"``, the NDJSON base64, made on demand), then ``{"t": "exit", "exit_code": …}``
+        (or ``{"t": "error", …}``); as the sync client's ``exec_stream``."""
         body = {"cmd": cmd, "timeout_s": timeout_s, "env": env or {}, "workdir": workdir}
-        resp = await self._open("POST", f"/api/boxes/{quote(box_id)}/exec", body)
+        resp = await self._open("POST", f"/api/boxes/{quote(box_id)}/exec", body,
+                                headers={"Accept": ACCEPT})
         async with resp:
+            if is_binary(resp.headers.get("Content-Type")):
+                async for event in from_binary_async(resp.content.iter_any()):
+                    yield event
+                return
             async for line in resp.content:
                 if line.strip():
                     yield json.loads(line)

@@ -3,7 +3,8 @@
 ``hub box exec ID -- CMD`` is meant to cost about as much as ``docker exec``, and importing
 :mod:`http.client` (which drags in the :mod:`email` package) costs about as much as the rest
 of the command's start-up, ~10 ms. So this module speaks the single request that command
-makes — one POST, a streamed NDJSON answer, ``Connection: close`` — on the standard library's
+makes — one POST, a streamed answer (binary frames, :mod:`protocol.binary_exec`, or NDJSON
+from an older hub), ``Connection: close`` — on the standard library's
 :mod:`socket` and :mod:`ssl` only, and nothing else should use it: it is not a general HTTP
 client (no redirects, no informational responses, no compression; it asks for identity).
 Repeated calls belong on :meth:`client.http_client.HubClient.exec_stream`, which keeps its
@@ -27,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from urllib.parse import quote
 
 from client.errors import api_error
+from client.exec_events import ACCEPT, from_binary, is_binary
 from protocol.errors import ErrorCode, RemoteError
 
 if TYPE_CHECKING:
@@ -55,6 +57,7 @@ def exec_once(
         f"Host: {host}{'' if client._port == default_port else f':{client._port}'}\r\n"
         f"Authorization: Bearer {client.api_key}\r\n"
         "Content-Type: application/json\r\n"
+        f"Accept: {ACCEPT}\r\n"
         f"Content-Length: {len(body)}\r\n"
         "Accept-Encoding: identity\r\n"
         "Connection: close\r\n\r\n"
@@ -63,9 +66,12 @@ def exec_once(
     try:
         sock.sendall(head + body)  # one write: no Nagle / delayed-ACK stall
         with sock.makefile("rb") as reader:
-            status, body_chunks = read_response(reader)
+            status, headers, body_chunks = read_response_headers(reader)
             if status >= 400:
                 raise api_error(status, b"".join(body_chunks))
+            if is_binary(headers.get(b"content-type", b"").decode("latin-1")):
+                yield from from_binary(body_chunks)
+                return
             pending = b""
             for piece in body_chunks:
                 pending += piece
@@ -106,6 +112,12 @@ def read_response(reader: Any) -> tuple[int, Iterator[bytes]]:
 
     Just what :func:`exec_once` needs from the hub (aiohttp), not a general client: no
     informational responses, no compressed bodies (it asks for identity)."""
+    status, _headers, body = read_response_headers(reader)
+    return status, body
+
+
+def read_response_headers(reader: Any) -> tuple[int, dict[bytes, bytes], Iterator[bytes]]:
+    """:func:`read_response`, with the headers (names lower-cased)."""
     line = reader.readline(MAX_LINE + 1)
     parts = line.split(None, 2)
     if len(parts) < 2 or not parts[0].startswith(b"HTTP/") or not parts[1].isdigit():
@@ -119,11 +131,11 @@ def read_response(reader: Any) -> tuple[int, Iterator[bytes]]:
         name, _, value = line.partition(b":")
         headers[name.strip().lower()] = value.strip()
     if b"chunked" in headers.get(b"transfer-encoding", b"").lower():
-        return status, _chunked(reader)
+        return status, headers, _chunked(reader)
     length = headers.get(b"content-length")
     if length is not None and length.isdigit():
-        return status, _sized(reader, int(length))
-    return status, iter(lambda: reader.read1(65536), b"")
+        return status, headers, _sized(reader, int(length))
+    return status, headers, iter(lambda: reader.read1(65536), b"")
 
 
 def _sized(reader: Any, length: int) -> Iterator[bytes]:

@@ -24,8 +24,13 @@ from urllib.parse import quote, urlsplit
 from client import fast_exec
 from client.errors import ApiError as ApiError  # re-exported: callers catch it from here
 from client.errors import api_error
+from client.exec_events import ACCEPT, from_binary, is_binary
 from protocol.errors import ErrorCode, RemoteError
 from protocol.pins import cert_pin, pins_match
+
+# Bytes an upload body is read and sent in (http.client's default is 8 KiB: 6400 writes for
+# 50 MiB, issue 14), and the most a download read returns.
+UPLOAD_BLOCK = 1 << 20
 
 if TYPE_CHECKING:
     import http.client
@@ -204,10 +209,12 @@ class HubClient(WorkstreamMixin):
         conn: http.client.HTTPConnection
         if self._https:
             conn = http.client.HTTPSConnection(
-                self._host, self._port, timeout=self.timeout, context=self._ssl_context()
+                self._host, self._port, timeout=self.timeout, context=self._ssl_context(),
+                blocksize=UPLOAD_BLOCK,
             )
         else:
-            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout)
+            conn = http.client.HTTPConnection(self._host, self._port, timeout=self.timeout,
+                                              blocksize=UPLOAD_BLOCK)
         try:
             conn.connect()
         except OSError as err:
@@ -268,16 +275,21 @@ class HubClient(WorkstreamMixin):
         env: dict[str, str] | None = None,
         workdir: str | None = None,
     ) -> Iterator[dict[str, Any]]:
-        """Yields NDJSON events as the hub streams them: {"t": "stdout"|"stderr", "d": b64},
-        then {"t": "exit", "exit_code": …} (or {"t": "error", …})."""
+        """Yields events as the hub streams them: {"t": "stdout"|"stderr", "data": bytes}
+        (its "d", the NDJSON base64, made on demand: client/exec_events.py), then
+        {"t": "exit", "exit_code": …} (or {"t": "error", …}). Asks for the binary exec
+        stream (protocol/binary_exec.py); reads NDJSON from a hub without it."""
         body = {"cmd": cmd, "timeout_s": timeout_s, "env": env or {}, "workdir": workdir}
         resp = self._send(
             "POST",
             f"/api/boxes/{quote(box_id)}/exec",
             json.dumps(body).encode(),
-            {"Content-Type": "application/json"},
+            {"Content-Type": "application/json", "Accept": ACCEPT},
         )
         self._raise_for(resp)
+        if is_binary(resp.getheader("Content-Type")):
+            yield from from_binary(iter(lambda: resp.read1(1 << 20), b""))
+            return
         while True:
             line = resp.readline()
             if not line:
@@ -321,9 +333,11 @@ class HubClient(WorkstreamMixin):
         return json.loads(resp.read())
 
     def get_file(self, box_id: str, path: str) -> Iterator[bytes]:
+        """The file's bytes as they arrive (``read1``: what is there, up to 1 MiB, never a
+        wait to fill a fixed size)."""
         resp = self._send("GET", f"/api/boxes/{quote(box_id)}/file?path={quote(path)}")
         self._raise_for(resp)
-        while chunk := resp.read(256 * 1024):
+        while chunk := resp.read1(UPLOAD_BLOCK):
             yield chunk
 
     def get_bytes(self, path: str) -> bytes:

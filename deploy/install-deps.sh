@@ -28,6 +28,8 @@ fi
 [ "$mode" = test ] && { command -v chromium >/dev/null 2>&1 || need+=(chromium); }
 # tests/test_deploy.py validates and runs deploy/compose.yaml with Debian's docker-compose.
 [ "$mode" = test ] && { command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose); }
+# tests/test_pty.py drives `hub box exec -it` in a real terminal: tmux.
+[ "$mode" = test ] && { command -v tmux >/dev/null 2>&1 || need+=(tmux); }
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
   step "installing system packages: ${need[*]} (apt-get; a minute or two)"

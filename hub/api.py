@@ -25,6 +25,7 @@ from hub.openapi import NDJSON, OCTETS, Param, Reply, int_or_empty, operation
 from hub.openapi.models import cluster as m
 from hub.registry import Registry
 from hub.store import Store
+from protocol import binary_exec
 from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
 from protocol.tokens import MAX_PREFIX_CHARS, JoinToken, hash_secret, new_id, new_secret
@@ -74,6 +75,8 @@ class Api:
             web.post("/api/boxes", self.box_create),
             web.get("/api/boxes", self.box_list),
             web.delete("/api/boxes/{id}", self.box_destroy),
+            web.post("/api/boxes/{id}/pause", self.box_pause),
+            web.post("/api/boxes/{id}/resume", self.box_resume),
             web.get("/api/boxes/{id}/logs", self.box_logs),
             web.get("/api/boxes/{id}/stats", self.box_stats),
             web.post("/api/boxes/{id}/exec", self.box_exec),
@@ -286,6 +289,20 @@ class Api:
         result = await self.boxes.destroy(request.match_info["id"])
         return web.json_response(result)
 
+    @operation("Pause a box", tag="boxes", description="Docker's freezer: every process in "
+               "the box stops and its memory is kept; exec, files, PTYs and ports answer 409 "
+               "until it is resumed.",
+               replies=(Reply(200, "the box, paused", m.Box),), path_params=BOX_PATH,
+               errors=ON_BOX)
+    async def box_pause(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.boxes.pause(request.match_info["id"]))
+
+    @operation("Resume a paused box", tag="boxes",
+               replies=(Reply(200, "the box, running again", m.Box),), path_params=BOX_PATH,
+               errors=ON_BOX)
+    async def box_resume(self, request: web.Request) -> web.Response:
+        return web.json_response(await self.boxes.pause(request.match_info["id"], resume=True))
+
     @operation("A box's logs", tag="boxes", query=(
         Param("tail", int_or_empty(1, MAX_LOG_TAIL), "the last N lines (default 200)"),),
         replies=(Reply(200, "the raw log bytes", {"type": "string", "format": "binary"},
@@ -304,11 +321,22 @@ class Api:
         return web.json_response(await self.boxes.stats(request.match_info["id"]))
 
     @operation("Run a command in a box", tag="boxes", body=m.ExecBody,
-               description="Output is streamed as NDJSON lines as it is produced; the command "
-               "is killed when the caller goes away.",
+               description="Output is streamed as it is produced; the command is killed when "
+               "the caller goes away. NDJSON lines (output base64) by default; with `Accept: "
+               f"{binary_exec.CONTENT_TYPE}` binary frames instead, the output raw: each frame "
+               "is a kind byte (1 stdout, 2 stderr, 0 the end), a big-endian u32 length and "
+               "that many bytes; the end frame's bytes are the exit (or error) line as JSON, "
+               "exactly the NDJSON stream's last line (docs/api.md).",
                replies=(Reply(200, "NDJSON: output lines, then the exit line", m.ExecLine,
-                              NDJSON),), path_params=BOX_PATH, errors=ON_BOX)
+                              NDJSON),
+                        Reply(200, "binary frames: output raw, then the exit line as JSON",
+                              {"type": "string", "format": "binary"},
+                              binary_exec.CONTENT_TYPE)),
+               path_params=BOX_PATH, errors=ON_BOX)
     async def box_exec(self, request: web.Request) -> web.StreamResponse:
+        """Answered in the format the caller accepts (NDJSON unless it asks for
+        :data:`protocol.binary_exec.CONTENT_TYPE`). Pinned by tests/test_boxes_e2e.py (NDJSON)
+        and tests/test_bulk_data.py (binary, 50 MiB)."""
         body = await parsed_body(request, m.ExecBody)
         params = self.boxes.exec_params(request.match_info["id"], {
             "cmd": body.cmd, "env": body.env or {}, "workdir": body.workdir,
@@ -319,6 +347,8 @@ class Api:
             # Errors before any output become proper HTTP statuses; and the exec dies with
             # its caller (hub/disconnect.py), before and after the first output alike.
             first = await cancelled_on_disconnect(request, anext(stream))
+            if binary_exec.CONTENT_TYPE in request.headers.get("Accept", ""):
+                return await self._exec_binary(request, stream, first)
             response = web.StreamResponse(headers={"Content-Type": "application/x-ndjson"})
             await response.prepare(request)
             try:
@@ -338,6 +368,29 @@ class Api:
             return response
         finally:
             await stream.aclose()  # cancels the call on the spoke if it has not ended
+
+    async def _exec_binary(self, request: web.Request,
+                           stream: AsyncIterator[tuple[str, Any]],
+                           first: tuple[str, Any]) -> web.StreamResponse:
+        """The binary frames of :mod:`protocol.binary_exec`: each chunk from the spoke is
+        written raw behind a 5-byte header (two writes, no copy of the data)."""
+        response = web.StreamResponse(headers={"Content-Type": binary_exec.CONTENT_TYPE})
+        await response.prepare(request)
+        try:
+            item: tuple[str, Any] | None = first
+            while item is not None:
+                kind, value = item
+                if kind == "exit":
+                    await response.write(binary_exec.end_frame({"t": "exit", **value}))
+                elif value:
+                    await response.write(binary_exec.output_header(kind, len(value)))
+                    await response.write(value)
+                item = await cancelled_on_disconnect(request, anext(stream, None))
+        except RemoteError as err:
+            await response.write(binary_exec.end_frame(
+                {"t": "error", "code": err.code.value, "message": err.message}))
+        await response.write_eof()
+        return response
 
     @operation("Upload a file into a box", tag="boxes", body={"type": "string",
                "format": "binary"}, body_content_type=OCTETS, query=(
@@ -366,7 +419,9 @@ class Api:
             raise RemoteError(ErrorCode.INVALID, f"file larger than {v.MAX_FILE_BYTES} bytes")
 
         async def source() -> AsyncIterator[bytes]:
-            async for piece in request.content.iter_chunked(64 * 1024):
+            # One link chunk (protocol.connection.Limits.chunk_bytes) at a time: the driver
+            # sends a piece of exactly that size on as it is, without a copy.
+            async for piece in request.content.iter_chunked(256 * 1024):
                 yield piece
 
         result = await self.boxes.put_file(

@@ -25,6 +25,7 @@ from hub.alerts import AlertService
 from hub.alerts import load as load_alerts
 from hub.api import Api
 from hub.boxes import BoxService
+from hub.channels import ChannelService
 from hub.conn_limits import GuardedSite
 from hub.events_api import EventsApi
 from hub.fleet import Fleet, FleetApi
@@ -34,6 +35,8 @@ from hub.http_util import auth_middleware, errors_middleware
 from hub.janitor import Janitor, JanitorConfig
 from hub.mcp.frontend import McpServices, mount_mcp
 from hub.openapi.serve import OpenApiRoute
+from hub.preview import Previews
+from hub.pty_api import PtyApi
 from hub.registry import Registry
 from hub.relay import Relay
 from hub.store import Store
@@ -218,6 +221,11 @@ class Hub:
         app.router.add_routes(self.events.routes())
         app.router.add_routes(HistoryApi(self.store, self.config.history_interval_s).routes())
         app.router.add_routes(OpenApiRoute().routes())  # GET /api/openapi.json, from this table
+        # PTY sessions and port previews in boxes (hub/channels.py, issue 14).
+        channels = ChannelService(self.boxes)
+        app.router.add_routes(PtyApi(channels).routes())
+        app.router.add_routes(Previews(channels, self.store, self.config.data_dir,
+                                       self.config.url()).routes())
         # Set up top to bottom, torn down bottom to top (see Lifecycles and the methods).
         Lifecycles(
             self._database,       # opened first, closed last: no handler meets a closed store

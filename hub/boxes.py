@@ -75,6 +75,31 @@ class BoxService:
             raise RemoteError(ErrorCode.NOT_FOUND, f"box {box_id} is {box['state']}")
         return box
 
+    async def _usable_box(self, box_id: str) -> dict[str, Any]:
+        """A live box that may take work: a paused one is refused here, before the spoke is
+        asked (the spoke refuses it too). Pinned by tests/test_box_pause.py."""
+        box = await self._live_box(box_id)
+        if box["state"] == "paused":
+            raise RemoteError(ErrorCode.BUSY, f"box {box_id} is paused: resume it first "
+                              f"(hub box resume {box_id})")
+        return box
+
+    async def pause(self, box_id: str, *, resume: bool = False) -> dict[str, Any]:
+        """Freeze (or, ``resume``, thaw) a box on its spoke and record the state the spoke
+        reports; audited. Pinned by tests/test_box_pause.py."""
+        verb = v.BOX_RESUME if resume else v.BOX_PAUSE
+        with v.validating(verb):
+            ref = v.BoxRef(box_id=box_id)
+        box = await self._live_box(box_id)
+        if box["state"] == "creating":
+            raise RemoteError(ErrorCode.BUSY, f"box {box_id} is still being created")
+        async with audited(self.store, verb.name, box_id, "", spoke=box["spoke"]):
+            info = await (await self._link(box["spoke"])).call(verb, ref)
+            state = "paused" if info.state == "paused" else "running"
+            await self.store.set_box_state(box_id, state)
+        return {"id": box_id, "spoke": box["spoke"], "image": box["image"], "state": state,
+                "created_at": box["created_at"]}
+
     async def create(self, spoke: str, params: dict[str, Any]) -> dict[str, Any]:
         """Record, then create on ``spoke``; audited (``box.create``, with the caller and
         the result). Pinned by tests/test_boxes_e2e.py and tests/test_audit.py."""
@@ -214,7 +239,7 @@ class BoxService:
         tests/test_boxes_e2e.py, tests/test_exec_disconnect.py and
         tests/hub/test_fleet_memory.py."""
         box_id = model.box_id
-        box = await self._live_box(box_id)
+        box = await self._usable_box(box_id)
         async with self.activity.using(box_id), audited(
                 self.store, "box.exec", box_id, shlex.join(model.cmd)[:500],
                 spoke=box["spoke"]) as outcome:
@@ -304,7 +329,7 @@ class BoxService:
         with v.validating(v.BOX_PUT_FILE):
             params = v.PutFile(box_id=box_id, path=path, size=size, mode=mode, parents=parents,
                                into_dir_name=into_dir_name)
-        box = await self._live_box(box_id)
+        box = await self._usable_box(box_id)
         async with self.activity.using(box_id), audited(
                 self.store, "box.put_file", box_id, f"{path} ({size} bytes)",
                 spoke=box["spoke"]) as outcome:
@@ -316,7 +341,7 @@ class BoxService:
     async def get_file(self, box_id: str, path: str, max_bytes: int) -> AsyncGenerator[bytes, None]:
         with v.validating(v.BOX_GET_FILE):
             params = v.GetFile(box_id=box_id, path=path, max_bytes=max_bytes)
-        box = await self._live_box(box_id)
+        box = await self._usable_box(box_id)
         async with self.activity.using(box_id), audited(
                 self.store, "box.get_file", box_id, path, spoke=box["spoke"]) as outcome:
             call = await (await self._link(box["spoke"])).call_stream(v.BOX_GET_FILE, params)

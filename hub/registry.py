@@ -413,7 +413,7 @@ class Registry:
             known = {
                 b["id"]
                 for b in await self.store.list_boxes(spoke=link.name)
-                if b["state"] == "running"
+                if b["state"] in ("running", "paused")
             }
             listing = await link.call(v.BOX_LIST, v.Empty())
             reported = {b.box_id for b in listing.boxes}

@@ -26,7 +26,8 @@ ROLES = (VIEWER, OPERATOR, ADMIN)  # in rank order
 PUBLIC = "public"
 OWN_AUTH = "own-auth"
 PUBLIC_PREFIXES = ("/static/",)  # the pages' files: no data in them
-OWN_AUTH_PREFIXES = ("/spoke/", "/relay/")
+# /preview/: a signed link's cookie, or a session or key with the operator role (hub/preview.py)
+OWN_AUTH_PREFIXES = ("/spoke/", "/relay/", "/preview/")
 
 _RANK = {role: i for i, role in enumerate(ROLES)}
 
@@ -74,7 +75,12 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("POST", "/api/spokes/{name}/ping"): OPERATOR,
     ("POST", "/api/boxes"): OPERATOR,
     ("DELETE", "/api/boxes/{id}"): OPERATOR,
+    ("POST", "/api/boxes/{id}/pause"): OPERATOR,
+    ("POST", "/api/boxes/{id}/resume"): OPERATOR,
     ("POST", "/api/boxes/{id}/exec"): OPERATOR,
+    ("GET", "/api/boxes/{id}/pty"): OPERATOR,  # a terminal in the box (WebSocket)
+    ("POST", "/api/boxes/{id}/ports"): OPERATOR,  # a signed preview link
+    ("DELETE", "/api/boxes/{id}/ports"): OPERATOR,  # revoke the box's preview links
     ("PUT", "/api/boxes/{id}/file"): OPERATOR,
     # reading a box's files is reading what its commands made (keys, data): not for viewers
     ("GET", "/api/boxes/{id}/file"): OPERATOR,

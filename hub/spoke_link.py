@@ -36,11 +36,14 @@ class AiohttpTransport:
         self.socket = socket
         self._peer_close: tuple[int, str] | None = None
 
-    async def send(self, frames: Sequence[str]) -> None:
+    async def send(self, frames: Sequence[str | bytes]) -> None:
         for frame in frames:
             if self.socket.closed:
                 raise ConnectionError("the WebSocket is closed")
-            await self.socket.send_str(frame)
+            if isinstance(frame, str):
+                await self.socket.send_str(frame)
+            else:  # a stream chunk (protocol/binary_frames.py): raw, no base64
+                await self.socket.send_bytes(frame)
 
     async def receive(self) -> str | bytes | None:
         if self.socket.closed:

@@ -9,6 +9,9 @@ is tested without sockets or sleeping.
 Frames are JSON-RPC 2.0 objects. Besides requests, results and errors there are three
 stream-control notifications tied to a call id: ``$/chunk`` (sequence-numbered data),
 ``$/ack`` (cumulative: the receiver consumed everything up to ``seq``), and ``$/cancel``.
+Since protocol version 2 a chunk leaves as a binary message, raw bytes after a small header
+(protocol/binary_frames.py), never base64 in JSON: :meth:`data_to_send` hands back ``str``
+(text messages) and ``bytes`` (binary ones), and the transport sends each as what it is.
 Each call's stream has its own window, so a slow consumer of one stream holds back only
 that stream's sender, never other calls on the same connection.
 
@@ -33,6 +36,7 @@ from typing import Any
 
 from pydantic import BaseModel, ValidationError
 
+from protocol import binary_frames as bf
 from protocol import events as ev
 from protocol.errors import ErrorCode, RemoteError
 from protocol.frame_checks import deeper_than, may_hold_surrogates, valid_unicode
@@ -65,8 +69,10 @@ class Limits:
     max_calls: int = 256
     reserved_per_class: int | None = None  # default: max_calls // 8 (32 of 256)
     queue_s: float = 10.0  # how long the hub waits for a free slot before answering busy
+    # 16 x 256 KiB in flight per stream: enough to keep a loopback link busy (exec output at
+    # ~Docker's own speed, benchmarks/bulk_data.py) and still bounded, 4 MiB per call.
     window_chunks: int = 16
-    chunk_bytes: int = 64 * 1024
+    chunk_bytes: int = 256 * 1024
     handshake_timeout_s: float = 10.0
     heartbeat_s: float = 4.0  # 2.5 beats inside stale_after_s; 1000 spokes: 250 frames a second
     stale_after_s: float = 10.0
@@ -118,7 +124,7 @@ class Connection:
         self.clock = clock
         self.limits = limits or Limits()
         self.state = State.HANDSHAKE
-        self._out: list[str] = []
+        self._out: list[str | bytes] = []  # text frames (JSON) and binary chunk frames
         self._next_id = 1
         self._outgoing: dict[int, _Call] = {}  # calls we made
         self._incoming: dict[int, _Call] = {}  # calls the peer made
@@ -126,6 +132,7 @@ class Connection:
         self._started = self.clock()
         self._last_received = self._started
         self._violations = 0
+        self._peer_max_id = 0  # the highest call id the peer has used (unknown-call checks)
 
     def _require(self, state: State, doing: str) -> None:
         if self.state is not state:
@@ -135,7 +142,7 @@ class Connection:
     def has_data_to_send(self) -> bool:
         return bool(self._out)
 
-    def data_to_send(self) -> list[str]:
+    def data_to_send(self) -> list[str | bytes]:
         out, self._out = self._out, []
         return out
 
@@ -206,14 +213,7 @@ class Connection:
             return False
         call.sent_seq += 1
         call.done_sending = eof
-        params = {
-            "id": call_id,
-            "seq": call.sent_seq,
-            "stream": stream,
-            "data": base64.b64encode(data).decode(),
-            "eof": eof,
-        }
-        self._emit({"method": "$/chunk", "params": params})
+        self._out.append(bf.encode(call_id, call.sent_seq, stream, data, eof))
         return True
 
     def ack(self, call_id: int, seq: int) -> None:
@@ -271,6 +271,9 @@ class Connection:
     # ----------------------------------------------------------------- receive
     def receive_data(self, data: str | bytes) -> list[ev.Event]:
         self._last_received = self.clock()
+        if bf.is_binary_chunk(data):
+            assert isinstance(data, bytes | bytearray)
+            return self._receive_binary(data)
         size = len(data)
         if isinstance(data, str) and 4 * size > self.limits.max_frame_bytes:  # else cannot be over
             size = len(data.encode("utf-8", "surrogatepass"))
@@ -353,6 +356,7 @@ class Connection:
         return [ev.ProtocolViolation(message, fatal=fatal)]
 
     def _on_request(self, call_id: int, method: str, frame: dict[str, Any]) -> list[ev.Event]:
+        self._peer_max_id = max(self._peer_max_id, call_id)
         if self.state is State.HANDSHAKE:
             return self._handshake_request(call_id, method, frame)
         if self.state is not State.OPEN:
@@ -441,6 +445,38 @@ class Connection:
                 call_id, seq, str(params.get("stream", "")), data, bool(params.get("eof"))
             )
         ]
+
+    def _receive_binary(self, data: bytes) -> list[ev.Event]:
+        """A binary chunk frame (protocol/binary_frames.py). Malformed ones — a short header,
+        a call never made, a call that does not stream, a seq out of order, an overrun window,
+        a payload over ``chunk_bytes`` — are violations; a straggler of a call that ended or
+        was cancelled is dropped quietly, as its JSON twin is. Pinned by
+        tests/protocol/test_binary_frames.py."""
+        if self.state is not State.OPEN:
+            return self._violation(None, "binary frame before the handshake ended")
+        chunk = bf.decode(data, self.limits.chunk_bytes)
+        if isinstance(chunk, str):
+            return self._violation(None, chunk)
+        call_id, seq = chunk.call_id, chunk.seq
+        call = self._outgoing.get(call_id)
+        if call is None:
+            call = self._incoming.get(call_id)
+        if call is None:
+            if call_id >= self._next_id and call_id > self._peer_max_id:
+                return self._violation(None, f"binary frame: unknown call {call_id}")
+            return []  # a straggler of a finished or cancelled call
+        wanted = "down" if call_id in self._outgoing else "up"
+        if call.verb.stream != wanted:
+            return self._violation(None, f"binary frame: call {call_id} ({call.verb.name}) "
+                                         "has no stream that way")
+        if seq != call.recv_seq + 1:
+            return self._violation(
+                None, f"binary frame: call {call_id} expected seq {call.recv_seq + 1}, got {seq}")
+        if seq - call.our_ack > self.limits.window_chunks:
+            return self._violation(None, f"binary frame: call {call_id} overran its "
+                                         f"flow-control window of {self.limits.window_chunks}")
+        call.recv_seq = seq
+        return [ev.ChunkReceived(call_id, seq, chunk.stream, chunk.data, chunk.eof)]
 
     def _on_ack(self, params: dict[str, Any]) -> list[ev.Event]:
         call_id, seq = params.get("id"), params.get("seq")

@@ -21,7 +21,7 @@ from pydantic import BaseModel
 
 from protocol import events as ev
 from protocol.errors import ErrorCode, RemoteError
-from protocol.link import _END, LinkDriver
+from protocol.link import _END, LinkDriver, ack_every
 from protocol.sides import HubConnection
 from protocol.tracecontext import in_trace, traceparent_of
 from protocol.transport import Transport
@@ -54,10 +54,12 @@ class StreamCall(Generic[R]):
     async def chunks(self) -> AsyncIterator[tuple[str, bytes]]:
         queue = self._pending.chunks
         assert queue is not None  # made by call_stream
+        link, every = self._link, ack_every(self._link.conn.limits.window_chunks)
         while (item := await queue.get()) is not _END:
             seq, stream, data = item
-            self._link.conn.ack(self.call_id, seq)
-            await self._link.flush()
+            if (seq + 1) % every == 0:  # cumulative: see ack_every
+                link.conn.ack(self.call_id, seq)
+                await link.flush()
             yield stream, data
 
     async def result(self) -> R:
@@ -170,14 +172,17 @@ class HubDriver(LinkDriver):
         call_id, pending = await self._start(verb, params, timeout_s, stream=False)
         await self.flush()
         try:
-            buf = b""
+            buf = bytearray()
             size = self.conn.limits.chunk_bytes
             async for piece in source:
+                if not buf and len(piece) == size:  # the common case: no copy
+                    await self._send_chunk(call_id, pending, piece, eof=False)
+                    continue
                 buf += piece
                 while len(buf) >= size:
-                    await self._send_chunk(call_id, pending, buf[:size], eof=False)
-                    buf = buf[size:]
-            await self._send_chunk(call_id, pending, buf, eof=True)
+                    await self._send_chunk(call_id, pending, bytes(buf[:size]), eof=False)
+                    del buf[:size]
+            await self._send_chunk(call_id, pending, bytes(buf), eof=True)
             result: R = await pending.future
             return result
         except BaseException:

@@ -48,16 +48,24 @@ OnNotification = Callable[[str, BaseModel], Awaitable[None]]
 _END = object()
 
 
-def batched(frames: list[str], max_bytes: int) -> list[str]:
+def batched(frames: list[str | bytes], max_bytes: int) -> list[str | bytes]:
     """``frames`` as few messages as fit under ``max_bytes`` each: JSON arrays of several
-    frames, a lone frame as itself. Pinned by tests/protocol/test_link.py::
-    test_a_burst_of_calls_leaves_in_one_message_when_the_peer_reads_batches."""
+    text frames, a lone frame as itself; a binary chunk frame is never batched, it leaves
+    alone in its place (order kept). Pinned by tests/protocol/test_link.py::
+    test_a_burst_of_calls_leaves_in_one_message_when_the_peer_reads_batches and
+    tests/protocol/test_binary_frames.py::test_binary_frames_are_never_batched."""
     if len(frames) == 1:
         return frames
-    out: list[str] = []
+    out: list[str | bytes] = []
     group: list[str] = []
     size = 2
     for frame in frames:
+        if isinstance(frame, bytes):
+            if group:
+                out.append(group[0] if len(group) == 1 else "[" + ",".join(group) + "]")
+                group, size = [], 2
+            out.append(frame)
+            continue
         cost = len(frame.encode()) + 1 if not frame.isascii() else len(frame) + 1
         if group and size + cost > max_bytes:
             out.append(group[0] if len(group) == 1 else "[" + ",".join(group) + "]")
@@ -67,6 +75,17 @@ def batched(frames: list[str], max_bytes: int) -> list[str]:
     if group:
         out.append(group[0] if len(group) == 1 else "[" + ",".join(group) + "]")
     return out
+
+
+def ack_every(window_chunks: int) -> int:
+    """How many consumed chunks one ``$/ack`` covers (acks are cumulative): a quarter of the
+    window, so a 256 KiB-chunk stream costs the sender one ack to read per MiB, not four.
+    It never stalls the sender: a sender waits only with a full window unacknowledged, and
+    the receiver acks again after consuming any quarter of it (chunks not yet acked when a
+    stream ends need no ack). Pinned by tests/protocol/test_link.py::
+    test_a_stream_delivers_every_chunk_in_order_under_a_small_window and
+    tests/protocol/test_binary_frames.py::test_acks_cover_a_quarter_of_the_window."""
+    return max(1, window_chunks // 4)
 
 
 class Ticker:

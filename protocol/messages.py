@@ -12,8 +12,11 @@ LABEL_PATTERN = r"^[a-z0-9][a-z0-9_.-]{0,62}$"
 Label = Annotated[str, Field(pattern=LABEL_PATTERN)]
 ModelAlias = Annotated[str, Field(min_length=1, max_length=100, pattern=r"^[^\x00-\x1f\x7f]+$")]
 
-PROTOCOL_VERSION = 1
-SUPPORTED_VERSIONS: tuple[int, ...] = (1,)
+# 2: stream chunks travel as binary WebSocket messages (protocol/binary_frames.py), not as
+# base64 in JSON, and 256 KiB each. A peer speaking only 1 is refused, both versions named
+# (tests/test_versions.py::test_a_spoke_of_the_old_protocol_is_refused_naming_both).
+PROTOCOL_VERSION = 2
+SUPPORTED_VERSIONS: tuple[int, ...] = (2,)
 
 # WebSocket close codes with a meaning the spoke acts on.
 CLOSE_GOING_AWAY = 1001  # the hub is shutting down: reconnect with backoff, calmly

@@ -16,7 +16,7 @@ from pydantic import BaseModel
 
 from protocol import events as ev
 from protocol.errors import ErrorCode, RemoteError
-from protocol.link import LinkDriver
+from protocol.link import LinkDriver, ack_every
 from protocol.sides import SpokeConnection
 from protocol.tracecontext import attach
 from protocol.transport import Transport
@@ -40,6 +40,19 @@ class CallIO:
         return self.link.transport.closed
 
     async def send(self, stream: str, data: bytes, eof: bool = False) -> None:
+        """Send ``data`` under the call's window, in pieces of at most ``chunk_bytes`` (so
+        a handler need not know the link's chunk size); ``eof`` goes with the last piece."""
+        link = self.link
+        size = link.conn.limits.chunk_bytes
+        if len(data) <= size:
+            await self._send_one(stream, data, eof)
+            return
+        view = memoryview(data)
+        for start in range(0, len(data), size):
+            last = start + size >= len(data)
+            await self._send_one(stream, bytes(view[start:start + size]), eof and last)
+
+    async def _send_one(self, stream: str, data: bytes, eof: bool) -> None:
         link = self.link
         window = link.windows.setdefault(self.call_id, asyncio.Event())
         while not link.conn.send_chunk(self.call_id, stream, data, eof):
@@ -50,10 +63,12 @@ class CallIO:
     async def upload(self) -> AsyncIterator[bytes]:
         link = self.link
         queue = link.uploads.setdefault(self.call_id, asyncio.Queue())
+        every = ack_every(link.conn.limits.window_chunks)
         while True:
             seq, data, eof = await queue.get()
-            link.conn.ack(self.call_id, seq)
-            await link.flush()
+            if (seq + 1) % every == 0:  # cumulative: see ack_every
+                link.conn.ack(self.call_id, seq)
+                await link.flush()
             yield data
             if eof:
                 return

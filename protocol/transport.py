@@ -1,7 +1,8 @@
 """The transport seam: what a link driver needs from a WebSocket, and an in-memory pipe.
 
-A :class:`Transport` carries whole messages (one JSON-RPC frame each) in order, and can be
-closed with a code and a reason the peer can read. The hub adapts aiohttp's server socket to
+A :class:`Transport` carries whole messages in order — text (``str``: one JSON-RPC frame,
+or a batch of them) and binary (``bytes``: a stream chunk, protocol/binary_frames.py), each
+sent as the WebSocket message type it is — and can be closed with a code and a reason the peer can read. The hub adapts aiohttp's server socket to
 it (hub/spoke_link.py), the spoke the ``websockets`` client (spoke/connector.py), and tests use
 :func:`memory_pipe` so a real hub registry and a real spoke dispatcher talk in milliseconds
 without sockets (llmbox's transport interface, "so the hub side and the spoke side can be
@@ -18,8 +19,9 @@ _CLOSED = object()
 
 
 class Transport(Protocol):
-    async def send(self, frames: Sequence[str]) -> None:
-        """Send ``frames`` in order; raises ``ConnectionError`` once closed."""
+    async def send(self, frames: Sequence[str | bytes]) -> None:
+        """Send ``frames`` in order, ``str`` as text and ``bytes`` as binary messages;
+        raises ``ConnectionError`` once closed."""
         ...
 
     async def receive(self) -> str | bytes | None:
@@ -49,7 +51,7 @@ class MemoryTransport:
         self._peer_close: tuple[int, str] | None = None
         self.sent = 0  # messages sent, for tests that count frames
 
-    async def send(self, frames: Sequence[str]) -> None:
+    async def send(self, frames: Sequence[str | bytes]) -> None:
         if self._closed or self.peer is None or self.peer._closed:
             raise ConnectionError("the pipe is closed")
         for frame in frames:

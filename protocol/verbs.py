@@ -8,6 +8,7 @@ creating verb idempotent.
 
 from __future__ import annotations
 
+import base64
 import re
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -124,6 +125,77 @@ class ExecDone(_Model):
     exit_code: int
     timed_out: bool = False
     cancelled: bool = False
+
+
+# A hub-chosen channel id (``ch_…``): names a PTY session or a port connection on its spoke
+# while its ``box.open`` call runs; ``box.input`` sends to it.
+ChannelId = Annotated[str, Field(pattern=r"^ch_[0-9a-f]{16}$")]
+MAX_INPUT_BYTES = 48 * 1024  # raw bytes per box.input (base64 in params)
+MAX_CHANNEL_ROWS = 1000
+MAX_CHANNEL_COLS = 1000
+
+
+class BoxOpen(_Model):
+    """Open a channel into a box: a PTY running ``cmd`` (like ``docker exec -it``), or a TCP
+    connection to ``port`` inside it (port previews). The call streams the box's output
+    down (first an empty ``ready`` chunk once the channel is open) and ends with the PTY's
+    ExecDone (exit code 0 for a port). Pinned by tests/protocol/test_channel_verbs.py."""
+
+    box_id: BoxId
+    channel_id: ChannelId
+    kind: Literal["pty", "port"]
+    cmd: list[str] = Field(default_factory=list, max_length=4096)
+    env: dict[str, str] = Field(default_factory=dict)
+    workdir: AbsPath | None = None
+    rows: int = Field(default=24, ge=1, le=MAX_CHANNEL_ROWS)
+    cols: int = Field(default=80, ge=1, le=MAX_CHANNEL_COLS)
+    port: int | None = Field(default=None, ge=1, le=65535)
+
+    @field_validator("env")
+    @classmethod
+    def _env_names(cls, value: dict[str, str]) -> dict[str, str]:
+        for key in value:
+            if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]{0,127}", key):
+                raise ValueError(f"bad environment variable name {key!r}")
+        return value
+
+    @model_validator(mode="after")
+    def _kind_fields(self) -> BoxOpen:
+        if self.kind == "pty":
+            if not self.cmd or self.port is not None:
+                raise ValueError("a pty needs cmd and no port")
+            if any("\x00" in arg for arg in self.cmd):
+                raise ValueError("cmd must not contain NUL bytes")
+        elif self.port is None or self.cmd or self.env or self.workdir is not None:
+            raise ValueError("a port channel needs port (1-65535) and no cmd, env or workdir")
+        return self
+
+
+class ChannelInput(_Model):
+    """Input for an open channel: ``data`` (base64) written in order, then a resize, then
+    ``eof`` (no more input), then ``close`` (end it now). Unknown channel: not_found."""
+
+    channel_id: ChannelId
+    data: str = Field(default="", max_length=(MAX_INPUT_BYTES * 4) // 3 + 4)
+    rows: int | None = Field(default=None, ge=1, le=MAX_CHANNEL_ROWS)
+    cols: int | None = Field(default=None, ge=1, le=MAX_CHANNEL_COLS)
+    eof: bool = False
+    close: bool = False
+
+    @field_validator("data")
+    @classmethod
+    def _base64(cls, value: str) -> str:
+        try:
+            base64.b64decode(value, validate=True)
+        except ValueError:
+            raise ValueError("data must be base64") from None
+        return value
+
+    @model_validator(mode="after")
+    def _both_or_neither(self) -> ChannelInput:
+        if (self.rows is None) != (self.cols is None):
+            raise ValueError("a resize needs both rows and cols")
+        return self
 
 
 class BoxLogs(_Model):
@@ -304,11 +376,17 @@ BOX_PUT_FILE = Verb("box.put_file", PutFile, FileDone, stream="up", default_time
 BOX_GET_FILE = Verb("box.get_file", GetFile, FileDone, stream="down", default_timeout_s=300.0)
 BOX_STATS = Verb("box.stats", BoxRef, StatsResult, kind="control")
 BOX_REAP = Verb("box.reap", Reap, Reaped, default_timeout_s=120.0)
+# Docker's freezer: a paused box keeps its memory and refuses work until resumed.
+BOX_PAUSE = Verb("box.pause", BoxRef, BoxInfoModel, default_timeout_s=60.0)
+BOX_RESUME = Verb("box.resume", BoxRef, BoxInfoModel, default_timeout_s=60.0)
 WS_START = Verb("ws.start", WsStart, WsStarted, default_timeout_s=180.0, idempotency_field="ws_id")
 WS_SEND = Verb("ws.send", WsSend, WsAck, kind="control")
 WS_APPROVE = Verb("ws.approve", WsApprove, WsAck, kind="control")
 WS_CANCEL = Verb("ws.cancel", WsRef, WsAck, kind="control")
 WS_CLOSE = Verb("ws.close", WsRef, WsAck, default_timeout_s=60.0)
+# PTY sessions and port previews: the channel lives as long as its box.open call.
+BOX_OPEN = Verb("box.open", BoxOpen, ExecDone, stream="down", default_timeout_s=24 * 3600.0)
+BOX_INPUT = Verb("box.input", ChannelInput, Empty, kind="control")
 SPOKE_INFO = Verb("spoke.info", Empty, SpokeInfo, kind="control")
 SPOKE_PING = Verb("spoke.ping", Empty, Empty, default_timeout_s=10.0, kind="control")
 
@@ -316,7 +394,7 @@ SPOKE_PING = Verb("spoke.ping", Empty, Empty, default_timeout_s=10.0, kind="cont
 VERBS: dict[str, Verb[Any, Any]] = {
     v.name: v
     for v in (BOX_CREATE, BOX_LIST, BOX_EXEC, BOX_ATTACH, BOX_LOGS, BOX_DESTROY, BOX_PUT_FILE, BOX_GET_FILE,
-              BOX_STATS, BOX_REAP, WS_START, WS_SEND, WS_APPROVE, WS_CANCEL, WS_CLOSE,
+              BOX_STATS, BOX_REAP, BOX_PAUSE, BOX_RESUME, BOX_OPEN, BOX_INPUT, WS_START, WS_SEND, WS_APPROVE, WS_CANCEL, WS_CLOSE,
               SPOKE_INFO, SPOKE_PING)
 }
 

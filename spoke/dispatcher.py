@@ -21,6 +21,7 @@ from protocol.errors import ErrorCode, RemoteError
 from protocol.tracecontext import in_trace
 from protocol.verbs import P, R
 from spoke.boxes.base import BoxError, BoxInfo, BoxManager, BoxSpec
+from spoke.channels import Channels
 from spoke.exec_sessions import ExecSession, ExecSessions
 from spoke.policy import Policy
 
@@ -55,7 +56,7 @@ def _on(verb: v.Verb[P, R], handler: Callable[[P, CallIO], Awaitable[R]]) -> tup
 # What a stopping spoke refuses (Session._leave): what would start something new. Cleanup
 # (destroy, ws.close), reads and the calls already running go on.
 NEW_WORK = frozenset({v.BOX_CREATE.name, v.BOX_EXEC.name, v.BOX_PUT_FILE.name, v.WS_START.name,
-                      v.WS_SEND.name})
+                      v.WS_SEND.name, v.BOX_OPEN.name})
 
 
 class Dispatcher:
@@ -79,6 +80,7 @@ class Dispatcher:
         self._transfers = 0  # file transfers in progress (policy.max_transfers at most)
         self.leaving = False  # stopping cleanly: running calls finish, new work is refused
         self.execs = ExecSessions()  # resumable execs, across reconnects (spoke/exec_sessions.py)
+        self.channels = Channels(boxes, name, chunk_bytes)  # PTYs and ports (spoke/channels.py)
         self.handlers: dict[str, Handler] = dict([
             _on(v.BOX_CREATE, self.box_create),
             _on(v.BOX_LIST, self.box_list),
@@ -90,6 +92,10 @@ class Dispatcher:
             _on(v.BOX_GET_FILE, self.box_get_file),
             _on(v.BOX_STATS, self.box_stats),
             _on(v.BOX_REAP, self.box_reap),
+            _on(v.BOX_PAUSE, self.box_pause),
+            _on(v.BOX_RESUME, self.box_resume),
+            _on(v.BOX_OPEN, self.box_open),
+            _on(v.BOX_INPUT, self.box_input),
             _on(v.SPOKE_INFO, self.spoke_info),
             _on(v.SPOKE_PING, self.spoke_ping),
             _on(v.WS_START, self.ws_start),
@@ -167,8 +173,7 @@ class Dispatcher:
             return await self._pump(session, 0, io)
         try:
             async for stream, data in handle.chunks():
-                for start in range(0, len(data), self.chunk_bytes):
-                    await io.send(stream, data[start : start + self.chunk_bytes])
+                await io.send(stream, data)  # in pieces of the link's chunk size
             result = await handle.wait()
         except BaseException:
             await handle.kill()  # deadline, cancel or lost hub: the process must not linger
@@ -188,8 +193,7 @@ class Dispatcher:
         running for a re-attach, anything else (cancel, deadline, the end) ends it."""
         try:
             async for stream, data in session.pump(offset):
-                for start in range(0, len(data), self.chunk_bytes):
-                    await io.send(stream, data[start : start + self.chunk_bytes])
+                await io.send(stream, data)  # in pieces of the link's chunk size
         except asyncio.CancelledError:
             if io.link_lost:
                 self.execs.detached(session)
@@ -209,7 +213,22 @@ class Dispatcher:
         data = await self.boxes.logs(p.box_id, p.tail)
         return v.LogsResult(data=base64.b64encode(data[-512 * 1024 :]).decode())
 
+    async def box_pause(self, p: v.BoxRef, io: CallIO) -> v.BoxInfoModel:
+        return _box_model(await self.boxes.pause(p.box_id))
+
+    async def box_resume(self, p: v.BoxRef, io: CallIO) -> v.BoxInfoModel:
+        return _box_model(await self.boxes.resume(p.box_id))
+
+    async def box_open(self, p: v.BoxOpen, io: CallIO) -> v.ExecDone:
+        """A PTY session or a port connection, for as long as this call lasts (a cancel or a
+        lost link closes it). Pinned by tests/test_pty.py and tests/test_port_preview.py."""
+        return await self.channels.serve(p, io)
+
+    async def box_input(self, p: v.ChannelInput, io: CallIO) -> v.Empty:
+        return await self.channels.input(p)
+
     async def box_destroy(self, p: v.BoxRef, io: CallIO) -> v.Destroyed:
+        await self.channels.close_box(p.box_id)  # its terminals and previews end first
         return v.Destroyed(existed=await self.boxes.destroy(p.box_id))
 
     @contextlib.contextmanager
@@ -251,8 +270,7 @@ class Dispatcher:
                                          min(p.max_bytes, self.policy.max_file_bytes))
             try:
                 async for data in stream:
-                    for start in range(0, len(data), self.chunk_bytes):
-                        await io.send("file", data[start : start + self.chunk_bytes])
+                    await io.send("file", data)  # in pieces of the link's chunk size
                     sent += len(data)
             finally:
                 aclose = getattr(stream, "aclose", None)
@@ -295,6 +313,7 @@ class Dispatcher:
 
     async def spoke_info(self, p: v.Empty, io: CallIO) -> v.SpokeInfo:
         boxes = [_box_model(b) for b in await self.boxes.list()]
+        warm = getattr(self.boxes, "warm", None)
         return v.SpokeInfo(
             name=self.name,
             version=self.version,
@@ -302,7 +321,9 @@ class Dispatcher:
             labels=list(self.policy.labels),
             policy=self.policy.describe(),
             capacity={"max_boxes": self.policy.max_boxes,
-                      "free_boxes": self.policy.max_boxes - len(boxes)},
+                      "free_boxes": self.policy.max_boxes - len(boxes),
+                      # spoke join --warm: {image: "ready/target"} (spoke/boxes/warm_pool.py)
+                      **({"warm": warm.status()} if warm is not None else {})},
             workstreams=self.workstreams.active() if self.workstreams else [],
         )
 

@@ -35,7 +35,8 @@ from spoke.boxes.base import ExecHandle, ExecResult
 log = logging.getLogger("spokehub.spoke.execs")
 
 MAX_AHEAD_BYTES = 1024 * 1024  # output read but not yet pumped: past it, the command waits
-RETAIN_BYTES = 2 * 1024 * 1024  # pumped output kept for a resend (the window is 1 MiB)
+RETAIN_BYTES = 8 * 1024 * 1024  # pumped output kept for a resend (the window is 4 MiB)
+MERGE_BYTES = 256 * 1024  # output already read is pumped in pieces of up to this (one chunk)
 DETACHED_GRACE_S = 60.0
 MAX_FINISHED = 16
 
@@ -87,20 +88,30 @@ class ExecSession:
         while True:
             async with self._changed:
                 await self._changed.wait_for(functools.partial(self._more, position))
-                pieces = [(o, s, d) for o, s, d in self.log if o + len(d) > position]
+                pieces = self._after(position)
             if not pieces and self.finished:
                 break
-            for piece_offset, stream, data in pieces:
-                cut = data[position - piece_offset:] if piece_offset < position else data
+            for stream, cut, end in _merged(pieces, position):
                 if cut:
                     yield stream, cut
-                position = piece_offset + len(data)
+                position = end
                 async with self._changed:
                     self.pumped = max(self.pumped, position)
                     self._forget()
                     self._changed.notify_all()
         if self.error is not None:
             raise self.error
+
+    def _after(self, position: int) -> list[tuple[int, str, bytes]]:
+        """The log's pieces ending after ``position``, oldest first: scanned from the newest
+        end, so a pump keeping up looks at a few pieces, not the whole retained log."""
+        pieces: list[tuple[int, str, bytes]] = []
+        for piece in reversed(self.log):
+            if piece[0] + len(piece[2]) <= position:
+                break
+            pieces.append(piece)
+        pieces.reverse()
+        return pieces
 
     def _more(self, position: int) -> bool:
         return position < self.end or self.finished
@@ -116,6 +127,29 @@ class ExecSession:
         self._reader.cancel()
         with contextlib.suppress(asyncio.CancelledError, Exception):
             await self._reader
+
+
+def _merged(pieces: list[tuple[int, str, bytes]],
+            position: int) -> list[tuple[str, bytes, int]]:
+    """``pieces`` from ``position`` on as (stream, bytes, end offset): consecutive pieces of
+    one stream joined up to :data:`MERGE_BYTES`, so a command writing 8 KiB at a time is
+    sent in a few large chunks, not thousands of small ones (issue 14). Pinned by
+    tests/boxes/test_exec_merge.py."""
+    out: list[tuple[str, bytes, int]] = []
+    group: list[bytes] = []
+    size, stream, end = 0, "", position
+    for offset, name, data in pieces:
+        cut = data[position - offset:] if offset < position else data
+        if group and (name != stream or size + len(cut) > MERGE_BYTES):
+            out.append((stream, b"".join(group), end))
+            group, size = [], 0
+        if cut:
+            group.append(cut)
+            size += len(cut)
+        stream, end = name, offset + len(data)
+    if group or end > position:
+        out.append((stream, b"".join(group), end))
+    return out
 
 
 class ExecSessions:

@@ -47,6 +47,7 @@ class SpokeOptions:
     max_workspace_bytes: int = 10 * 1024**3
     max_transfers: int = 8
     drain_s: float = 10.0  # a clean stop waits this long at most for running calls
+    warm: dict[str, int] = field(default_factory=dict)  # image -> ready boxes (--warm)
 
     @classmethod
     def from_cli(cls, data_dir: Path, opts: dict[str, Any]) -> SpokeOptions:
@@ -121,6 +122,32 @@ def _check_labels(options: SpokeOptions) -> None:
             raise ValueError(f"bad label {label!r}")
 
 
+def _warm_targets(values: Any) -> dict[str, int]:
+    """``--warm IMAGE=N`` (repeatable) → ``{IMAGE: N}``; N=0 drops that image's pool."""
+    from spoke.boxes.warm_pool import parse_warm
+
+    targets: dict[str, int] = {}
+    for text in values:
+        image, n = parse_warm(text)
+        if image in targets:
+            raise ValueError(f"--warm names image {image} twice")
+        targets[image] = n
+    return {image: n for image, n in targets.items() if n}
+
+
+def _check_warm(options: SpokeOptions) -> None:
+    """Pool boxes must be of allowed images and fit under --max-boxes (they count there).
+    Pinned by tests/boxes/test_warm_pool.py::test_warm_option_syntax."""
+    for image in options.warm:
+        if image not in options.allow_images:
+            raise ValueError(f"--warm {image}: the image is not among the allowed images "
+                             "(--allow-image)")
+    total = sum(options.warm.values())
+    if total > options.max_boxes:
+        raise ValueError(f"--warm asks for {total} ready boxes, more than --max-boxes "
+                         f"{options.max_boxes} (pool boxes count against it)")
+
+
 @dataclass(frozen=True)
 class CliOption:
     """One ``spoke join|run`` option: how it lands in :class:`SpokeOptions`.
@@ -143,6 +170,7 @@ CLI_OPTIONS: tuple[CliOption, ...] = (
     CliOption("default_image", "default_image", _as_is, check=_check_default_image),
     CliOption("labels", "labels", list, check=_check_labels),
     CliOption("max_boxes", "max_boxes", int, _given_number),
+    CliOption("warm", "warm", _warm_targets, check=_check_warm),
     CliOption("max_memory", "max_memory_bytes", parse_size),
     CliOption("max_cpus", "max_cpus", float, _given_number),
     CliOption("no_network", "allow_network", lambda _: False),
@@ -172,6 +200,15 @@ async def serve(state: SpokeState, token: JoinToken | None, options: SpokeOption
     if swept:
         log.info("ended what earlier execs left running in %d box(es)", swept)
     policy = options.policy()
+    if options.warm:  # issue 14: ready boxes per image (spoke/boxes/warm_pool.py)
+        from spoke.boxes.warm_pool import WarmPool, pool_template
+
+        boxes.warm = WarmPool(boxes, options.warm, max_boxes=policy.max_boxes,
+                              template=pool_template(policy))
+        await boxes.warm.start()
+        print(f"spoke {state.name}: warm pools "
+              + ", ".join(f"{image}={n}" for image, n in options.warm.items())
+              + f" (ready now: {boxes.warm.status()}; filling in the background)", flush=True)
     local = load_local_models(Path(options.models_file) if options.models_file else None)
     runner = WorkstreamRunner(boxes, policy, default_image=options.default_image,
                               max_workstreams=options.max_workstreams, local_models=local)

@@ -70,7 +70,8 @@ class WebsocketsTransport:
     def __init__(self, socket: ClientConnection) -> None:
         self.socket = socket
 
-    async def send(self, frames: Sequence[str]) -> None:
+    async def send(self, frames: Sequence[str | bytes]) -> None:
+        """``str`` goes as a text message, ``bytes`` (a stream chunk) as a binary one."""
         try:
             for frame in frames:
                 await self.socket.send(frame)
@@ -203,9 +204,11 @@ class Session:
         self.driver.batch = "batch" in hello.caps  # the hub reads several frames in one message
         common = set(hello.versions) & set(messages.SUPPORTED_VERSIONS)
         if not common:
+            older = "spoke" if max(hello.versions, default=0) > max(messages.SUPPORTED_VERSIONS) else "hub"
             raise Fatal(
                 f"no common protocol version (hub {list(hello.versions)}, "
-                f"spoke {list(messages.SUPPORTED_VERSIONS)}): upgrade one side"
+                f"spoke {list(messages.SUPPORTED_VERSIONS)}): upgrade one side — the "
+                f"{older} is the older one"
             )
         state = self.rt.state
         enroll = not state.enrolled

@@ -153,7 +153,7 @@ async def _raw_auth(hub: Hub, params: dict[str, Any], source: str) -> tuple[int,
             key = Ed25519PrivateKey.generate()
             name = str(params["name"])
             conn.send_auth(messages.AuthParams.model_validate({
-                "protocol": 1, "public_key": Identity.public_b64(key),
+                "protocol": messages.PROTOCOL_VERSION, "public_key": Identity.public_b64(key),
                 "signature": Identity.sign(key, hello.challenge, name, hub.client().pin or ""),
                 **params}))
             for frame in conn.data_to_send():

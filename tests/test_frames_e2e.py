@@ -33,7 +33,7 @@ async def _enrolled_raw_spoke(hub: Hub, name: str) -> tuple[Any, SpokeConnection
     assert isinstance(hello, ev.HelloReceived)
     key = Ed25519PrivateKey.generate()
     conn.send_auth(messages.AuthParams(
-        protocol=1, mode="enroll", name=name, public_key=Identity.public_b64(key),
+        protocol=messages.PROTOCOL_VERSION, mode="enroll", name=name, public_key=Identity.public_b64(key),
         signature=Identity.sign(key, hello.challenge, name, token.pin),
         token_id=token.token_id, token_secret=token.secret))
     for frame in conn.data_to_send():

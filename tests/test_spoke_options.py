@@ -16,7 +16,7 @@ NOTHING: dict[str, Any] = {"allow_image": (), "max_boxes": None, "max_memory": N
                            "no_network": None, "labels": (), "runtime": None, "default_image": None,
                            "max_workstreams": None, "models_file": None, "allow_root": None,
                            "max_workspace": None, "max_transfers": None,
-                           "drain_timeout": None}
+                           "drain_timeout": None, "warm": ()}
 
 
 def test_every_click_option_has_a_row() -> None:

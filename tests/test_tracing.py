@@ -9,7 +9,9 @@ exporter), configured by nothing but the standard ``OTEL_*`` variables. A ``hub 
     hub    POST /api/boxes/{id}/exec   SERVER  (hub/tracing.py)  or  POST /mcp → tools/call exec
     hub    box.exec                    CLIENT  (protocol/link.py, its traceparent in the frame's tp)
     spoke  box.exec                    SERVER  (spoke/dispatcher.py)
-    spoke  docker exec                 CLIENT  (spoke/boxes/docker_boxes.py)
+    spoke  agent exec                  CLIENT  (spoke/boxes/docker_boxes.py: the frame to the
+                                                in-box supervisor; "docker exec" for a box
+                                                without one)
 
 and both processes, run with ``--log-format json``, write one JSON object a line, those
 logged under a span carrying its ``trace_id``. The pure half (frames, propagation, the
@@ -140,7 +142,7 @@ def chain(collector: Collector, root: Exported) -> list[Exported]:
         spans = {s.span_id: s for s in collector.trace(root.trace_id)}
         path = [root]
         for service, name in (("spokehub-hub", "box.exec"), ("spokehub-spoke", "box.exec"),
-                              ("spokehub-spoke", "docker exec")):
+                              ("spokehub-spoke", "agent exec")):
             child = [s for s in spans.values() if s.parent_id == path[-1].span_id
                      and s.service == service and s.name == name]
             if not child:

@@ -45,4 +45,10 @@ ELSEWHERE: dict[tuple[str, str], Operation] = {
 EXCLUDED: dict[tuple[str, str], str] = {
     ("GET", "/spoke/connect"): "the spokes' WebSocket link: a signed handshake, then the wire "
     "protocol of docs/protocol.md, which OpenAPI does not describe",
+    ("GET", "/api/boxes/{id}/pty"): "a terminal in a box: a WebSocket of terminal bytes and "
+    "JSON control messages (hub/pty_api.py), which OpenAPI does not describe; see the "
+    "PTY section of docs/api.md",
+    ("*", "/preview/{box}/{port}/{tail}"): "port previews (hub/preview.py): whatever the "
+    "box's server answers, any method, HTTP or WebSocket; docs/api.md describes the links",
+    ("*", "/preview/{box}/{port}"): "redirects to the same preview with a trailing slash",
 }

@@ -13,7 +13,7 @@ from typing import Any
 from hub.store.base import StoreBase
 from hub.store.engine import Tx
 
-LIVE_BOX_STATES = ("creating", "running")
+LIVE_BOX_STATES = ("creating", "running", "paused")
 
 
 class BoxTables(StoreBase):

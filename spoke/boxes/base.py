@@ -334,6 +334,37 @@ class ExecHandle(Protocol):
         ...
 
 
+class Channel(Protocol):
+    """A two-way byte stream into a box: a PTY session (:meth:`BoxManager.open_pty`) or a TCP
+    connection to a port inside it (:meth:`BoxManager.open_port`, for port previews). Reads
+    are pulled, like :class:`ExecHandle`'s output, so a slow reader holds the box side back
+    instead of the spoke buffering without bound."""
+
+    async def read(self) -> bytes:
+        """The next bytes from the box; ``b""`` once the stream has ended."""
+        ...
+
+    async def write(self, data: bytes) -> None:
+        """Send ``data`` into the box (keystrokes, request bytes)."""
+        ...
+
+    async def close_write(self) -> None:
+        """No more input (EOF for a PTY's program, a half-close for TCP)."""
+        ...
+
+    async def resize(self, rows: int, cols: int) -> None:
+        """A PTY's new window size (SIGWINCH in the box); a no-op for TCP."""
+        ...
+
+    async def wait(self) -> ExecResult:
+        """The outcome once the stream has ended (a PTY's exit code; 0 for TCP)."""
+        ...
+
+    async def close(self) -> None:
+        """End it now: kill the PTY's process tree, or drop the TCP connection. Idempotent."""
+        ...
+
+
 @runtime_checkable
 class BoxManager(Protocol):
     async def create(self, box_id: str, spec: BoxSpec) -> BoxInfo:
@@ -384,6 +415,27 @@ class BoxManager(Protocol):
 
     async def stats(self, box_id: str) -> dict[str, float | int]:
         """At least ``memory_bytes``, ``cpu_percent`` and ``pids``."""
+        ...
+
+    async def pause(self, box_id: str) -> BoxInfo:
+        """Freeze every process of the box (Docker's freezer: memory kept); state "paused".
+        Idempotent. A paused box refuses exec, PTYs and ports with a ``busy`` error."""
+        ...
+
+    async def resume(self, box_id: str) -> BoxInfo:
+        """Thaw a paused box; state "running" again. Idempotent."""
+        ...
+
+    async def open_pty(self, box_id: str, cmd: builtins.list[str], *,
+                       env: dict[str, str] | None = None, workdir: str | None = None,
+                       rows: int = 24, cols: int = 80) -> Channel:
+        """Run ``cmd`` on a new pseudo-terminal in the box (like ``docker exec -it``)."""
+        ...
+
+    async def open_port(self, box_id: str, port: int) -> Channel:
+        """A TCP connection to ``127.0.0.1:port`` inside the box, made from within it (so a
+        box without any network is reachable too); ``unavailable`` where this manager
+        cannot reach into the box."""
         ...
 
     async def reap(self, keep: set[str]) -> builtins.list[str]:

@@ -31,7 +31,7 @@ import docker.errors
 from opentelemetry import trace
 
 from protocol.tracecontext import child_span
-from spoke.boxes import docker_files, docker_tmpfs
+from spoke.boxes import agent_boxes, docker_files, docker_tmpfs
 from spoke.boxes import docker_util as du
 from spoke.boxes.base import (
     BoxError,
@@ -39,6 +39,7 @@ from spoke.boxes.base import (
     BoxInvalid,
     BoxNotFound,
     BoxSpec,
+    Channel,
     ExecHandle,
     check_box_path,
     plan_put,
@@ -47,7 +48,7 @@ from spoke.boxes.base import (
     validate_box_id,
     validate_spec,
 )
-from spoke.boxes.docker_engine import DockerEngine
+from spoke.boxes.docker_engine import DockerEngine, paused_error
 from spoke.boxes.docker_exec import (
     DockerExecHandle,
     end_orphaned_execs,
@@ -55,6 +56,8 @@ from spoke.boxes.docker_exec import (
     start_exec,
     wrap_command,
 )
+from spoke.boxes.streaming import QueueExecHandle
+from spoke.boxes.warm_pool import ClaimRecords, WarmPool
 
 log = logging.getLogger(__name__)
 _TRACER = trace.get_tracer("spokehub.spoke.docker")
@@ -63,6 +66,15 @@ _TRACER = trace.get_tracer("spokehub.spoke.docker")
 class DockerBoxManager(DockerEngine):
     """:class:`~spoke.boxes.base.BoxManager` backed by the local Docker engine (the engine
     plumbing — pools, client, ownership checks — is :class:`DockerEngine`'s)."""
+
+    # The spoke's warm pools (spoke/service.py sets them for ``--warm``): create claims
+    # from them. Pinned by tests/boxes/test_warm_pool.py.
+    warm: WarmPool | None = None
+
+    @functools.cached_property
+    def claims(self) -> ClaimRecords:
+        """Environment and creation time of boxes claimed from a warm pool."""
+        return ClaimRecords(self.workspaces.directory)
 
     # ------------------------------------------------------------------ lifecycle
     async def create(self, box_id: str, spec: BoxSpec) -> BoxInfo:
@@ -73,6 +85,13 @@ class DockerBoxManager(DockerEngine):
             # Same-process races; other processes of this spoke wait for the box's file
             # lock (its workspace is made and attached once), and Docker's 409 remains.
             async with lock, self.workspaces.box_lock(box_id):
+                if self.warm is not None:
+                    claimed = await self.warm.claim(box_id, spec)
+                    if claimed is not None:
+                        return claimed
+                    if not await self._exists(box_id):
+                        async with self.warm.room():  # pool boxes count in --max-boxes
+                            return await self._create(box_id, spec)
                 return await self._create(box_id, spec)
         except BaseException:
             await self.workspaces.forget(box_id)
@@ -86,7 +105,8 @@ class DockerBoxManager(DockerEngine):
         start. See :mod:`spoke.boxes.docker_workspace`."""
         return await self.workspaces.status()
 
-    async def _create(self, box_id: str, spec: BoxSpec) -> BoxInfo:
+    async def _create(self, box_id: str, spec: BoxSpec, *,
+                      extra_labels: dict[str, str] | None = None) -> BoxInfo:
         api = await self._api()
         name = self.container_name(box_id)
         with contextlib.suppress(BoxNotFound):
@@ -103,6 +123,7 @@ class DockerBoxManager(DockerEngine):
             du.LABEL_SPOKE: self.spoke_name,
             du.LABEL_BOX: box_id,
             du.LABEL_CREATED: f"{time.time():.3f}",
+            **(extra_labels or {}),  # a warm-pool box's (spoke/boxes/warm_pool.py)
         }
         volume = await self.volumes.make(box_id, spec, uid, gid)
         host_config = api.create_host_config(
@@ -118,10 +139,12 @@ class DockerBoxManager(DockerEngine):
             nano_cpus=int(spec.cpus * 1e9),
             init=True,
             runtime=self.runtime,
+            **agent_boxes.host_config_args(self.agents is not None),
         )
         create = functools.partial(
-            self._call, api.create_container, spec.image, command=du.KEEPALIVE_CMD, name=name,
-            labels=labels, host_config=host_config, user=user, working_dir=spec.workdir,
+            self._call, api.create_container, spec.image, name=name,
+            **agent_boxes.create_args(self.agents is not None), labels=labels,
+            host_config=host_config, user=user, working_dir=spec.workdir,
             environment=dict(spec.env), detach=True)
         try:
             async with self.volumes.attached(box_id) as device:  # mounted at create, start
@@ -176,7 +199,8 @@ class DockerBoxManager(DockerEngine):
         the caller holds the box's lock."""
         if not data.get("State", {}).get("Running"):
             api = await self._api()
-            async with self.volumes.attached(box_id) if attach else contextlib.nullcontext():
+            key = du.workspace_key(data.get("Config", {}).get("Labels")) or box_id
+            async with self.volumes.attached(key) if attach else contextlib.nullcontext():
                 await self._run(f"starting box {box_id}", api.start, data["Id"])
             data = await self._inspect_own(box_id)
         return du.info_from_inspect(data)
@@ -185,12 +209,19 @@ class DockerBoxManager(DockerEngine):
         api = await self._api()
         rows = await self._run("listing boxes", api.containers, all=True,
                                filters=du.own_filters(self.spoke_name))
-        infos = [du.info_from_summary(r) for r in rows if du.is_own(r.get("Labels"),
-                                                                    self.spoke_name)]
+        infos = []
+        for row in rows:
+            labels = row.get("Labels")
+            if not du.is_own(labels, self.spoke_name) or \
+                    du.pool_ready(labels, (row.get("Names") or [""])[0]):
+                continue  # not ours, or a warm-pool box nobody claimed (not a box yet)
+            info = du.info_from_summary(row)
+            infos.append(await self.claims.dated(info) if du.LABEL_POOL in (labels or {})
+                         else info)
         return sorted((i for i in infos if i.id), key=lambda i: i.created_at)
 
     async def get(self, box_id: str) -> BoxInfo:
-        return du.info_from_inspect(await self._inspect_own(box_id))
+        return await self.claims.dated(du.info_from_inspect(await self._inspect_own(box_id)))
 
     async def destroy(self, box_id: str) -> bool:
         validate_box_id(box_id)
@@ -203,6 +234,11 @@ class DockerBoxManager(DockerEngine):
         self._exec_targets.pop(box_id, None)
         for handle in list(self._execs.pop(box_id, ())):
             handle.discard()  # removing the container kills it; just unblock its reader
+        if existed and self.agents is not None:
+            await self.agents.forget(str(data["Id"]))
+        # A claimed warm-pool box's workspace keeps its pool name (spoke/boxes/warm_pool.py).
+        key = (du.workspace_key(data.get("Config", {}).get("Labels")) if existed else "") \
+            or box_id
         if existed:
             try:
                 await self._call(api.remove_container, data["Id"], force=True, v=False)
@@ -210,10 +246,15 @@ class DockerBoxManager(DockerEngine):
                 existed = False  # a concurrent destroy got there first
             except Exception as exc:
                 raise du.map_docker_error(exc, f"destroying box {box_id}") from exc
-        await self.volumes.remove(box_id)
+        await self.volumes.remove(key)
+        if key != box_id:
+            await self.workspaces.forget(box_id)  # the claim's lock file
+        await self.claims.forget(box_id)
         self._owners.pop(box_id, None)
         if existed and (data.get("HostConfig") or {}).get("NetworkMode") == self.network.name:
             await self.network.release_if_unused()  # the spoke's last networked box went
+        if existed and self.warm is not None:
+            self.warm.wake()  # room under --max-boxes, maybe
         return existed
 
     async def end_orphaned_execs(self) -> int:
@@ -238,8 +279,14 @@ class DockerBoxManager(DockerEngine):
         for info in await self.list():
             if info.id not in keep and await self.destroy(info.id):
                 removed.append(info.id)
-        await self.volumes.reap(keep)
+        # Whatever still exists keeps its workspace: kept boxes, warm-pool boxes (claimed
+        # ones' workspaces are named after their pool id) and boxes that would not go.
         api = await self._api()
+        rows = await self._run("listing boxes", api.containers, all=True,
+                               filters=du.own_filters(self.spoke_name))
+        await self.volumes.reap(keep | {du.workspace_key(r.get("Labels")) for r in rows})
+        await self.claims.reap({du.box_id_of(r.get("Labels"), (r.get("Names") or [""])[0])
+                                for r in rows})
         await self._users.reap_probes(api)
         await self.network.release_if_unused()
         return removed
@@ -247,10 +294,14 @@ class DockerBoxManager(DockerEngine):
     async def close(self) -> None:
         if self._closed:
             return
+        if self.warm is not None:  # its ready boxes stay, for the next start to adopt
+            await self.warm.stop()
         for handles in list(self._execs.values()):
             for handle in list(handles):
                 with contextlib.suppress(Exception):
                     await asyncio.wait_for(handle.abandon(), timeout=10)
+        if self.agents is not None:
+            await self.agents.close()
         self._closed = True
         for pool in (self._pool, self._stream_pool, self._transfer_pool):
             pool.shutdown(wait=False, cancel_futures=True)
@@ -277,11 +328,25 @@ class DockerBoxManager(DockerEngine):
         if workdir is not None and not workdir.startswith("/"):
             raise BoxInvalid(f"exec workdir must be absolute, got {workdir!r:.100}")
         validate_box_id(box_id)
+        if box_id in self._paused:
+            raise paused_error(box_id)
+        env = await self.claims.env_for(box_id, env)  # a warm-claimed box's create env
         cached_id = self._exec_targets.get(box_id)
         container_id = cached_id or await self._running_id(box_id)
         if sum(len(s) for s in self._execs.values()) >= self._max_execs:
             raise BoxError(f"too many concurrent execs on spoke {self.spoke_name} "
                            f"(limit {self._max_execs})", "busy")
+        if self.agents is not None:  # the in-box agent when the box has one
+            # Traced like the Docker path's last hop: the frame to the in-box supervisor.
+            with child_span(_TRACER, "agent exec", trace.SpanKind.CLIENT,
+                            {"spokehub.box_id": box_id, "container.id": container_id}):
+                via_agent = await self.agents.exec(
+                    container_id, f"box {box_id}", cmd, env=env, workdir=workdir,
+                    timeout=timeout, on_done=functools.partial(self._exec_done, box_id))
+            if via_agent is not None:
+                self._exec_targets[box_id] = container_id
+                self._execs.setdefault(box_id, set()).add(via_agent)
+                return via_agent
         api = await self._api()
         pidfile = make_pidfile_path()
 
@@ -320,24 +385,94 @@ class DockerBoxManager(DockerEngine):
         handle.start()
         return handle
 
-    def _exec_done(self, box_id: str, handle: DockerExecHandle) -> None:
+    def _exec_done(self, box_id: str, handle: QueueExecHandle) -> None:
         handles = self._execs.get(box_id)
         if handles is not None:
             handles.discard(handle)
             if not handles:
                 self._execs.pop(box_id, None)
 
+    # ------------------------------------------------------------------ PTYs and ports
+    async def open_pty(self, box_id: str, cmd: builtins.list[str], *,
+                       env: dict[str, str] | None = None, workdir: str | None = None,
+                       rows: int = 24, cols: int = 80) -> Channel:
+        """Through the box's exec agent (spoke/boxes/agent_boxes.py), else Docker's TTY
+        exec. Pinned by tests/boxes/test_exec_agent.py."""
+        if workdir is not None and not workdir.startswith("/"):
+            raise BoxInvalid(f"PTY workdir must be absolute, got {workdir!r:.100}")
+        if box_id in self._paused:
+            raise paused_error(box_id)
+        container_id = await self._running_id(box_id)
+        env = await self.claims.env_for(box_id, env)
+        if self.agents is None:
+            return await agent_boxes.docker_tty(self._call, await self._api(), container_id,
+                                                cmd, env=env, workdir=workdir, rows=rows,
+                                                cols=cols)
+        return await self.agents.open_pty(container_id, f"box {box_id}", cmd, env=env,
+                                          workdir=workdir, rows=rows, cols=cols)
+
+    async def open_port(self, box_id: str, port: int) -> Channel:
+        """A TCP connection made by the box's exec agent; ``unavailable`` without one (an
+        image without python3). Pinned by tests/boxes/test_exec_agent.py."""
+        if box_id in self._paused:
+            raise paused_error(box_id)
+        container_id = await self._running_id(box_id)
+        if self.agents is None:
+            raise BoxError(f"cannot reach port {port} in box {box_id}: exec agents are off on "
+                           f"spoke {self.spoke_name}", "unavailable")
+        return await self.agents.open_port(container_id, f"box {box_id}", port)
+
+    # ------------------------------------------------------------------ pause
+    async def pause(self, box_id: str) -> BoxInfo:
+        """Docker's freezer (``docker pause``): every process stops, memory is kept. The box
+        is remembered as paused so exec refuses it without an Engine round trip (a paused
+        box's supervisor cannot answer either). Pinned by tests/boxes/test_conformance.py::
+        test_a_paused_box_refuses_work_until_resumed."""
+        data = await self._inspect_own(box_id)
+        state = data.get("State", {})
+        if not state.get("Paused"):
+            if not state.get("Running"):
+                raise BoxError(f"cannot pause box {box_id}: it is not running "
+                               f"(state: {state.get('Status', 'unknown')})", "unavailable")
+            api = await self._api()
+            await self._run(f"pausing box {box_id}", api.pause, data["Id"])
+        self._paused.add(box_id)
+        return du.info_from_inspect(await self._inspect_own(box_id))
+
+    async def resume(self, box_id: str) -> BoxInfo:
+        data = await self._inspect_own(box_id)
+        if data.get("State", {}).get("Paused"):
+            api = await self._api()
+            await self._run(f"resuming box {box_id}", api.unpause, data["Id"])
+        self._paused.discard(box_id)
+        return du.info_from_inspect(await self._inspect_own(box_id))
+
+    @staticmethod
+    def _usable(box_id: str, data: dict[str, Any]) -> dict[str, Any]:
+        """``data`` (an inspect) unless the box is paused: then the paused error."""
+        if data.get("State", {}).get("Paused"):
+            raise paused_error(box_id)
+        return data
+
     async def logs(self, box_id: str, tail: int = 200) -> bytes:
         if tail < 0:
             raise BoxInvalid(f"tail must be >= 0, got {tail}")
-        container_id = (await self._inspect_own(box_id))["Id"]
+        data = await self._inspect_own(box_id)
+        container_id = data["Id"]
+        if ((data.get("HostConfig") or {}).get("LogConfig") or {}).get("Type") == "none":
+            return b""  # an agent box: its main process's output is the agent's frames
         api = await self._api()
         out = await self._run(f"reading logs of box {box_id}", api.logs, container_id,
                               stdout=True, stderr=True, tail=tail)
         return bytes(out)
 
     async def stats(self, box_id: str) -> dict[str, float | int]:
-        container_id = await self._running_id(box_id)
+        data = await self._inspect_own(box_id)  # a paused box has stats too (frozen)
+        if not data.get("State", {}).get("Running"):
+            raise BoxError(f"box {box_id} is not running "
+                           f"(state: {data.get('State', {}).get('Status', 'unknown')})",
+                           "unavailable")
+        container_id = str(data["Id"])
         api = await self._api()
         raw = await self._run(f"reading stats of box {box_id}", api.stats, container_id,
                               stream=False)
@@ -360,7 +495,7 @@ class DockerBoxManager(DockerEngine):
         check_box_path(path)  # refuse a bad path before any Docker call
         if size < 0:
             raise BoxInvalid(f"size must be >= 0, got {size}")
-        info = await self._inspect_own(box_id)
+        info = self._usable(box_id, await self._inspect_own(box_id))
         cid, where, api = str(info["Id"]), f"box {box_id}", await self._api()
         workdir = du.workdir(info)
         full = resolve_box_path(path, workdir)[0]
@@ -393,7 +528,7 @@ class DockerBoxManager(DockerEngine):
         check_box_path(path)
         if max_bytes < 0:
             raise BoxInvalid(f"max_bytes must be >= 0, got {max_bytes}")
-        info = await self._inspect_own(box_id)
+        info = self._usable(box_id, await self._inspect_own(box_id))
         full, where = resolve_box_path(path, du.workdir(info))[0], f"box {box_id}"
         if self._tmpfs(info, full):
             stream = docker_tmpfs.get(self.exec, box_id, where, full, max_bytes)

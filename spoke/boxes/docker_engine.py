@@ -24,11 +24,12 @@ import docker
 import docker.errors
 
 from spoke.boxes import docker_util as du
+from spoke.boxes.agent_boxes import BoxAgents
 from spoke.boxes.base import BoxError, BoxNotFound, validate_box_id
-from spoke.boxes.docker_exec import DockerExecHandle
 from spoke.boxes.docker_network import BoxNetwork
 from spoke.boxes.docker_users import ImageUsers
 from spoke.boxes.docker_workspace import LoopImages, WorkspaceVolumes
+from spoke.boxes.streaming import QueueExecHandle
 
 T = TypeVar("T")
 
@@ -44,9 +45,12 @@ class DockerEngine:
         max_concurrent_execs: int = 64,
         max_concurrent_transfers: int = 16,
         workspace_dir: Path | None = None,
+        exec_agent: bool = True,
     ) -> None:
         """``workspace_dir`` holds the workspace images (the spoke passes its data dir's
-        ``workspaces``; default: one under the system's temporary directory)."""
+        ``workspaces``; default: one under the system's temporary directory).
+        ``exec_agent=False``: boxes get no in-box supervisor and every command goes through
+        ``docker exec`` (spoke/boxes/agent_boxes.py explains the agent)."""
         if not spoke_name:
             raise ValueError("spoke_name must not be empty")
         self.spoke_name = spoke_name
@@ -70,7 +74,9 @@ class DockerEngine:
             max_concurrent_execs, thread_name_prefix="spokehub-exec"
         )
         self._max_execs = max_concurrent_execs
-        self._execs: dict[str, set[DockerExecHandle]] = {}
+        self._execs: dict[str, set[QueueExecHandle]] = {}
+        # In-box exec agents (None: docker exec only). Pinned by tests/boxes/test_exec_agent.py.
+        self.agents = BoxAgents(self._call, self._api) if exec_agent else None
         self._owners: dict[str, tuple[int, int]] = {}
         # box id -> id of the container an earlier exec verified as ours. Labels of a
         # container id never change and ids are never reused, so exec can skip the inspect
@@ -78,6 +84,8 @@ class DockerEngine:
         # container, and then exec falls back to the full check for the usual errors.
         self._exec_targets: dict[str, str] = {}
         self._create_locks: dict[str, asyncio.Lock] = {}
+        # Boxes this process paused (or found paused): exec refuses them at once.
+        self._paused: set[str] = set()
         self._closed = False
 
     def container_name(self, box_id: str) -> str:
@@ -124,14 +132,23 @@ class DockerEngine:
         except Exception as exc:
             raise du.map_docker_error(exc, f"inspecting box {box_id}") from exc
         labels = data.get("Config", {}).get("Labels")
-        if not du.is_own(labels, self.spoke_name) or (labels or {}).get(du.LABEL_BOX) != box_id:
+        # A claimed warm-pool box is found by its new name (spoke/boxes/warm_pool.py).
+        if not du.is_own(labels, self.spoke_name) or \
+                du.box_id_of(labels, data.get("Name", "")) != box_id:
             raise BoxNotFound(f"box {box_id} does not exist on spoke {self.spoke_name}")
         return data
 
     async def _running_id(self, box_id: str) -> str:
         data = await self._inspect_own(box_id)
+        if data.get("State", {}).get("Paused"):
+            raise paused_error(box_id)
         if not data.get("State", {}).get("Running"):
             state = data.get("State", {}).get("Status", "unknown")
             raise BoxError(f"box {box_id} is not running (state: {state})", "unavailable")
         return str(data["Id"])
 
+
+def paused_error(box_id: str) -> BoxError:
+    """What every use of a paused box answers (exec, files, PTYs, ports): ``busy``, naming the
+    way out. Pinned by tests/boxes/test_conformance.py::test_a_paused_box_refuses_work_until_resumed."""
+    return BoxError(f"box {box_id} is paused: resume it first (hub box resume {box_id})", "busy")

@@ -36,7 +36,7 @@ from spoke.boxes.transfer import PushToLoop, feed_thread, stream_from_thread
 
 Call = Callable[..., Awaitable[Any]]  # runs a blocking callable in the manager's executor
 MAX_SYMLINK_HOPS = 8
-READ_CHUNK = 64 * 1024  # bytes read from the archive stream at a time
+READ_CHUNK = 256 * 1024  # bytes read from the archive stream at a time (one link chunk)
 
 
 async def put_stream(call: Call, pool: Executor, api: Any, container_id: str, where: str,

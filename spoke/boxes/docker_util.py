@@ -15,6 +15,7 @@ from typing import Any
 import docker.errors
 import requests.exceptions
 
+from protocol.verbs import BOX_ID_RE
 from spoke.boxes.base import BoxError, BoxInfo, BoxInvalid, BoxNotFound
 
 LABEL_MANAGED = "spokehub.managed"
@@ -22,6 +23,10 @@ LABEL_SPOKE = "spokehub.spoke"
 LABEL_BOX = "spokehub.box"
 LABEL_CREATED = "spokehub.created_at"
 LABEL_WORKSPACE_BYTES = "spokehub.workspace_bytes"
+# A warm-pool box (spoke/boxes/warm_pool.py): made before the hub named it, so its LABEL_BOX
+# (immutable) is its pool id, which also names its workspace; once claimed, its container is
+# renamed to the hub's box and its box id is read from the name (box_id_of).
+LABEL_POOL = "spokehub.pool"
 
 # The box's main process: keeps the container alive with no entrypoint help, and exits
 # promptly on SIGTERM (docker-init forwards it) so `docker stop` is not a 10 s wait.
@@ -59,6 +64,38 @@ def is_own(labels: dict[str, str] | None, spoke_name: str) -> bool:
     return labels.get(LABEL_MANAGED) == "1" and labels.get(LABEL_SPOKE) == spoke_name
 
 
+def box_id_of(labels: dict[str, str] | None, name: str) -> str:
+    """The box id of one of our containers: its label, except for a warm-pool box, whose
+    current name says which box it is (``<prefix><box id>``, renamed when claimed). Pinned
+    by tests/boxes/test_warm_pool.py."""
+    labels = labels or {}
+    if labels.get(LABEL_POOL):
+        found = name.rsplit("-", 1)[-1] if name else ""
+        return found if BOX_ID_RE.fullmatch(found) else ""  # renamed by hand: not a box
+    return labels.get(LABEL_BOX, "")
+
+
+def pool_ready(labels: dict[str, str] | None, name: str) -> bool:
+    """A warm-pool box nobody claimed yet (still named after its pool id): not a box of
+    the hub's, so ``list()`` does not report it."""
+    labels = labels or {}
+    return bool(labels.get(LABEL_POOL)) and box_id_of(labels, name) == labels.get(LABEL_BOX)
+
+
+def workspace_key(labels: dict[str, str] | None) -> str:
+    """Which id a container's workspace (volume, image) is named after: ``LABEL_BOX``, the
+    pool id for a claimed warm-pool box."""
+    return (labels or {}).get(LABEL_BOX, "")
+
+
+def _networked(labels: dict[str, Any], host: dict[str, Any], settings: dict[str, Any]) -> bool:
+    """Whether a box has a network: a warm-pool box is made on the box network and
+    disconnected until a claim asks for it, so its endpoints tell, not its mode."""
+    if labels.get(LABEL_POOL):
+        return any(n != "none" for n in (settings.get("Networks") or {}))
+    return host.get("NetworkMode", "none") != "none"
+
+
 def _parse_docker_time(text: str) -> float:
     """Docker's RFC 3339 with nanoseconds -> unix seconds (0.0 if unparseable)."""
     m = re.match(r"(\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d)(\.\d+)?Z$", text or "")
@@ -72,11 +109,12 @@ def info_from_inspect(data: dict[str, Any]) -> BoxInfo:
     labels = data.get("Config", {}).get("Labels") or {}
     created = labels.get(LABEL_CREATED)
     return BoxInfo(
-        id=labels.get(LABEL_BOX, ""),
+        id=box_id_of(labels, data.get("Name", "")),
         image=data.get("Config", {}).get("Image", ""),
         state=data.get("State", {}).get("Status", "unknown"),
         created_at=float(created) if created else _parse_docker_time(data.get("Created", "")),
-        network=data.get("HostConfig", {}).get("NetworkMode", "none") != "none",
+        network=_networked(labels, data.get("HostConfig") or {},
+                           data.get("NetworkSettings") or {}),
         container_id=data.get("Id", ""),
     )
 
@@ -85,11 +123,12 @@ def info_from_summary(data: dict[str, Any]) -> BoxInfo:
     labels = data.get("Labels") or {}
     created = labels.get(LABEL_CREATED)
     return BoxInfo(
-        id=labels.get(LABEL_BOX, ""),
+        id=box_id_of(labels, (data.get("Names") or [""])[0]),
         image=data.get("Image", ""),
         state=data.get("State", "unknown"),
         created_at=float(created) if created else float(data.get("Created", 0)),
-        network=(data.get("HostConfig") or {}).get("NetworkMode", "none") != "none",
+        network=_networked(labels, data.get("HostConfig") or {},
+                           data.get("NetworkSettings") or {}),
         container_id=data.get("Id", ""),
     )
 

@@ -38,6 +38,7 @@ from spoke.boxes.base import (
     BoxInvalid,
     BoxNotFound,
     BoxSpec,
+    Channel,
     ExecHandle,
     exactly,
     is_root_user,
@@ -48,6 +49,7 @@ from spoke.boxes.base import (
     validate_env,
     validate_spec,
 )
+from spoke.boxes.fake_channels import LocalPort, LocalPty
 from spoke.boxes.streaming import QueueExecHandle
 
 WORKSPACE = "/workspace"
@@ -131,6 +133,34 @@ class FakeBoxManager:
             raise BoxNotFound(f"box {box_id} does not exist on spoke {self.spoke_name}")
         return box
 
+    def _usable_box(self, box_id: str) -> _FakeBox:
+        """The box, unless it is paused (then the same ``busy`` error as Docker's manager)."""
+        box = self._box(box_id)
+        if box.info.state == "paused":
+            raise BoxError(f"box {box_id} is paused: resume it first (hub box resume {box_id})",
+                           "busy")
+        return box
+
+    async def pause(self, box_id: str) -> BoxInfo:
+        """SIGSTOP to every running command's process group: the fake's freezer."""
+        box = self._box(box_id)
+        box.info.state = "paused"
+        for handle in box.execs:
+            if not handle.done:
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(handle.proc.pid, signal.SIGSTOP)
+        return box.info
+
+    async def resume(self, box_id: str) -> BoxInfo:
+        box = self._box(box_id)
+        if box.info.state == "paused":
+            for handle in box.execs:
+                if not handle.done:
+                    with contextlib.suppress(ProcessLookupError, PermissionError):
+                        os.killpg(handle.proc.pid, signal.SIGCONT)
+            box.info.state = "running"
+        return box.info
+
     def _host_path(self, box: _FakeBox, path: str) -> Path | None:
         """Where a box path lives on the host, or None if outside the mapped directories."""
         path = validate_box_path(path)
@@ -178,7 +208,7 @@ class FakeBoxManager:
         workdir: str | None = None,
         timeout: float | None = None,
     ) -> ExecHandle:
-        box = self._box(box_id)
+        box = self._usable_box(box_id)
         if not cmd or not all(isinstance(a, str) and "\x00" not in a for a in cmd):
             raise BoxInvalid("exec needs a non-empty list of strings without NUL bytes")
         if timeout is not None and timeout <= 0:
@@ -209,6 +239,35 @@ class FakeBoxManager:
         box.execs.add(handle)
         handle.start()
         return handle
+
+    async def open_pty(self, box_id: str, cmd: builtins.list[str], *,
+                       env: dict[str, str] | None = None, workdir: str | None = None,
+                       rows: int = 24, cols: int = 80) -> Channel:
+        """``cmd`` on a real local PTY (spoke/boxes/fake_channels.py), with the box's
+        directory mapping and environment as for :meth:`exec`."""
+        box = self._usable_box(box_id)
+        if not cmd or not all(isinstance(a, str) and "\x00" not in a for a in cmd):
+            raise BoxInvalid("a pty needs a non-empty list of strings without NUL bytes")
+        if workdir is not None and not workdir.startswith("/"):
+            raise BoxInvalid(f"pty workdir must be absolute, got {workdir!r:.100}")
+        validate_env(env or {})
+        full_env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "LANG": "C.UTF-8",
+                    "HOME": str(box.workspace), "TERM": "xterm"}
+        full_env.update({k: self._map(box, v) for k, v in box.spec.env.items()})
+        full_env.update({k: self._map(box, v) for k, v in (env or {}).items()})
+        cwd = self._map(box, workdir or box.spec.workdir)
+        if not await asyncio.to_thread(os.path.isdir, cwd):
+            raise BoxInvalid(f"pty workdir {workdir or box.spec.workdir} does not exist")
+        argv = ["/bin/sh", "-c", 'exec "$@"', "sh", *[self._map(box, a) for a in cmd]]
+        return await LocalPty.spawn(argv, cwd=cwd, env=full_env, rows=rows, cols=cols)
+
+    async def open_port(self, box_id: str, port: int) -> Channel:
+        """The fake's stand-in: ``127.0.0.1:port`` on the spoke machine itself (there is no
+        box to reach into; the Docker manager connects from inside the box)."""
+        self._usable_box(box_id)
+        if not isinstance(port, int) or not 1 <= port <= 65535:
+            raise BoxInvalid(f"port must be 1-65535, got {port!r:.20}")
+        return await LocalPort.connect(port, f"box {box_id}")
 
     async def logs(self, box_id: str, tail: int = 200) -> bytes:
         if tail < 0:
@@ -246,7 +305,7 @@ class FakeBoxManager:
     async def put_file(self, box_id: str, path: str, chunks: AsyncIterator[bytes], size: int,
                        mode: int = 0o644, *, parents: bool = False,
                        into_dir_name: str | None = None) -> str:
-        box = self._box(box_id)
+        box = self._usable_box(box_id)
         if size < 0:
             raise BoxInvalid(f"size must be >= 0, got {size}")
         full = resolve_box_path(path, box.spec.workdir)[0]
@@ -293,7 +352,7 @@ class FakeBoxManager:
         return plan.path
 
     async def get_file(self, box_id: str, path: str, max_bytes: int) -> AsyncIterator[bytes]:
-        box = self._box(box_id)
+        box = self._usable_box(box_id)
         if max_bytes < 0:
             raise BoxInvalid(f"max_bytes must be >= 0, got {max_bytes}")
         path = resolve_box_path(path, box.spec.workdir)[0]

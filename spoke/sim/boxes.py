@@ -31,6 +31,7 @@ from spoke.boxes.base import (
     BoxInvalid,
     BoxNotFound,
     BoxSpec,
+    Channel,
     ExecHandle,
     exactly,
     plan_put,
@@ -137,6 +138,9 @@ class SimBoxManager:
                    env: dict[str, str] | None = None, workdir: str | None = None,
                    timeout: float | None = None) -> ExecHandle:
         box = self._box(box_id)
+        if box.info.state == "paused":
+            raise BoxError(f"box {box_id} is paused: resume it first (hub box resume {box_id})",
+                           "busy")
         if not cmd or not all(isinstance(a, str) and "\x00" not in a for a in cmd):
             raise BoxInvalid("exec needs a non-empty list of strings without NUL bytes")
         if timeout is not None and timeout <= 0:
@@ -218,6 +222,27 @@ class SimBoxManager:
                              f"{max_bytes}-byte limit")
         for start in range(0, len(data), CHUNK):
             yield data[start:start + CHUNK]
+
+    async def pause(self, box_id: str) -> BoxInfo:
+        """Only a state: a simulated box has no processes to freeze."""
+        box = self._box(box_id)
+        box.info.state = "paused"
+        return box.info
+
+    async def resume(self, box_id: str) -> BoxInfo:
+        box = self._box(box_id)
+        box.info.state = "running"
+        return box.info
+
+    async def open_pty(self, box_id: str, cmd: builtins.list[str], *,
+                       env: dict[str, str] | None = None, workdir: str | None = None,
+                       rows: int = 24, cols: int = 80) -> Channel:
+        self._box(box_id)
+        raise BoxError("simulated spokes have no terminals", "unavailable")
+
+    async def open_port(self, box_id: str, port: int) -> Channel:
+        self._box(box_id)
+        raise BoxError("simulated spokes have no ports to preview", "unavailable")
 
     async def stats(self, box_id: str) -> dict[str, float | int]:
         box = self._box(box_id)

@@ -1,4 +1,5 @@
-"""Fixtures for the box conformance suite: one set of tests, two managers.
+"""Fixtures for the box conformance suite: one set of tests, three managers (fake, Docker
+through docker exec, Docker through the in-box exec agent).
 
 Every test gets managers with a fresh spoke name, and everything they created is reaped
 afterwards. The Docker parameter needs a reachable engine and the locally built sandbox
@@ -51,9 +52,12 @@ def box_image(docker_client: docker.DockerClient) -> str:
     return DEFAULT_IMAGE
 
 
-@pytest.fixture(params=["fake", "docker"])
+# "agent": the Docker manager as shipped (commands through the in-box exec agent where the
+# image has python3); "docker-exec": the same manager forced onto docker exec
+# (spoke/boxes/agent_boxes.py, tests/boxes/test_exec_agent.py).
+@pytest.fixture(params=["fake", "docker-exec", "agent"])
 def backend(request: pytest.FixtureRequest) -> str:
-    if request.param == "docker":
+    if request.param != "fake":
         request.getfixturevalue("box_image")
     return str(request.param)
 
@@ -66,8 +70,8 @@ async def make_manager(backend: str) -> AsyncIterator[MakeManager]:
     async def make() -> BoxManager:
         spoke = f"test-{uuid.uuid4().hex[:12]}"
         mgr: BoxManager
-        if backend == "docker":
-            mgr = DockerBoxManager(spoke)
+        if backend != "fake":
+            mgr = DockerBoxManager(spoke, exec_agent=backend == "agent")
         else:
             mgr = FakeBoxManager(spoke, images={DEFAULT_IMAGE})
         made.append(mgr)

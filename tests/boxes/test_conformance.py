@@ -12,7 +12,7 @@ import time
 
 import pytest
 
-from spoke.boxes.base import BoxInvalid, BoxManager, BoxNotFound, BoxSpec
+from spoke.boxes.base import BoxError, BoxInvalid, BoxManager, BoxNotFound, BoxSpec
 from tests.boxes.conftest import MakeManager
 from tests.boxes.helpers import get, new_box_id, process_list, run, unique_sleep
 
@@ -272,3 +272,34 @@ def _kill_local_sleep(n: str) -> None:
                 os.kill(int(entry), 9)
         except OSError:
             continue
+
+
+async def test_a_paused_box_refuses_work_until_resumed(manager: BoxManager, box_id: str,
+                                                       image: str) -> None:
+    """Pause refuses exec and files with ``busy`` naming the way out; after resume the same
+    process carries on (its loop counts on: nothing was restarted); pause and resume are
+    idempotent; a paused box can still be destroyed."""
+    await manager.create(box_id, BoxSpec(image=image))
+    counter = await manager.exec(box_id, ["sh", "-c",
+                                          "i=0; while :; do i=$((i+1)); echo $i > /workspace/n; "
+                                          "sleep 0.05; done"], timeout=120)
+    await asyncio.sleep(0.5)
+    assert (await manager.pause(box_id)).state == "paused"
+    assert (await manager.pause(box_id)).state == "paused"
+    assert (await manager.get(box_id)).state == "paused"
+    with pytest.raises(BoxError, match="paused: resume it first") as refused:
+        await manager.exec(box_id, ["true"])
+    assert refused.value.code == "busy"
+    with pytest.raises(BoxError, match="paused"):
+        await get(manager, box_id, "/workspace/n", 100)
+    assert (await manager.resume(box_id)).state == "running"
+    assert (await manager.resume(box_id)).state == "running"
+    first, _, _ = await run(manager, box_id, ["cat", "/workspace/n"])
+    await asyncio.sleep(0.5)
+    later, _, _ = await run(manager, box_id, ["cat", "/workspace/n"])
+    assert int(later) > int(first) > 0  # counting again, from where it stood
+    await counter.kill()
+    await counter.wait()
+    await manager.pause(box_id)
+    assert await manager.destroy(box_id) is True
+    assert await manager.list() == []

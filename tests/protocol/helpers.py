@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import base64
 import json
 from dataclasses import dataclass
 from typing import Any
 
+from protocol import binary_frames as bf
 from protocol import events as ev
 from protocol import messages
 from protocol.connection import Connection, Limits
@@ -45,7 +47,14 @@ SAMPLES: dict[str, tuple[dict[str, Any], dict[str, Any]]] = {
     "box.put_file": ({"box_id": BOX, "path": "/tmp/f", "size": 3}, {"size": 3}),
     "box.get_file": ({"box_id": BOX, "path": "/tmp/f"}, {"size": 7}),
     "box.stats": ({"box_id": BOX}, {"memory_bytes": 10, "cpu_percent": 1.5, "pids": 2}),
+    "box.open": ({"box_id": BOX, "channel_id": "ch_" + "0" * 16, "kind": "pty", "cmd": ["sh"],
+                  "rows": 30, "cols": 100}, {"exit_code": 0}),
+    "box.input": ({"channel_id": "ch_" + "0" * 16, "data": "aGk=", "rows": 3, "cols": 4}, {}),
     "box.reap": ({"keep": [BOX]}, {"removed": ["bx_ffffffffffffffff"]}),
+    "box.pause": ({"box_id": BOX}, {"box_id": BOX, "image": "img", "state": "paused",
+                                    "created_at": 1.0}),
+    "box.resume": ({"box_id": BOX}, {"box_id": BOX, "image": "img", "state": "running",
+                                     "created_at": 1.0}),
     "ws.start": (
         {"ws_id": WS, "box_id": BOX, "message": "hi", "models": [{"alias": "m", "provider": "openai"}]},
         {"box_id": BOX, "image": "sandbox"},
@@ -73,8 +82,17 @@ class FakeClock:
 
 
 def frames(conn: Connection) -> list[dict[str, Any]]:
-    """Drain and decode everything ``conn`` wants to send."""
-    return [json.loads(f) for f in conn.data_to_send()]
+    """Drain and decode everything ``conn`` wants to send; a binary chunk frame
+    (protocol/binary_frames.py) is shown as the ``$/chunk`` notification it stands for."""
+    return [_as_json(f) if isinstance(f, bytes) else json.loads(f) for f in conn.data_to_send()]
+
+
+def _as_json(data: bytes) -> dict[str, Any]:
+    chunk = bf.decode(data, 1 << 30)
+    assert not isinstance(chunk, str), chunk
+    return {"jsonrpc": "2.0", "method": "$/chunk", "params": {
+        "id": chunk.call_id, "seq": chunk.seq, "stream": chunk.stream,
+        "data": base64.b64encode(chunk.data).decode(), "eof": chunk.eof}}
 
 
 def frame(**fields: Any) -> str:

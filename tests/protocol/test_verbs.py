@@ -35,8 +35,10 @@ BAD_BOX_IDS = [
 
 def test_allowlist_matches_the_design() -> None:
     assert DESIGN_VERBS <= set(VERBS)
-    # Beyond the design: a cheap round trip, and re-attaching to an exec after a reconnect.
-    assert set(VERBS) - DESIGN_VERBS == {"spoke.ping", "box.attach"}
+    # Beyond the design: a cheap round trip, re-attaching to an exec after a reconnect,
+    # Docker's freezer and the interactive channels (PTYs, port previews): issue 14.
+    assert set(VERBS) - DESIGN_VERBS == {"spoke.ping", "box.attach", "box.pause", "box.resume",
+                                         "box.open", "box.input"}
 
 
 @pytest.mark.parametrize("name", sorted(VERBS))
@@ -60,7 +62,7 @@ def test_every_verb_has_strict_param_and_result_models(name: str) -> None:
 
 def test_stream_directions_and_idempotency() -> None:
     assert {n for n, v in VERBS.items() if v.stream == "down"} == {"box.exec", "box.attach",
-                                                                    "box.get_file"}
+                                                                    "box.get_file", "box.open"}
     assert {n for n, v in VERBS.items() if v.stream == "up"} == {"box.put_file"}
     assert VERBS["box.create"].idempotency_field == "box_id"
     assert VERBS["ws.start"].idempotency_field == "ws_id"
