@@ -5,7 +5,10 @@ MiB three ways through the CLI — ``hub box exec ID -- head -c NM /dev/zero`` (
 pipe that is read and counted), ``hub box cp FILE ID:/workspace/f`` and back — and the same
 with ``docker exec`` / ``docker cp`` on the same container. Prints, per path, the median of
 ``--runs`` MiB/s, the ratio hub/docker (goal <= 1.5) and the peak RSS of the hub and spoke
-processes during the hub transfers. Not a pass/fail test: measured in this one run.
+processes during the hub transfers. Then, per path, where the hub's time goes: the fixed
+cost of one call (``exec -- true``, a 1-byte ``cp``, hub and docker, median of 5), the data
+phase left (median time minus that fixed cost, hub / docker) and the CPU seconds the hub,
+the spoke and the CLI spent per transfer. Not a pass/fail test: measured in this one run.
 
     python benchmarks/bulk_data.py [--mib 50] [--runs 3]
 
@@ -18,6 +21,7 @@ from __future__ import annotations
 import argparse
 import hashlib
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -51,6 +55,19 @@ def count_stdout(cmd: list[str], env: dict[str, str] | None) -> int:
     if proc.returncode != 0:
         raise SystemExit(f"{cmd[:3]} failed with exit code {proc.returncode}")
     return n
+
+
+def cpu_s(pid: int) -> float:
+    """User + system CPU seconds of process ``pid`` so far (all its threads)."""
+    with open(f"/proc/{pid}/stat") as fh:
+        fields = fh.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def children_cpu_s() -> float:
+    """CPU seconds of this process's waited-for children (the CLI runs) so far."""
+    ru = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return ru.ru_utime + ru.ru_stime
 
 
 def timed(fn: Callable[[], object]) -> float:
@@ -95,8 +112,11 @@ def main() -> None:
 
             def run(cmd: list[str], cmd_env: dict[str, str] | None) -> Callable[[], None]:
                 def go() -> None:
-                    subprocess.run(cmd, check=True, env=cmd_env, stdout=subprocess.DEVNULL,
-                                   stderr=subprocess.DEVNULL)
+                    res = subprocess.run(cmd, env=cmd_env, stdout=subprocess.DEVNULL,
+                                         stderr=subprocess.PIPE)
+                    if res.returncode != 0:
+                        raise SystemExit(f"{cmd[:4]} failed ({res.returncode}): "
+                                         f"{res.stderr.decode(errors='replace')}")
                 return go
 
             def check_back() -> None:
@@ -104,6 +124,18 @@ def main() -> None:
                 assert got == want, "the file came back different"
                 back.unlink()
 
+            tmp_path = Path(tmp)
+            tiny = tmp_path / "tiny.bin"
+            tiny.write_bytes(b"x")
+            fixed: dict[str, tuple[Callable[[], None], Callable[[], None]]] = {
+                "exec stdout": (run([HUB, "box", "exec", box, "--", "true"], env),
+                                run(["docker", "exec", container.id, "true"], None)),
+                "cp in": (run([HUB, "box", "cp", str(tiny), f"{box}:/workspace/t"], env),
+                          run(["docker", "cp", str(tiny), f"{container.id}:/workspace/t2"], None)),
+                "cp out": (run([HUB, "box", "cp", f"{box}:/workspace/t", str(tiny) + ".b"], env),
+                           run(["docker", "cp", f"{container.id}:/workspace/t",
+                                str(tiny) + ".d"], None)),
+            }
             paths: list[tuple[str, Callable[[], None], Callable[[], None], Callable[[], None]]] = [
                 ("exec stdout", hub_exec, docker_exec, lambda: None),
                 ("cp in", run([HUB, "box", "cp", str(src), f"{box}:/workspace/in.bin"], env),
@@ -119,9 +151,13 @@ def main() -> None:
                 hub_t: list[float] = []
                 docker_t: list[float] = []
                 hub_peak = spoke_peak = 0
+                cpu = [0.0, 0.0, 0.0]  # hub, spoke, CLI: summed over the hub runs
                 for _ in range(args.runs):  # interleaved, so drift affects both alike
+                    before = (cpu_s(hub_pid), cpu_s(spoke_pid), children_cpu_s())
                     with RssSampler(hub_pid) as hs, RssSampler(spoke_pid) as ss:
                         hub_t.append(timed(via_hub))
+                    now = (cpu_s(hub_pid), cpu_s(spoke_pid), children_cpu_s())
+                    cpu = [c + b - a for c, a, b in zip(cpu, before, now, strict=True)]
                     hub_peak, spoke_peak = max(hub_peak, hs.peak), max(spoke_peak, ss.peak)
                     after()
                     docker_t.append(timed(via_docker))
@@ -131,6 +167,20 @@ def main() -> None:
                 print(f"{name:12s} hub {h:6.0f} MiB/s  docker {d:6.0f} MiB/s  ratio {d / h:4.2f}x "
                       f"(goal <= 1.5)  peak RSS hub {hub_peak / MIB:.0f} MiB, "
                       f"spoke {spoke_peak / MIB:.0f} MiB")
+                tiny_hub, tiny_docker = fixed[name]
+                fh_t, fd_t = [], []
+                for _ in range(5):
+                    fh_t.append(timed(tiny_hub))
+                    fd_t.append(timed(tiny_docker))
+                    for copy in tmp_path.glob("tiny.bin.*"):
+                        copy.unlink()
+                fh, fd = statistics.median(fh_t), statistics.median(fd_t)
+                data_h, data_d = statistics.median(hub_t) - fh, statistics.median(docker_t) - fd
+                print(f"{'':12s} fixed cost hub {fh * 1000:4.0f} ms, docker {fd * 1000:4.0f} ms; "
+                      f"data phase hub {data_h * 1000:4.0f} ms, docker {data_d * 1000:4.0f} ms "
+                      f"(ratio {data_h / max(data_d, 1e-3):4.2f}x); CPU per transfer: hub "
+                      f"{cpu[0] / args.runs:4.2f} s, spoke {cpu[1] / args.runs:4.2f} s, "
+                      f"CLI {cpu[2] / args.runs:4.2f} s")
             client.request("DELETE", f"/api/boxes/{box}")
         finally:
             spoke.stop()

@@ -15,7 +15,7 @@ from typing import Any
 
 from aiohttp import web
 
-from hub import roles
+from hub import roles, tls_reads
 from hub.boxes import BoxService
 from hub.disconnect import cancelled_on_disconnect
 from hub.events_api import int_param
@@ -32,6 +32,7 @@ from protocol.tokens import MAX_PREFIX_CHARS, JoinToken, hash_secret, new_id, ne
 from protocol.units import parse_size, parse_ttl
 
 MAX_TOKEN_USES = 100_000  # spokes one multi-use join token may enroll
+BULK_BODY_BYTES = 1 << 20  # an upload this large reads its body 256 KiB at a time
 # What a call through a spoke may answer besides 404: its policy (403), its call slots
 # (429), no live link (503), no answer in time (504).
 SPOKE_ERRORS = (403, 429, 503, 504)
@@ -419,16 +420,21 @@ class Api:
             raise RemoteError(ErrorCode.INVALID, f"file larger than {v.MAX_FILE_BYTES} bytes")
 
         async def source() -> AsyncIterator[bytes]:
-            # One link chunk (protocol.connection.Limits.chunk_bytes) at a time: the driver
-            # sends a piece of exactly that size on as it is, without a copy.
+            # Up to one link chunk (protocol.connection.Limits.chunk_bytes) at a time: the
+            # driver sends a piece of half a chunk or more on as it is, without a copy.
             async for piece in request.content.iter_chunked(256 * 1024):
                 yield piece
 
-        result = await self.boxes.put_file(
-            request.match_info["id"], path, size, mode, source(),
-            parents=_flag(request, "parents"),
-            into_dir_name=request.query.get("into_dir_name") or None,
-        )
+        if size >= BULK_BODY_BYTES:  # 256 KiB TLS reads for the body (hub/tls_reads.py)
+            tls_reads.widen(request.transport)
+        try:
+            result = await self.boxes.put_file(
+                request.match_info["id"], path, size, mode, source(),
+                parents=_flag(request, "parents"),
+                into_dir_name=request.query.get("into_dir_name") or None,
+            )
+        finally:
+            tls_reads.narrow(request.transport)
         return web.json_response(result)
 
     @operation("Download a file from a box", tag="boxes", query=(

@@ -19,7 +19,7 @@ from typing import Any
 from aiohttp import WSMsgType, web
 from pydantic import BaseModel
 
-from hub import metrics
+from hub import metrics, tls_reads
 from hub.latency import LatencyWindow
 from protocol import messages
 from protocol.hub_driver import HubDriver
@@ -28,6 +28,8 @@ from protocol.sides import HubConnection
 from protocol.transport import Transport
 
 log = logging.getLogger("spokehub.hub.link")
+BULK_MESSAGE_BYTES = 64 * 1024  # a stream chunk this large means bulk data is flowing
+BULK_LINGER_S = 5.0  # how long after the last one the link keeps its wide reads
 
 class AiohttpTransport:
     """aiohttp's server WebSocket as a :class:`~protocol.transport.Transport`."""
@@ -35,6 +37,20 @@ class AiohttpTransport:
     def __init__(self, socket: web.WebSocketResponse) -> None:
         self.socket = socket
         self._peer_close: tuple[int, str] | None = None
+        self._wide_until: float | None = None  # reading 256 KiB at a time until then
+
+    def _bulk(self, data: str | bytes) -> None:
+        """Widen the TLS reads while stream chunks arrive (hub/tls_reads.py), narrow them
+        at the first control frame :data:`BULK_LINGER_S` after the last one: an idle link
+        keeps its small buffer (issue 9), a busy one reads 256 KiB at a time (issue 14)."""
+        now = time.monotonic()
+        if isinstance(data, bytes) and len(data) >= BULK_MESSAGE_BYTES:
+            if self._wide_until is None:
+                tls_reads.widen(getattr(getattr(self.socket, "_req", None), "transport", None))
+            self._wide_until = now + BULK_LINGER_S
+        elif self._wide_until is not None and now > self._wide_until:
+            self._wide_until = None
+            tls_reads.narrow(getattr(getattr(self.socket, "_req", None), "transport", None))
 
     async def send(self, frames: Sequence[str | bytes]) -> None:
         for frame in frames:
@@ -51,6 +67,7 @@ class AiohttpTransport:
         msg = await self.socket.receive()
         if msg.type in (WSMsgType.TEXT, WSMsgType.BINARY):
             data: str | bytes = msg.data
+            self._bulk(data)
             return data
         if msg.type == WSMsgType.CLOSE:
             self._peer_close = (int(msg.data or 0), str(msg.extra or ""))

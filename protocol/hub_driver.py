@@ -172,16 +172,26 @@ class HubDriver(LinkDriver):
         call_id, pending = await self._start(verb, params, timeout_s, stream=False)
         await self.flush()
         try:
+            # Pieces of at least half a chunk go on as they come (no copy: an upload read
+            # 256 KiB at a time by the hub arrives in pieces of ~200-256 KiB, issue 14);
+            # smaller ones are joined up to a chunk; larger ones are cut into chunks.
             buf = bytearray()
             size = self.conn.limits.chunk_bytes
             async for piece in source:
-                if not buf and len(piece) == size:  # the common case: no copy
-                    await self._send_chunk(call_id, pending, piece, eof=False)
-                    continue
-                buf += piece
-                while len(buf) >= size:
-                    await self._send_chunk(call_id, pending, bytes(buf[:size]), eof=False)
-                    del buf[:size]
+                if buf and len(buf) + len(piece) > size:
+                    await self._send_chunk(call_id, pending, bytes(buf), eof=False)
+                    buf.clear()
+                start = 0
+                if not buf:
+                    while len(piece) - start >= size // 2:
+                        part = piece if start == 0 and len(piece) <= size else \
+                            piece[start:start + size]
+                        await self._send_chunk(call_id, pending, part, eof=False)
+                        start += len(part)
+                buf += piece[start:] if start else piece
+                if len(buf) >= size:
+                    await self._send_chunk(call_id, pending, bytes(buf), eof=False)
+                    buf.clear()
             await self._send_chunk(call_id, pending, bytes(buf), eof=True)
             result: R = await pending.future
             return result

@@ -109,14 +109,18 @@ class DockerBoxManager(DockerEngine):
                       extra_labels: dict[str, str] | None = None) -> BoxInfo:
         api = await self._api()
         name = self.container_name(box_id)
-        with contextlib.suppress(BoxNotFound):
-            return await self._ensure_started(box_id, await self._inspect_own(box_id))
-        try:
-            image = await self._call(api.inspect_image, spec.image)
-        except docker.errors.ImageNotFound:
+        # Both round trips at once (issue 14: the create's critical path, docs/performance.md).
+        existing, image = await asyncio.gather(self._inspect_own(box_id),
+                                               self._call(api.inspect_image, spec.image),
+                                               return_exceptions=True)
+        if not isinstance(existing, BaseException):
+            return await self._ensure_started(box_id, existing)
+        if not isinstance(existing, BoxNotFound):
+            raise existing
+        if isinstance(image, docker.errors.ImageNotFound):
             raise BoxInvalid(f"image {spec.image} is not present on this spoke") from None
-        except Exception as exc:
-            raise du.map_docker_error(exc, f"checking image {spec.image}") from exc
+        if isinstance(image, BaseException):
+            raise du.map_docker_error(image, f"checking image {spec.image}") from image
         user, uid, gid = await self._users.choose(api, spec, image)
         labels = {
             du.LABEL_MANAGED: "1",
@@ -125,7 +129,7 @@ class DockerBoxManager(DockerEngine):
             du.LABEL_CREATED: f"{time.time():.3f}",
             **(extra_labels or {}),  # a warm-pool box's (spoke/boxes/warm_pool.py)
         }
-        volume = await self.volumes.make(box_id, spec, uid, gid)
+        volume, volume_info = await self.volumes.make(box_id, spec, uid, gid)
         host_config = api.create_host_config(
             network_mode=self.network.name if spec.network else "none",
             read_only=True,
@@ -147,14 +151,15 @@ class DockerBoxManager(DockerEngine):
             host_config=host_config, user=user, working_dir=spec.workdir,
             environment=dict(spec.env), detach=True)
         try:
-            async with self.volumes.attached(box_id) as device:  # mounted at create, start
+            # Mounted at create (copy-up) and start.
+            async with self.volumes.attached(box_id, volume_info) as device:
                 try:
                     if spec.network:
                         async with self.network.lock:  # not removed between ensure and create
                             await self.network.ensure()
-                            await create()
+                            created = await create()
                     else:
-                        await create()
+                        created = await create()
                 except docker.errors.APIError as exc:
                     if exc.status_code != 409:
                         raise du.map_docker_error(exc, f"creating box {box_id}") from exc
@@ -170,8 +175,9 @@ class DockerBoxManager(DockerEngine):
                 if device is not None:  # after Docker's copy-up, before anything mounts it
                     await self.workspaces.own_root(device, uid, gid)
                 self._owners[box_id] = (uid, gid)
-                return await self._ensure_started(box_id, await self._inspect_own(box_id),
-                                                  attach=False)
+                # Just created, so not running: start it by id, no inspect first.
+                await self._run(f"starting box {box_id}", api.start, created["Id"])
+                return du.info_from_inspect(await self._inspect_own(box_id))
         except BaseException:
             # No container: leave nothing behind. A container that failed to start stays,
             # for the hub's destroy (it records the create failed).
@@ -305,6 +311,7 @@ class DockerBoxManager(DockerEngine):
         self._closed = True
         for pool in (self._pool, self._stream_pool, self._transfer_pool):
             pool.shutdown(wait=False, cancel_futures=True)
+        await self.workspaces.stock.drop()  # spoke/boxes/workspace_stock.py
         with contextlib.suppress(OSError):  # only if empty: no box has a workspace image
             self.workspaces.directory.rmdir()
         if self._owns_client and self._client is not None:

@@ -198,7 +198,9 @@ async def read_stream(call: Call, pool: Executor, api: Any, container_id: str, w
 def _untar_one(raw: Any, channel: PushToLoop, what: str, max_bytes: int) -> None:
     """Worker thread: read the archive of one file from ``raw`` (tarfile in stream mode, so
     only a block is buffered) and put its content into ``channel``."""
-    with tarfile.open(fileobj=raw, mode="r|") as tar:
+    # bufsize: a stream-mode tarfile reads its source in pieces of this size (10 KiB by
+    # default: ~26 urllib3 reads, each with its own Python overhead, per 256 KiB chunk).
+    with tarfile.open(fileobj=raw, mode="r|", bufsize=READ_CHUNK) as tar:
         for member in tar:
             if member.isfile():
                 fh = tar.extractfile(member)

@@ -45,13 +45,16 @@ import docker.errors
 
 from protocol.verbs import BOX_ID_RE
 from spoke.boxes import docker_util as du
-from spoke.boxes.base import BoxError, BoxSpec
+from spoke.boxes import loop_device
+from spoke.boxes.base import DEFAULT_WORKSPACE_BYTES, BoxError, BoxSpec
+from spoke.boxes.workspace_stock import WorkspaceStock
 
 Run = Callable[..., Awaitable[Any]]  # the manager's _run(what, fn, *args, **kwargs)
 Call = Callable[..., Awaitable[Any]]  # the manager's _call(fn, *args, **kwargs)
 
 TOOL_TIMEOUT_S = 60.0
 PROBE_BYTES = 16 << 20
+STOCK_COUNT = 2  # ready images of the default size (spoke/boxes/workspace_stock.py)
 MOUNT_OPTIONS = "nosuid,nodev,discard"
 DETACHED = "/nonexistent-spokehub-workspace-detached"  # where a resting symlink points
 _DEVICE_RE = re.compile(r"^/dev/loop[0-9]+$")
@@ -68,6 +71,10 @@ class LoopImages:
         self.engine_local = engine_local
         self._status: str | None | bool = False  # False: not probed yet
         self._lock = asyncio.Lock()
+        self._configure_off = False  # LOOP_CONFIGURE unsupported here: losetup
+        # Formatted ahead of need, so a create of the default size skips mkfs and debugfs.
+        self.stock = WorkspaceStock(self.directory, DEFAULT_WORKSPACE_BYTES, STOCK_COUNT,
+                                    _format)
 
     def image(self, box_id: str) -> Path:
         if not BOX_ID_RE.fullmatch(box_id):
@@ -114,14 +121,11 @@ class LoopImages:
         await self.release(box_id, drop_lock=False)
         image = self.image(box_id)
         await asyncio.to_thread(self.directory.mkdir, parents=True, exist_ok=True, mode=0o700)
-        await asyncio.to_thread(_sparse, image, size)
         try:
-            await _tool("mkfs.ext4", "-q", "-F", "-m", "0", "-L", box_id[:16], "-E",
-                        f"root_owner={uid}:{gid},lazy_itable_init=1,lazy_journal_init=1,"
-                        "nodiscard", str(image))
-            # Empty (no lost+found), so Docker copies the image's /workspace into it at
-            # create, as it does for a plain volume; own_root() then fixes the owner.
-            await _tool("debugfs", "-w", "-R", "rmdir lost+found", str(image))
+            # A stock image (made ahead, spoke/boxes/workspace_stock.py) if one of this size
+            # is ready; the owner is set after Docker's copy-up either way (own_root).
+            if not await self.stock.take(image, size):
+                await _format(image, size, uid, gid)
             await asyncio.to_thread(_point, self.link(box_id), DETACHED)
         except BaseException:
             await self.release(box_id, drop_lock=False)
@@ -137,9 +141,8 @@ class LoopImages:
         image, link = self.image(box_id), self.link(box_id)
         if not await asyncio.to_thread(image.exists):
             raise BoxError(f"box {box_id}: its workspace image {image} is gone", "unavailable")
-        async with self._lock:  # losetup --find is racy between concurrent calls
-            device = await _tool_device(image)
-        fd = await asyncio.to_thread(_hold_autoclear, device, False)
+        async with self._lock:  # finding a free device is racy between concurrent calls
+            device, fd = await self._attach(image)
         try:
             await asyncio.to_thread(_point, link, device)
             yield device
@@ -148,12 +151,24 @@ class LoopImages:
                 await asyncio.to_thread(_point, link, DETACHED)
             os.close(fd)
 
+    async def _attach(self, image: Path) -> tuple[str, int]:
+        """``image``'s loop device (the one it is on already, else a new one), autoclear,
+        and an fd holding it: one ``LOOP_CONFIGURE`` (spoke/boxes/loop_device.py) where the
+        kernel has it, else ``losetup`` then the flag."""
+        if not self._configure_off and not await asyncio.to_thread(_devices_of, image):
+            try:
+                return await asyncio.to_thread(loop_device.attach_autoclear, image)
+            except loop_device.Unsupported:
+                self._configure_off = True
+        device = await _tool_device(image)
+        return device, await asyncio.to_thread(_hold_autoclear, device, False)
+
     async def own_root(self, device: str, uid: int, gid: int) -> None:
         """Make ``uid:gid`` own the filesystem's root directory on ``device`` (attached, not
         mounted): after Docker's copy-up of the image's ``/workspace`` (content and owner)
         into the new volume at container create, so the box's user can write there."""
-        for field, value in (("uid", uid), ("gid", gid)):
-            await _tool("debugfs", "-w", "-R", f"set_inode_field / {field} {value}", device)
+        script = f"set_inode_field / uid {uid}\nset_inode_field / gid {gid}\n"
+        await _tool("debugfs", "-w", "-f", "-", device, stdin=script.encode())  # one run
 
     async def release(self, box_id: str, *, drop_lock: bool = True) -> None:
         """Delete ``box_id``'s image and symlink, detaching any loop device still on it
@@ -229,9 +244,11 @@ class WorkspaceVolumes:
         except Exception as exc:
             raise du.map_docker_error(exc, f"inspecting volume of box {box_id}") from exc
 
-    async def make(self, box_id: str, spec: BoxSpec, uid: int, gid: int) -> str:
+    async def make(self, box_id: str, spec: BoxSpec, uid: int, gid: int
+                   ) -> tuple[str, dict[str, Any]]:
         """The box's workspace volume, size-limited where the host can (see the module
-        docstring); an existing one of ours is reused. The caller holds the box's lock."""
+        docstring); an existing one of ours is reused. The caller holds the box's lock.
+        Returns its name and what :meth:`attached` needs of an inspect (none is made)."""
         api = await self._api()
         volume = self.volume_name(box_id)
         labels = {du.LABEL_MANAGED: "1", du.LABEL_SPOKE: self.spoke_name, du.LABEL_BOX: box_id}
@@ -244,11 +261,11 @@ class WorkspaceVolumes:
             if not du.is_own(existing.get("Labels"), self.spoke_name):
                 raise BoxError(f"a volume named {volume} exists but is not managed by "
                                f"spoke {self.spoke_name}", "busy")
-            return volume
+            return volume, existing
         if spec.workspace_bytes is None or reason is not None:
             await self._run(f"creating workspace volume for box {box_id}",
                             api.create_volume, name=volume, labels=labels)
-            return volume
+            return volume, {"Labels": labels, "Options": {}}
         opts = await self.images.make(box_id, spec.workspace_bytes, uid, gid)
         labels[du.LABEL_WORKSPACE_BYTES] = str(spec.workspace_bytes)
         try:
@@ -257,13 +274,15 @@ class WorkspaceVolumes:
         except BaseException:
             await self.images.release(box_id, drop_lock=False)
             raise
-        return volume
+        return volume, {"Labels": labels, "Options": opts}
 
     @contextlib.asynccontextmanager
-    async def attached(self, box_id: str) -> AsyncIterator[str | None]:
+    async def attached(self, box_id: str, info: dict[str, Any] | None = None
+                       ) -> AsyncIterator[str | None]:
         """Around a create or start of the box: its size-limited workspace's loop device
-        (None for a plain volume: nothing to do). The caller holds the box's lock."""
-        info = await self._inspect(box_id)
+        (None for a plain volume: nothing to do). The caller holds the box's lock; ``info``
+        is the volume's inspect if the caller has it (:meth:`make`'s)."""
+        info = info if info is not None else await self._inspect(box_id)
         device = ((info or {}).get("Options") or {}).get("device")
         if info is None or not du.is_own(info.get("Labels"), self.spoke_name) or \
                 device != str(self.images.link(box_id)):
@@ -296,13 +315,16 @@ class WorkspaceVolumes:
             box_id = (vol.get("Labels") or {}).get(du.LABEL_BOX, "")
             if box_id and du.is_own(vol.get("Labels"), self.spoke_name):
                 with_volume.add(box_id)
-                if box_id not in keep:
+                # Not one a create is making (its container does not exist yet): removed,
+                # Docker would give the box an unlabelled, unlimited volume of that name.
+                if box_id not in keep and not self.images.is_locked(box_id):
                     with contextlib.suppress(BoxError):
                         await self.remove(box_id)
         for box_id in self.images.box_ids():
             if box_id not in keep and box_id not in with_volume \
                     and not self.images.is_locked(box_id):  # not a create in progress
                 await self.images.release(box_id)
+        await self.images.stock.reap()  # partial stock images of a crashed process
 
 
 def _sparse(path: Path, size: int) -> None:
@@ -380,16 +402,28 @@ def _devices_of(image: Path) -> list[str]:
     return found
 
 
-async def _tool(*args: str) -> str:
+async def _format(image: Path, size: int, uid: int = 0, gid: int = 0) -> None:
+    """A sparse ``image`` of ``size`` bytes holding an empty ext4 filesystem whose root
+    ``uid:gid`` own (for a box, :meth:`LoopImages.own_root` sets the owner after copy-up)."""
+    await asyncio.to_thread(_sparse, image, size)
+    await _tool("mkfs.ext4", "-q", "-F", "-m", "0", "-L", "spokehub-ws", "-E",
+                f"root_owner={uid}:{gid},lazy_itable_init=1,lazy_journal_init=1,nodiscard",
+                str(image))
+    # Empty (no lost+found), so Docker copies the image's /workspace into it at create, as
+    # it does for a plain volume.
+    await _tool("debugfs", "-w", "-R", "rmdir lost+found", str(image))
+
+
+async def _tool(*args: str, stdin: bytes | None = None) -> str:
     """Run a host tool (losetup, mkfs.ext4, debugfs); its stdout, or BoxError with stderr."""
     try:
         proc = await asyncio.create_subprocess_exec(
-            *args, stdin=asyncio.subprocess.DEVNULL, stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE)
+            *args, stdin=asyncio.subprocess.DEVNULL if stdin is None else asyncio.subprocess.PIPE,
+            stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.PIPE)
     except OSError as exc:
         raise BoxError(f"{args[0]}: {exc}", "unavailable") from exc
     try:
-        out, err = await asyncio.wait_for(proc.communicate(), TOOL_TIMEOUT_S)
+        out, err = await asyncio.wait_for(proc.communicate(stdin), TOOL_TIMEOUT_S)
     except BaseException:
         with contextlib.suppress(ProcessLookupError):
             proc.kill()

@@ -15,8 +15,9 @@ tests/test_box_hardening.py (the spoke's RSS during a 100 MB upload and download
 from __future__ import annotations
 
 import asyncio
-import concurrent.futures
 import contextlib
+import queue
+import threading
 from collections.abc import AsyncIterator, Callable, Iterator
 from concurrent.futures import Executor
 from typing import Any, TypeVar
@@ -32,83 +33,96 @@ class _Stop(Exception):
 class PullFromLoop:
     """A blocking iterator, for a worker thread, over an async iterator on the event loop.
 
-    Each ``next`` in the thread awaits one ``anext`` on the loop. :meth:`cancel` (from the
-    loop) makes the thread's iteration stop with :class:`_Stop` within :data:`POLL_S`. An
-    exception of the source is kept in :attr:`error` as well as raised in the thread, so the
-    caller can re-raise it unchanged whatever the thread's code made of it."""
+    A task on the loop (:meth:`pump`) reads up to ``ahead`` chunks in advance into a
+    thread-safe queue, so the thread never waits a loop round trip per chunk and the loop
+    never blocks on the thread: both sides work at once, with at most ``ahead`` chunks held
+    (issue 14: one chunk at a time left each side idle while the other worked).
+    :meth:`cancel` (from the loop) makes the thread's iteration stop with :class:`_Stop`
+    within :data:`POLL_S`. An exception of the source is kept in :attr:`error` as well as
+    raised in the thread after the chunks before it, so the caller can re-raise it unchanged
+    whatever the thread's code made of it. Pinned by tests/boxes/test_transfer.py."""
 
-    def __init__(self, loop: asyncio.AbstractEventLoop, source: AsyncIterator[bytes]) -> None:
+    def __init__(self, loop: asyncio.AbstractEventLoop, source: AsyncIterator[bytes],
+                 ahead: int = 4) -> None:
         self.loop, self.source = loop, source
         self.error: BaseException | None = None
         self._cancelled = False
-        self._pending: concurrent.futures.Future[bytes | None] | None = None
+        self._items: queue.SimpleQueue[tuple[bytes | None, BaseException | None]] = \
+            queue.SimpleQueue()
+        self._room = asyncio.Semaphore(ahead)
 
-    async def _next(self) -> bytes | None:
+    async def pump(self) -> None:
+        """On the loop: move the source's chunks into the queue, ``ahead`` at most waiting."""
         try:
-            return await anext(self.source)
-        except StopAsyncIteration:
-            return None
-        except BaseException as exc:
-            self.error = exc
+            while True:
+                await self._room.acquire()
+                try:
+                    chunk = await anext(self.source)
+                except StopAsyncIteration:
+                    self._items.put((None, None))
+                    return
+                self._items.put((chunk, None))
+        except asyncio.CancelledError:
+            self._items.put((None, _Stop("the transfer was abandoned")))
             raise
+        except BaseException as exc:  # noqa: BLE001 - handed to the thread, kept for the caller
+            self.error = exc
+            self._items.put((None, exc))
+
+    def _taken(self) -> None:
+        self._room.release()
 
     def __iter__(self) -> Iterator[bytes]:
         while True:
             if self._cancelled:
                 raise _Stop("the transfer was abandoned")
             try:
-                fut = asyncio.run_coroutine_threadsafe(self._next(), self.loop)
+                chunk, error = self._items.get(timeout=POLL_S)
+            except queue.Empty:
+                if self.loop.is_closed():
+                    raise _Stop("the event loop is gone") from None
+                continue
+            if error is not None:
+                raise error
+            if chunk is None:
+                return
+            try:
+                self.loop.call_soon_threadsafe(self._taken)
             except RuntimeError as exc:  # loop closed
                 raise _Stop("the event loop is gone") from exc
-            self._pending = fut
-            while True:
-                try:
-                    item = fut.result(timeout=POLL_S)
-                    break
-                except TimeoutError:
-                    if self._cancelled or self.loop.is_closed():
-                        fut.cancel()
-                        raise _Stop("the transfer was abandoned") from None
-                except concurrent.futures.CancelledError:
-                    raise _Stop("the transfer was abandoned") from None
-            if item is None:
-                return
-            yield item
+            yield chunk
 
     def cancel(self) -> None:
         """From the loop: stop the thread's iteration (idempotent)."""
         self._cancelled = True
-        if self._pending is not None:
-            self._pending.cancel()
+        self._items.put((None, _Stop("the transfer was abandoned")))
 
 
 class PushToLoop:
     """A bounded channel from a worker thread (:meth:`put`, :meth:`finish`) to an async
-    consumer (:meth:`chunks`). ``put`` blocks the thread while ``maxsize`` chunks wait, and
-    returns False once the consumer has gone (:meth:`close`): the thread should then stop."""
+    consumer (:meth:`chunks`). ``put`` blocks the thread only while ``maxsize`` chunks wait
+    (it hands a chunk over without waiting for the loop to take it: no round trip per
+    chunk), and returns False once the consumer has gone (:meth:`close`): the thread should
+    then stop. Pinned by tests/boxes/test_transfer.py."""
 
     def __init__(self, loop: asyncio.AbstractEventLoop, maxsize: int = 4) -> None:
         self._loop = loop
-        self._q: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue(maxsize)
+        self._q: asyncio.Queue[tuple[bool, Any]] = asyncio.Queue()
+        self._room = threading.Semaphore(maxsize)
         self._closed = False
 
     def _send(self, item: tuple[bool, Any]) -> bool:
+        while not self._room.acquire(timeout=POLL_S):
+            if self._closed or self._loop.is_closed():
+                return False
         if self._closed:
+            self._room.release()  # let a further waiter see it too
             return False
         try:
-            fut = asyncio.run_coroutine_threadsafe(self._q.put(item), self._loop)
+            self._loop.call_soon_threadsafe(self._q.put_nowait, item)
         except RuntimeError:  # loop closed
             return False
-        while True:
-            try:
-                fut.result(timeout=POLL_S)
-                return True
-            except TimeoutError:
-                if self._closed or self._loop.is_closed():
-                    fut.cancel()
-                    return False
-            except (concurrent.futures.CancelledError, RuntimeError):
-                return False
+        return True
 
     def put(self, data: bytes) -> bool:
         """From the thread: hand over one chunk (blocks while the channel is full)."""
@@ -121,6 +135,7 @@ class PushToLoop:
     async def chunks(self) -> AsyncIterator[bytes]:
         while True:
             end, value = await self._q.get()
+            self._room.release()
             if end:
                 if value is not None:
                     raise value
@@ -130,6 +145,7 @@ class PushToLoop:
     def close(self) -> None:
         """From the loop: the consumer is gone; unblock and stop the thread."""
         self._closed = True
+        self._room.release()
         while True:
             try:
                 self._q.get_nowait()
@@ -167,13 +183,15 @@ async def stream_from_thread(pool: Executor, produce: Callable[[PushToLoop], Non
 async def feed_thread(pool: Executor, source: AsyncIterator[bytes],
                       consume: Callable[[Iterator[bytes]], T]) -> T:
     """Run ``consume(chunks)`` in ``pool``, its ``chunks`` pulled from ``source`` on the loop
-    one at a time; return its result.
+    a few ahead of it; return its result.
 
     If ``source`` fails, its exception is raised here unchanged (whatever ``consume`` made
     of it); if this call is cancelled, ``consume``'s iteration stops within
-    :data:`POLL_S` (with an exception of its own) and the cancellation goes on."""
+    :data:`POLL_S` (with an exception of its own) and the cancellation goes on. Up to four
+    chunks are read ahead of ``consume`` (:class:`PullFromLoop`)."""
     loop = asyncio.get_running_loop()
     feed = PullFromLoop(loop, source)
+    pump = loop.create_task(feed.pump())
     done = loop.run_in_executor(pool, consume, iter(feed))
     try:
         return await asyncio.shield(done)
@@ -185,6 +203,8 @@ async def feed_thread(pool: Executor, source: AsyncIterator[bytes],
         if feed.error is not None:
             raise feed.error from None
         raise
+    finally:
+        pump.cancel()  # the thread stopped early (or was abandoned): stop reading the source
 
 
 def _ignore_result(fut: asyncio.Future[Any]) -> None:
