@@ -24,11 +24,12 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from contextvars import ContextVar
 from dataclasses import dataclass
 
 from hub.store import Store
+from hub.store.engine import Tx
 from protocol.errors import RemoteError
 
 log = logging.getLogger(__name__)
@@ -60,6 +61,11 @@ class Outcome:
     result: str | None = None  # None: "ok" if the block ends normally
     spoke: str = ""
     detail: str | None = None
+    # The action's last writes, committed with its row when the block ends normally (one
+    # store round trip; a box create's ``running``). If they fail, the action fails and its
+    # row says so. Pinned by tests/hub/test_audit_with_writes.py.
+    also: Callable[[Tx], None] | None = None
+    recorded: bool = False
 
 
 def describe_error(err: BaseException) -> str:
@@ -81,11 +87,32 @@ async def audited(store: Store, kind: str, subject: str, detail: str = "", *,
     outcome = Outcome(spoke=spoke)
     try:
         yield outcome
+        if outcome.also is not None:
+            write = asyncio.ensure_future(store.audit(
+                kind, subject, detail if outcome.detail is None else outcome.detail,
+                actor=acting(), spoke=outcome.spoke, result=outcome.result or "ok",
+                also=outcome.also))
+            try:
+                await asyncio.shield(write)
+            except asyncio.CancelledError:
+                # The write goes on and its row is this action's row: not a second one.
+                outcome.recorded = True
+                write.add_done_callback(_log_lost_write)
+                raise
+            outcome.recorded = True
     except BaseException as err:
         # A stream closed by its reader after the last item keeps the result it reached.
         if not (isinstance(err, GeneratorExit) and outcome.result is not None):
             outcome.result = describe_error(err)
         raise
     finally:
-        await record(store, kind, subject, detail if outcome.detail is None else outcome.detail,
-                     spoke=outcome.spoke, result=outcome.result or "ok")
+        if not outcome.recorded:
+            await record(store, kind, subject,
+                         detail if outcome.detail is None else outcome.detail,
+                         spoke=outcome.spoke, result=outcome.result or "ok")
+
+
+def _log_lost_write(write: asyncio.Future[None]) -> None:
+    if not write.cancelled() and write.exception() is not None:
+        log.warning("could not write an audit row and its action's writes",
+                    exc_info=write.exception())

@@ -105,7 +105,8 @@ class BoxService:
         the result). Pinned by tests/test_boxes_e2e.py and tests/test_audit.py."""
         box_id = new_id("bx")
         model = v.build(v.BOX_CREATE, {**params, "box_id": box_id})
-        async with audited(self.store, "box.create", box_id, model.image, spoke=spoke):
+        async with audited(self.store, "box.create", box_id, model.image,
+                           spoke=spoke) as outcome:
             link = await self._link(spoke)
             await self.store.add_box(box_id, spoke, model.image,
                                      model.model_dump(exclude={"box_id"}))
@@ -115,7 +116,8 @@ class BoxService:
                 await self.store.set_box_state(box_id, "failed")
                 asyncio.get_running_loop().create_task(self._cleanup(spoke, box_id))
                 raise
-            await self.store.set_box_state(box_id, "running")
+            # ``running`` is committed with the audit row, as the block ends (one round trip).
+            outcome.also = self.store.box_state_write(box_id, "running")
         return {"id": box_id, "spoke": spoke, **info.model_dump(exclude={"box_id"})}
 
     async def _cleanup(self, spoke: str, box_id: str) -> None:

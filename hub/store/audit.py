@@ -10,6 +10,7 @@ from collections.abc import Callable, Coroutine
 from typing import Any, Concatenate, ParamSpec
 
 from hub.store.base import StoreBase
+from hub.store.engine import Tx
 
 
 class AuditTables(StoreBase):
@@ -17,14 +18,24 @@ class AuditTables(StoreBase):
     and tests/test_roles.py::test_audit_rows_name_the_actor."""
 
     async def audit(self, kind: str, subject: str, detail: str = "", actor: str = "",
-                    spoke: str = "", result: str = "") -> None:
+                    spoke: str = "", result: str = "",
+                    also: Callable[[Tx], None] | None = None) -> None:
         """Append one row. ``actor`` is who acted: ``user:NAME`` or ``key:KEY_ID`` for what a
         person or client asked for (:func:`hub.http_util.actor`, :func:`hub.audit.acting`),
         ``""`` for what the hub itself observed (a spoke connecting, a box reaped); ``spoke``
-        the spoke it concerns, ``result`` what came of it (hub/audit.py)."""
+        the spoke it concerns, ``result`` what came of it (hub/audit.py). ``also``: the
+        action's own last writes, committed in the same transaction as its row (a box
+        create's ``running``: one store round trip, not two; docs/performance.md). Pinned by
+        tests/hub/test_audit_with_writes.py."""
         row = {"ts": self.clock(), "kind": kind, "subject": subject, "detail": detail[:2000],
                "actor": actor[:200], "spoke": spoke[:200], "result": result[:300]}
-        await self.transaction(lambda tx: tx.insert("audit", row))
+
+        def run(tx: Tx) -> None:
+            if also is not None:
+                also(tx)
+            tx.insert("audit", row)
+
+        await self.transaction(run)
 
     async def recent_audit(self, limit: int = 100, *, spoke: str | None = None,
                            actor: str | None = None, kind: str | None = None,

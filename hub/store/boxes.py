@@ -7,7 +7,7 @@ tests/hub/test_store.py::test_box_rows_follow_the_injected_clock.
 from __future__ import annotations
 
 import json
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 from hub.store.base import StoreBase
@@ -61,12 +61,17 @@ class BoxTables(StoreBase):
 
     async def set_box_state(self, box_id: str, state: str) -> None:
         """A state outside :data:`LIVE_BOX_STATES` also stamps ``destroyed_at``."""
+        await self.transaction(self.box_state_write(box_id, state))
+
+    def box_state_write(self, box_id: str, state: str) -> Callable[[Tx], None]:
+        """:meth:`set_box_state`'s write, to commit with other writes (a box create's
+        audit row: hub/audit.py ``Outcome.also``)."""
         fields = {"state": state, "destroyed_at": self.clock() if state not in LIVE_BOX_STATES else None}
 
         def run(tx: Tx) -> None:
             tx.update("boxes", "id", box_id, fields)
 
-        await self.transaction(run)
+        return run
 
     async def db_update_box_image(self, box_id: str, image: str) -> None:
         if not image:

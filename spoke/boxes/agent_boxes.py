@@ -57,10 +57,11 @@ NO_AGENT = ("this box has no exec agent (its image has no python3, the box was m
 # "$1" is the supervisor's source. The background python3 gets the box's stdin back
 # through fd 3 (an asynchronous list's stdin is /dev/null, set before its own redirections);
 # TERM while waiting ends the box at once, like the keep-alive loop does. Should the
-# supervisor die, bytes that are no frame tell the spoke at once (agent_client: garbage).
+# supervisor die, bytes that are no frame (on stderr, where frames travel) tell the spoke
+# at once (agent_client: garbage).
 _LAUNCH = ('if command -v python3 >/dev/null 2>&1; then trap \'exit 0\' TERM; exec 3<&0; '
            'python3 -u -c "$1" <&3 3<&- & exec 3<&-; wait $!; '
-           "printf '\\377\\377\\377\\377\\377\\377\\377\\377\\377'; fi; ")
+           "printf '\\377\\377\\377\\377\\377\\377\\377\\377\\377' >&2; fi; ")
 
 
 @functools.cache
@@ -229,6 +230,13 @@ class BoxAgents:
         """The docker-exec way to kill a command and its tree (its pid file)."""
         api = await self._api()
         await self._call(_run_kill_script, api, container_id, pidfile)
+
+    def main_output(self, container_id: str) -> bytes:
+        """What the box's main process wrote to its stdout while this spoke process was
+        attached (b"" if it never was). Pinned by tests/web/test_dashboard.py::
+        test_open_a_box_and_run_a_command."""
+        conn = self._conns.get(container_id)
+        return bytes(conn.main_output) if conn is not None else b""
 
     async def forget(self, container_id: str) -> None:
         self._without.discard(container_id)

@@ -66,6 +66,9 @@ class _Chan:
                 fut.exception()  # retrieved: nobody may be waiting
 
 
+MAIN_OUTPUT_KEPT = 512 * 1024  # the last bytes of a box's main process output kept
+
+
 class AgentConnection:
     """One box's supervisor over a stream (the container's attach socket)."""
 
@@ -80,6 +83,9 @@ class AgentConnection:
         self._hello: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
         self._task = asyncio.get_running_loop().create_task(self._read_loop())
         self.info: dict[str, Any] = {}
+        # What reached the container's stdout while we were attached (the supervisor's
+        # frames travel on its stderr): `box logs` of an agent box. Bounded.
+        self.main_output = bytearray()
         # Echoed in the supervisor's HELLO: a reply to another attach (Docker may hand us
         # output produced before we attached) is not ours.
         self.session = secrets.token_hex(8)
@@ -149,9 +155,9 @@ class AgentConnection:
                 if not data:
                     break
                 for stream, payload in docker_stream.feed(data):
-                    if stream == 2:
-                        log.info("exec agent of %s: %s", self.where,
-                                 payload.decode(errors="replace").rstrip()[:500])
+                    if stream != 2:  # stdout: the box's main process output, for logs
+                        self.main_output += payload
+                        del self.main_output[:-MAIN_OUTPUT_KEPT]
                         continue
                     for frame in frames.feed(payload):
                         self._dispatch(frame)

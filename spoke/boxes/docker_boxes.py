@@ -467,7 +467,10 @@ class DockerBoxManager(DockerEngine):
         data = await self._inspect_own(box_id)
         container_id = data["Id"]
         if ((data.get("HostConfig") or {}).get("LogConfig") or {}).get("Type") == "none":
-            return b""  # an agent box: its main process's output is the agent's frames
+            # An agent box: Docker keeps no log (the supervisor's frames share the stream);
+            # the spoke kept what reached the box's stdout while it was attached.
+            kept = self.agents.main_output(container_id) if self.agents is not None else b""
+            return b"\n".join(kept.split(b"\n")[-tail - 1:]) if kept else b""
         api = await self._api()
         out = await self._run(f"reading logs of box {box_id}", api.logs, container_id,
                               stdout=True, stderr=True, tail=tail)

@@ -367,3 +367,24 @@ async def test_a_new_spoke_process_reattaches_after_a_half_written_frame(
 def test_supervisor_ships_with_the_package() -> None:
     source = Path(supervisor.__file__).read_text()
     assert supervisor_source() == source and struct.calcsize(">BII") == af.HEADER.size
+
+
+async def test_the_box_writing_to_its_main_process_stdout_is_logged_not_garbled(
+        docker_manager: DockerBoxManager, box_id: str, image: str) -> None:
+    """The supervisor's frames travel on the container's stderr; its stdout stays the box's
+    main process output (``echo … > /proc/1/fd/1``, what the dashboard's logs show). Bytes a
+    box forces onto the frame stream (``/proc/1/fd/2``) only cost it its agent: docker exec
+    takes over."""
+    info = await docker_manager.create(box_id, BoxSpec(image=image))
+    _, _, res = await run(docker_manager, box_id,
+                          ["sh", "-c", "echo said-by-the-main-process > /proc/1/fd/1"])
+    assert res.exit_code == 0
+    out, _, res = await run(docker_manager, box_id, ["echo", "still-the-agent"])
+    assert (out, res.exit_code) == (b"still-the-agent\n", 0)
+    assert _agent_conn(docker_manager, info.container_id).dead is None
+    assert b"said-by-the-main-process\n" in await docker_manager.logs(box_id)
+    with contextlib.suppress(BoxError):  # the agent carrying it may die under it
+        await run(docker_manager, box_id, ["sh", "-c", "printf 'garbage\\377' > /proc/1/fd/2"])
+    for _ in range(3):  # the next commands work, through docker exec if need be
+        out, _, res = await run(docker_manager, box_id, ["echo", "after"])
+        assert (out, res.exit_code) == (b"after\n", 0)

@@ -49,6 +49,10 @@ WINDOW = 1 << 20  # unacknowledged output bytes per channel before we stop readi
 VERSION = 1
 
 HELLO, OPEN, OPENED, DATA, EOF, STDOUT, STDERR, RESIZE, ERROR = 1, 2, 3, 4, 5, 6, 7, 8, 9
+# Frames go out on the container's stderr; its stdout stays the box's "main process output"
+# (what `echo hi > /proc/1/fd/1` in the box writes, and this supervisor's own diagnostics),
+# which the spoke keeps for `box logs`: a box writing there cannot garble the frames.
+FRAME_FD, LOG_FD = 2, 1
 SIGNAL, KILL, EXIT, ACK, CLOSE = 10, 11, 12, 13, 14
 KNOWN_IN = {HELLO, OPEN, DATA, EOF, RESIZE, SIGNAL, KILL, ACK, CLOSE}
 PIDFILE_RE = re.compile(r"/tmp/\.spokehub-exec-[0-9a-f]+\.pid")
@@ -170,7 +174,7 @@ def _parse(s: str, i: int) -> tuple[object, int]:
 
 def log(msg: str) -> None:
     try:
-        os.write(2, ("spokehub-supervisor: " + msg + "\n").encode("utf-8", "replace"))
+        os.write(LOG_FD, ("spokehub-supervisor: " + msg + "\n").encode("utf-8", "replace"))
     except OSError:
         pass
 
@@ -249,7 +253,7 @@ class Supervisor:
         self.outbuf = bytearray()
         self.stdin_open = True
         os.set_blocking(0, False)
-        os.set_blocking(1, False)
+        os.set_blocking(FRAME_FD, False)
         self.wake_r, self.wake_w = os.pipe()
         os.set_blocking(self.wake_r, False)
         os.set_blocking(self.wake_w, False)
@@ -277,7 +281,7 @@ class Supervisor:
     def flush(self) -> None:
         while self.outbuf:
             try:
-                n = os.write(1, self.outbuf)
+                n = os.write(FRAME_FD, self.outbuf)
             except BlockingIOError:
                 break
             except OSError as exc:
@@ -286,7 +290,7 @@ class Supervisor:
                 del self.outbuf[:]  # nobody can read it: drop, keep the commands running
                 break
             del self.outbuf[:n]
-        self.want(1, selectors.EVENT_WRITE if self.outbuf else 0)
+        self.want(FRAME_FD, selectors.EVENT_WRITE if self.outbuf else 0)
 
     def want(self, fd: int, events: int) -> None:
         old = self.events.get(fd, 0)
@@ -623,7 +627,7 @@ class Supervisor:
                 fd = key.fd
                 if fd == 0:
                     self.read_stdin()
-                elif fd == 1:
+                elif fd == FRAME_FD:
                     self.flush()
                 elif fd == self.wake_r:
                     try:
