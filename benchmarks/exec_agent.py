@@ -17,10 +17,8 @@ from __future__ import annotations
 import argparse
 import os
 import statistics
-import subprocess
 import sys
 import tempfile
-import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
@@ -28,6 +26,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import docker  # noqa: E402
 
 from benchmarks.exec_overhead import HUB, pct  # noqa: E402  (also points tests.cluster at it)
+from benchmarks.machine import time_alternately, time_interleaved  # noqa: E402
 from spoke.boxes.image import DEFAULT_IMAGE, ensure_sandbox_image  # noqa: E402
 from tests.cluster import Hub, Spoke  # noqa: E402
 
@@ -61,16 +60,7 @@ def main() -> None:
             def direct() -> None:
                 assert container.exec_run(["true"]).exit_code == 0
 
-            for fn in (via_hub, direct):  # warm up both paths (the first attaches the agent)
-                for _ in range(10):
-                    fn()
-            hub_t: list[float] = []
-            direct_t: list[float] = []
-            for _ in range(args.n):  # interleaved, so drift affects both alike
-                for fn, sink in ((via_hub, hub_t), (direct, direct_t)):
-                    t0 = time.perf_counter()
-                    fn()
-                    sink.append(time.perf_counter() - t0)
+            hub_t, direct_t = time_interleaved([via_hub, direct], args.n)
             h50, h99 = pct(hub_t, 50), pct(hub_t, 99)
             d50, d99 = pct(direct_t, 50), pct(direct_t, 99)
             print(f"exec `true` x{args.n}: hub+agent p50 {h50 * 1000:.1f} ms  p99 "
@@ -84,14 +74,8 @@ def main() -> None:
             env["PYTHONPYCACHEPREFIX"] = str(Path(tmp) / "pycache")
             cli_cmd = [HUB, "box", "exec", box, "--", "true"]
             docker_cmd = ["docker", "exec", container.id, "true"]
-            cli_t: list[float] = []
-            docker_t: list[float] = []
-            for i in range(args.cli_runs + 2):  # two warm-up runs each (and the pyc cache)
-                for cmd, sink, cmd_env in ((cli_cmd, cli_t, env), (docker_cmd, docker_t, None)):
-                    t0 = time.perf_counter()
-                    subprocess.run(cmd, check=True, env=cmd_env)
-                    if i >= 2:
-                        sink.append(time.perf_counter() - t0)
+            cli_t, docker_t = time_alternately([(cli_cmd, env), (docker_cmd, None)],
+                                               args.cli_runs)
             c50, k50 = statistics.median(cli_t), statistics.median(docker_t)
             print(f"CLI `{Path(HUB).name} box exec ID -- true` x{args.cli_runs}: p50 "
                   f"{c50 * 1000:.0f} ms vs `docker exec CID true` p50 {k50 * 1000:.0f} ms: "

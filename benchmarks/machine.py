@@ -13,6 +13,8 @@ import platform
 import shutil
 import subprocess
 import sys
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import tests.cluster as cluster
@@ -80,3 +82,33 @@ def pct(values: list[float], q: float) -> float:
     if not ordered:
         return float("nan")
     return ordered[min(len(ordered), max(1, math.ceil(q * len(ordered)))) - 1]
+
+
+def time_alternately(commands: list[tuple[list[str], dict[str, str] | None]], runs: int,
+                     warmup: int = 2) -> list[list[float]]:
+    """Wall-clock seconds of each command (run with its env), alternated so drift hits all
+    alike; ``warmup`` rounds first, not counted (the bytecode cache, Docker's first exec)."""
+    times: list[list[float]] = [[] for _ in commands]
+    for i in range(runs + warmup):
+        for (cmd, env), sink in zip(commands, times, strict=True):
+            t0 = time.perf_counter()
+            subprocess.run(cmd, check=True, env=env)
+            if i >= warmup:
+                sink.append(time.perf_counter() - t0)
+    return times
+
+
+def time_interleaved(fns: list[Callable[[], object]], n: int,
+                     warmup: int = 10) -> list[list[float]]:
+    """Seconds of each call of each function, ``n`` rounds interleaved so drift affects all
+    alike, after ``warmup`` untimed calls of each (the first attaches an agent, fills caches)."""
+    for fn in fns:
+        for _ in range(warmup):
+            fn()
+    times: list[list[float]] = [[] for _ in fns]
+    for _ in range(n):
+        for fn, sink in zip(fns, times, strict=True):
+            t0 = time.perf_counter()
+            fn()
+            sink.append(time.perf_counter() - t0)
+    return times

@@ -25,7 +25,6 @@ from hub.channels import ChannelService, ChannelSession
 from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
 from protocol.tokens import hash_secret, new_id
-from spoke.boxes.docker_boxes import DockerBoxManager
 from tests.cluster import Hub, wait_until
 from tests.hub.channel_app import ChannelHub
 from tests.hub.memory_cluster import IMAGE, MemoryCluster
@@ -203,15 +202,6 @@ async def test_a_browser_session_opens_a_terminal_only_from_the_hubs_origin(
 
 
 # ------------------------------------------------------------------ the real CLI, in tmux
-def _docker_has_pty() -> str:
-    """Why the Docker e2e test cannot run yet ("" when it can)."""
-    if shutil.which("tmux") is None:
-        return "tmux is not installed (deploy/install-deps.sh installs it)"
-    if "open_pty" not in vars(DockerBoxManager):
-        return "DockerBoxManager.open_pty (the in-box agent, spoke/boxes/agent_client.py) is missing"
-    return ""
-
-
 class Tmux:
     """A tmux server of its own (``-L``), one window running a command."""
 
@@ -246,7 +236,7 @@ def _hub_bin() -> str:
     return shutil.which("hub") or str(Path(".venv/bin/hub").resolve())
 
 
-def _drive_a_shell(tmp: Path, hub_dir: Path, box: str, *, ctrl_c: bool = True) -> None:
+def _drive_a_shell(tmp: Path, hub_dir: Path, box: str) -> None:
     """In a 100x30 tmux window: ``hub box exec -it BOX -- /bin/sh``; type, read the screen,
     resize the window and see ``stty size`` follow, Ctrl-C a ``sleep``, ``exit 3``."""
     tmux = Tmux(tmp)
@@ -265,9 +255,8 @@ def _drive_a_shell(tmp: Path, hub_dir: Path, box: str, *, ctrl_c: bool = True) -
         tmux.run("resize-window", "-t", "main", "-x", "120", "-y", "40")
         tmux.type("stty size", "Enter")
         tmux.wait_for("40 120")
-        if ctrl_c:
-            tmux.type("sleep 300; echo after-$?", "Enter")
-            tmux.type("C-c")  # the sleep ends at once, with SIGINT: the shell's ';' list is cut
+        tmux.type("sleep 300; echo after-$?", "Enter")
+        tmux.type("C-c")  # the sleep ends at once, with SIGINT: the shell's ';' list is cut
         tmux.type("echo typed-$((6*7))", "Enter")
         screen = tmux.wait_for("typed-42")
         assert "after-" not in screen.replace("echo after-", "")
@@ -305,17 +294,11 @@ async def test_hub_box_exec_it_in_tmux_over_the_fake_manager(tmp_path: Path) -> 
 
 def test_hub_box_exec_it_in_tmux(hub: Hub, spoke: object, tmp_path: Path) -> None:
     """The same against real hub and spoke processes over wss and the Docker manager."""
-    reason = _docker_has_pty()
-    if reason:
-        pytest.skip(f"!!! SKIPPING THE DOCKER PTY E2E TEST: {reason}")
+    if shutil.which("tmux") is None:
+        pytest.skip("!!! SKIPPING: tmux is not installed (deploy/install-deps.sh installs it)")
     box = hub.cli_json("box", "create", "--spoke", spoke.name, "--image", DOCKER_IMAGE)["id"]  # type: ignore[attr-defined]
     # Ctrl-C can only interrupt a program that does not ignore SIGINT: commands the in-box
     # supervisor starts must not inherit an ignored SIGINT (SigIgn bit 2 in /proc/self/status).
     status = hub.cli("box", "exec", box, "--", "grep", "SigIgn", "/proc/self/status").stdout
-    sigint_ignored = bool(int(status.split()[-1], 16) & 0b10) if status.strip() else False
-    _drive_a_shell(tmp_path, hub.dir, box, ctrl_c=not sigint_ignored)
-    if sigint_ignored:
-        pytest.skip("!!! SKIPPED ONLY THE CTRL-C STEP OF THE DOCKER PTY E2E TEST (typing, resize "
-                    "and exit code passed): commands in Docker boxes start with SIGINT and "
-                    f"SIGQUIT ignored ({status.strip()}), inherited from the in-box supervisor "
-                    "(spoke/boxes/inbox/supervisor.py), so Ctrl-C cannot interrupt them")
+    assert status.strip() and not int(status.split()[-1], 16) & 0b10, status
+    _drive_a_shell(tmp_path, hub.dir, box)

@@ -24,6 +24,7 @@ import builtins
 import contextlib
 import functools
 import logging
+import re
 import socket
 import time
 from collections.abc import Awaitable, Callable
@@ -64,9 +65,22 @@ _LAUNCH = ('if command -v python3 >/dev/null 2>&1; then trap \'exit 0\' TERM; ex
            "printf '\\377\\377\\377\\377\\377\\377\\377\\377\\377' >&2; fi; ")
 
 
+_BOXLIB_IMPORT = re.compile(r"^# >>> boxlib.*?^# <<< boxlib$", re.MULTILINE | re.DOTALL)
+
+
 @functools.cache
 def supervisor_source() -> str:
-    return resources.files("spoke.boxes.inbox").joinpath("supervisor.py").read_text("utf-8")
+    """The one script the box runs: supervisor.py with its import of boxlib.py replaced by
+    boxlib.py's text (the box has no spokehub package). Pinned by
+    tests/boxes/test_exec_agent.py::test_supervisor_ships_with_the_package."""
+    inbox = resources.files("spoke.boxes.inbox")
+    main = inbox.joinpath("supervisor.py").read_text("utf-8")
+    lib = inbox.joinpath("boxlib.py").read_text("utf-8")
+    lib = lib.replace("from __future__ import annotations\n", "", 1)
+    assembled, n = _BOXLIB_IMPORT.subn(lambda _m: lib, main)
+    if n != 1:
+        raise RuntimeError("supervisor.py has no boxlib import block to replace")
+    return assembled
 
 
 def box_command() -> list[str]:

@@ -152,3 +152,10 @@ def paused_error(box_id: str) -> BoxError:
     """What every use of a paused box answers (exec, files, PTYs, ports): ``busy``, naming the
     way out. Pinned by tests/boxes/test_conformance.py::test_a_paused_box_refuses_work_until_resumed."""
     return BoxError(f"box {box_id} is paused: resume it first (hub box resume {box_id})", "busy")
+
+
+def usable(box_id: str, data: dict[str, Any]) -> dict[str, Any]:
+    """``data`` (a box's inspect) unless the box is paused: then :func:`paused_error`."""
+    if data.get("State", {}).get("Paused"):
+        raise paused_error(box_id)
+    return data

@@ -21,6 +21,7 @@ from typing import Any
 import docker
 import pytest
 
+import spoke.boxes.inbox.boxlib as boxlib
 import spoke.boxes.inbox.supervisor as supervisor
 from spoke.boxes import agent_frames as af
 from spoke.boxes.agent_boxes import attach_socket, supervisor_source
@@ -81,13 +82,13 @@ def test_codec_constants_match_the_supervisor() -> None:
 
 def test_supervisor_runs_on_python37_without_json(monkeypatch: pytest.MonkeyPatch) -> None:
     ast.parse(supervisor_source(), feature_version=(3, 7))
-    monkeypatch.setattr(supervisor, "json", None)
+    monkeypatch.setattr(boxlib, "json", None)
     value = {"argv": ["sh", "-c", "echo 'é' \"\\ \U0001f600\t"], "env": {"A": ""}, "cwd": None,
              "n": -3, "ok": True, "list": [], "d": {}}
-    assert json.loads(supervisor.dumps(value)) == value
-    assert supervisor.loads(json.dumps(value, indent=1)) == value
+    assert json.loads(boxlib.dumps(value)) == value
+    assert boxlib.loads(json.dumps(value, indent=1)) == value
     with pytest.raises(ValueError):
-        supervisor.loads('{"a": 1} trailing')
+        boxlib.loads('{"a": 1} trailing')
 
 
 # ---------------------------------------------------------------------- helpers
@@ -366,7 +367,13 @@ async def test_a_new_spoke_process_reattaches_after_a_half_written_frame(
 
 def test_supervisor_ships_with_the_package() -> None:
     source = Path(supervisor.__file__).read_text()
-    assert supervisor_source() == source and struct.calcsize(">BII") == af.HEADER.size
+    lib = Path(boxlib.__file__).read_text().replace("from __future__ import annotations\n", "")
+    script = supervisor_source()
+    assert "spoke.boxes" not in script.split('"""', 2)[2]  # no spokehub import in the box
+    head, _, rest = source.partition("# >>> boxlib")
+    assert script.startswith(head) and lib in script
+    assert script.endswith(rest.partition("# <<< boxlib")[2])
+    assert struct.calcsize(">BII") == af.HEADER.size
 
 
 async def test_the_box_writing_to_its_main_process_stdout_is_logged_not_garbled(
