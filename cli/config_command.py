@@ -34,6 +34,10 @@ def effective(command: click.Command, file_values: dict[str, Any], file_label: s
                 default = default()
             value = "" if default is None or "UNSET" in repr(default) else default
             source = "default"
+        if param.name == "database" and isinstance(value, str) and value:
+            from hub.store.pg_url import redact  # a database URL's password is never shown
+
+            value = redact(value)
         if isinstance(value, Path):
             value = str(value)
         if isinstance(value, bool):

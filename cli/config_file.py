@@ -9,7 +9,8 @@ click already orders the first, second and last (its ``ParameterSource``); the f
 as click's ``default_map``, which sits exactly between the environment and the default. The
 file is the hub's own ``hub.toml`` (models and alerts live there too): ``[serve]`` holds
 ``hub serve`` options, ``[spoke]`` those of ``spoke join`` and ``spoke run``, keys named as
-the options without dashes (``public_url = "https://…"``, ``max_boxes = 40``).
+the options without dashes (``public_url = "https://…"``, ``max_boxes = 40``). One table
+more: ``[database] url`` is ``hub serve --database`` (:data:`TABLE_KEYS`).
 
 Which file: ``SPOKEHUB_CONFIG`` when set; else, for ``hub`` commands, ``--config`` /
 ``SPOKEHUB_HUB_CONFIG`` or ``hub.toml`` in the hub's data dir (``--data-dir`` /
@@ -32,6 +33,8 @@ from client.http_client import local_hub_dir
 # Which file section feeds which command, per CLI.
 SECTIONS = {"hub": {"serve": "serve"}, "spoke": {"join": "spoke", "run": "spoke"}}
 SECRET = {"token", "token_file"}  # never from a file
+# Options that live in a table of their own: (CLI, table, key) -> (command, parameter).
+TABLE_KEYS = {("hub", "database", "url"): ("serve", "database")}
 
 
 class ConfigFileError(Exception):
@@ -96,4 +99,46 @@ def default_map(kind: str, args: list[str], commands: dict[str, Any]) -> dict[st
                                   "see docs/configuration.md)")
         for command in users:
             result[command] = {k: v for k, v in table.items() if k in allowed[command]}
+    _table_keys(kind, path, doc, commands, result)
     return result
+
+
+def _table_keys(kind: str, path: Path, doc: dict[str, Any], commands: dict[str, Any],
+                result: dict[str, Any]) -> None:
+    """Fill ``result`` from the :data:`TABLE_KEYS` tables (``[database] url``), refusing
+    unknown keys there too. Pinned by tests/test_config_file.py::test_database_url_from_its_own_table."""
+    tables = {t for (k, t, _) in TABLE_KEYS if k == kind}
+    for name in sorted(tables):
+        table = doc.get(name)
+        if table is None:
+            continue
+        if not isinstance(table, dict):
+            raise ConfigFileError(f"{path}: [{name}] must be a table")
+        known = {key for (k, t, key) in TABLE_KEYS if (k, t) == (kind, name)}
+        unknown = sorted(set(table) - known)
+        if unknown:
+            raise ConfigFileError(f"{path}: unknown key(s) in [{name}]: {', '.join(unknown)} "
+                                  f"(known: {', '.join(sorted(known))})")
+        for key, value in table.items():
+            command, param = TABLE_KEYS[(kind, name, key)]
+            if command in commands:
+                result.setdefault(command, {})[param] = value
+
+
+def database_for(data_dir: Path, given: str | None) -> str | None:
+    """The database ``hub serve`` on ``data_dir`` would use, for the commands that work on
+    its store offline (``hub backup``, ``hub restore``, ``hub doctor``): ``given`` (their own
+    ``--database`` / ``SPOKEHUB_DATABASE_URL``), else ``hub.toml``'s ``[database] url`` or
+    ``[serve] database``; None for the data dir's ``hub.db``. Pinned by
+    tests/test_backup.py::test_backup_and_restore_refuse_a_postgresql_hub."""
+    if given:
+        return given
+    try:
+        doc = load(config_path("hub", ["--data-dir", str(data_dir)]))
+    except ConfigFileError:
+        return None
+    for table, key in (("database", "url"), ("serve", "database")):
+        section = doc.get(table)
+        if isinstance(section, dict) and isinstance(section.get(key), str):
+            return str(section[key])
+    return None

@@ -27,7 +27,8 @@ docs/configuration.md` (a test checks it is current); `--help` on each command s
 The hub's own file (models and alerts live there too): `[serve]` holds defaults for
 `hub serve`, `[spoke]` for `spoke join` and `spoke run`, keyed as in the tables below. A key
 that is not an option is refused (exit 2), so a typo never goes unnoticed; the join token is
-never read from the file.
+never read from the file. The store has a table of its own: `[database] url` is `hub serve
+--database` (PostgreSQL; [operator-guide.md, section 4](operator-guide.md)).
 
 ```toml
 [serve]
@@ -83,6 +84,7 @@ def _cell(text: str) -> str:
 
 
 SECRET = ("token", "token_file")  # never from the file (cli/config_file.py)
+FILE_KEYS = {"database": "`[database] url`"}  # in a table of their own (config_file.TABLE_KEYS)
 
 
 def section(title: str, command: click.Command, table_name: str) -> str:
@@ -101,6 +103,7 @@ def section(title: str, command: click.Command, table_name: str) -> str:
         env = param.envvar if isinstance(param.envvar, str) else "—"
         env = f"`{env}`" if env != "—" else env
         key = "—" if param.name in SECRET else f"`[{table_name}] {param.name}`"
+        key = FILE_KEYS.get(param.name or "", key)
         rows.append(f"| {flag} | {_cell(_default(param))} | {env} | {key} | {_cell(what)} |")
     doc = (command.help or "").split("\n\n")[0]
     return f"## `{title}`\n\n{_cell(doc)}\n\n" + "\n".join(rows) + "\n"

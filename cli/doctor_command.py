@@ -52,19 +52,23 @@ def _report(kind: str, data_dir: Path, checks: list[d.Check], as_json: bool) -> 
               help="The key `hub serve --tls-key` was given (default: tls.key in the data dir).")
 @click.option("--timeout", type=click.FloatRange(0.1, 120), default=5.0, show_default=True,
               metavar="SECONDS", help="How long to wait for the hub and the Docker engine.")
+@click.option("--database", envvar="SPOKEHUB_DATABASE_URL", show_envvar=True, default=None,
+              metavar="URL", help="The hub's --database, when not in its hub.toml.")
 def hub_doctor(data_dir: Path, as_json: bool, tls_cert: Path | None, tls_key: Path | None,
-               timeout: float) -> None:
+               timeout: float, database: str | None) -> None:
     """Check this hub: data dir and file modes, TLS certificate and pin, database and schema,
     the running hub's /healthz, the Docker engine and the clock.
 
     One line per check (ok, warn, FAIL, skip) with the fix for what is wrong; exit 1 if any
     check failed. Changes nothing. See docs/troubleshooting.md."""
+    from cli.config_file import database_for
     from cli.runlock import HUB_LOCK
     from hub.doctor import HubContext, Running, run
 
     running = _holder(data_dir, HUB_LOCK) if data_dir.is_dir() else None
     ctx = HubContext(data_dir, running=Running(running.pid, running.url) if running else None,
-                     tls_cert=tls_cert, tls_key=tls_key, timeout_s=timeout)
+                     tls_cert=tls_cert, tls_key=tls_key, timeout_s=timeout,
+                     database=database_for(data_dir, database))
     _report("hub", data_dir, run(ctx), as_json)
 
 

@@ -42,7 +42,8 @@ def hub() -> None:
     """
 
 
-@env_vars("SPOKEHUB_HUB_", skip=("default_model", "fallback_models"), config_file="SPOKEHUB_HUB_CONFIG")
+@env_vars("SPOKEHUB_HUB_", skip=("default_model", "fallback_models"), config_file="SPOKEHUB_HUB_CONFIG",
+          database="SPOKEHUB_DATABASE_URL")
 @hub.command()
 @hub_dir
 @click.option("--host", default="127.0.0.1", show_default=True,
@@ -50,6 +51,9 @@ def hub() -> None:
 @click.option("--port", default=8443, show_default=True, type=click.IntRange(0, 65535),
               help="Port for HTTPS, wss and /mcp (0: any free port).")
 @click.option("--public-url", help="URL spokes and clients use to reach this hub.")
+@click.option("--peer-url", default=None, metavar="URL",
+              help="How the other hubs of a cluster reach this one directly (docs/scaling.md); "
+                   "default: the address it binds.")
 @click.option("--tls-cert", type=click.Path(dir_okay=False, exists=True, path_type=Path),
               help="PEM certificate to serve instead of the self-signed one (with --tls-key).")
 @click.option("--tls-key", type=click.Path(dir_okay=False, exists=True, path_type=Path),
@@ -62,6 +66,10 @@ def hub() -> None:
                    "when tracing (OTEL_EXPORTER_OTLP_ENDPOINT).")
 @click.option("--config", "config_file", type=click.Path(dir_okay=False, path_type=Path), default=None,
               help="Models and alerts TOML (default: hub.toml in the data dir).")
+@click.option("--database", default=None, metavar="URL",
+              help="The store: postgresql://USER:PASSWORD@HOST/DB (hubs sharing one database), "
+                   "or sqlite:PATH. Default: hub.db in the data dir. `hub migrate-store` "
+                   "copies a hub.db into PostgreSQL.")
 @click.option("--default-model", default=None, help="Default model alias (over env and file).")
 @click.option("--fallback-model", "fallback_models", multiple=True, help="Fallback alias, in order (repeatable).")
 @click.option("--header-timeout", type=click.FloatRange(min=0.1), default=10.0, show_default=True,
@@ -93,12 +101,14 @@ def serve(
     host: str,
     port: int,
     public_url: str | None,
+    peer_url: str | None,
     tls_cert: Path | None,
     tls_key: Path | None,
     insecure_http: bool,
     log_level: str,
     log_format: str,
     config_file: Path | None,
+    database: str | None,
     default_model: str | None,
     fallback_models: tuple[str, ...],
     approval_timeout: str | None,
@@ -125,9 +135,15 @@ def serve(
     from hub.app import HubConfig, ListenError, bind_listener
     from hub.app import serve as run
     from hub.janitor import JanitorConfig
+    from hub.store.pg_url import DatabaseUnreachable, parse_database
 
     if bool(tls_cert) != bool(tls_key):
         fail("--tls-cert and --tls-key go together", 2)
+    try:
+        store_at = parse_database(database, data_dir).shown()
+    except ValueError as err:
+        fail(f"--database: {err}", 2)
+        return
     approval_timeout_s: float | None = None
     if approval_timeout is not None:
         from protocol.errors import RemoteError
@@ -162,10 +178,12 @@ def serve(
         host=host,
         port=port,
         public_url=public_url,
+        peer_url=peer_url,
         tls_cert=tls_cert,
         tls_key=tls_key,
         insecure_http=insecure_http,
         config_file=config_file,
+        database=database,
         default_model=default_model,
         fallback_models=fallback_models,
         approval_timeout_s=approval_timeout_s,
@@ -195,7 +213,9 @@ def serve(
     except AlertConfigError as err:
         fail(f"alert configuration: {err}", 2)
     except SchemaTooNew as err:
-        fail(f"{data_dir / 'hub.db'}: {err}")
+        fail(f"{store_at}: {err}")
+    except DatabaseUnreachable as err:
+        fail(str(err))
     finally:
         lock.release()
 
@@ -428,6 +448,14 @@ from cli.backup_commands import restore as _restore  # noqa: E402
 hub.add_command(_backup)
 hub.add_command(_restore)
 
+from cli.migrate_store_command import migrate_store as _migrate_store  # noqa: E402
+
+hub.add_command(_migrate_store)  # hub migrate-store: SQLite -> PostgreSQL
+
+
+from cli.cluster_command import cluster as _cluster  # noqa: E402
+
+hub.add_command(_cluster)  # hub cluster: the hubs of the cluster
 
 from cli.doctor_command import hub_doctor  # noqa: E402
 

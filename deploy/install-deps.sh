@@ -30,6 +30,8 @@ fi
 [ "$mode" = test ] && { command -v docker-compose >/dev/null 2>&1 || need+=(docker-compose); }
 # tests/test_pty.py drives `hub box exec -it` in a real terminal: tmux.
 [ "$mode" = test ] && { command -v tmux >/dev/null 2>&1 || need+=(tmux); }
+# The store conformance tests (tests/pg.py) start a throwaway PostgreSQL server.
+[ "$mode" = test ] && { ls /usr/lib/postgresql/*/bin/postgres >/dev/null 2>&1 || need+=(postgresql); }
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then SUDO=(); else SUDO=(sudo); fi
   step "installing system packages: ${need[*]} (apt-get; a minute or two)"

@@ -26,6 +26,10 @@ from hub.alerts import load as load_alerts
 from hub.api import Api
 from hub.boxes import BoxService
 from hub.channels import ChannelService
+from hub.cluster.api import ClusterApi
+from hub.cluster.node import ClusterNode
+from hub.cluster.peer_api import PeerApi
+from hub.cluster.peer_link import PeerClient
 from hub.conn_limits import GuardedSite
 from hub.events_api import EventsApi
 from hub.fleet import Fleet, FleetApi
@@ -39,7 +43,7 @@ from hub.preview import Previews
 from hub.pty_api import PtyApi
 from hub.registry import Registry
 from hub.relay import Relay
-from hub.store import Store
+from hub.store import Store, open_engine
 from hub.web import pages
 from hub.web.auth import WebAuth, ensure_first_admin
 from hub.web.headers import install_security_headers
@@ -63,6 +67,8 @@ class HubConfig:
     insecure_http: bool = False
     limits: Limits = Limits()
     config_file: Path | None = None  # default: hub.toml in the data dir
+    # The store (hub/store/pg_url.py): None for DATA_DIR/hub.db, sqlite:PATH, postgresql://…
+    database: str | None = None
     default_model: str | None = None
     fallback_models: tuple[str, ...] = ()
     approval_timeout_s: float | None = None  # None: approvals wait until answered
@@ -76,10 +82,19 @@ class HubConfig:
     header_timeout_s: float = 10.0
     keepalive_timeout_s: float = 15.0
     max_connections_per_ip: int = 256
+    # How the other hubs of a cluster reach this one directly (docs/scaling.md); default:
+    # the address it binds.
+    peer_url: str | None = None
 
     def url(self) -> str:
         if self.public_url:
             return self.public_url.rstrip("/")
+        return self.direct_url()
+
+    def direct_url(self) -> str:
+        """This hub's own address (not a load balancer's in front of several)."""
+        if self.peer_url:
+            return self.peer_url.rstrip("/")
         host = self.host if self.host not in ("0.0.0.0", "::", "") else socket.getfqdn()
         if ":" in host:
             host = f"[{host}]"
@@ -149,7 +164,8 @@ class Hub:
         self.config = config
         config.data_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         secure_dir(config.data_dir)
-        self.store = Store(config.data_dir / "hub.db")
+        self.store = Store(config.data_dir / "hub.db",
+                           engine=open_engine(config.database, config.data_dir))
         self.pin = ""
         self.ssl_context: ssl.SSLContext | None = None
         if not config.insecure_http:
@@ -162,13 +178,19 @@ class Hub:
         self.models = model_config.load(config.config_file or config.data_dir / "hub.toml",
                                         default=config.default_model, fallback=list(config.fallback_models))
         self.registry = Registry(self.store, self.pin, config.limits, VERSION)
+        # This hub as a member of a cluster (alone, on SQLite: a cluster of one).
+        self.node = ClusterNode(self.store, config.direct_url(), VERSION)
+        self.registry.hub_id = self.node.hub_id
+        self.peers = PeerClient(self.pin, lambda: self.node.secret, self.node.hub_id,
+                                insecure_http=config.insecure_http)
+        self.registry.remote.make_link = lambda h: self.peers.link(h.spoke, h.hub_url, h)
         self.boxes = BoxService(self.store, self.registry)
         self.api = Api(self.store, self.registry, self.boxes, config.url(), self.pin)
         self.workstreams = WorkstreamService(self.store, self.registry, lambda: self.models,
                                             approval_timeout_s=config.approval_timeout_s,
                                             resume_grace_s=config.resume_grace_s,
                                             models_file=config.config_file or config.data_dir / "hub.toml")
-        self.relay = Relay(lambda: self.models, self.registry.spoke_for_relay_token)
+        self.relay = Relay(lambda: self.models, self.registry.relay_spoke)
         self.events = EventsApi(self.store)
         self.history = HistorySampler(self.store, self.registry, self.boxes,
                                       interval_s=config.history_interval_s,
@@ -186,6 +208,21 @@ class Hub:
         self.api.health = Health(lambda: connected(self.registry), self.model_probe)
         self.https = config.url().startswith("https://")  # the cookie's Secure flag, HSTS
         self.web_auth = WebAuth(self.store, config.url(), https=self.https)
+        self._join_cluster()
+
+    def _join_cluster(self) -> None:
+        """What the cluster node drives (hub/cluster/node.py): wake-ups from other hubs, the
+        view of the spokes they hold, spokes lost with a dead hub, and the leader-only work."""
+        node = self.node
+        node.on("spoke:", self.registry.spoke_changed)
+        node.on("ws:", self.workstreams.journal.wake)
+        node.on("audit", lambda _rest: self.store.wake_audit_readers())
+        node.on("kick", lambda _rest: self.workstreams.leasing.wake())
+        node.on_holders.append(self.registry.remote.replace)
+        node.on_spokes_lost += [self.workstreams.moves.spokes_lost, self.alerts.spokes_lost]
+        self.janitor.is_leader = self.history.is_leader = node.is_leader
+        self.alerts.is_leader = self.workstreams.leasing.is_leader = node.is_leader
+        self.workstreams.leasing.on_kick = lambda: node.publish("kick")
 
     def make_app(self) -> web.Application:
         """The hub's one aiohttp app: routes, middlewares and the lifecycles of its services.
@@ -220,15 +257,18 @@ class Hub:
                                              job_running=self.mcp.jobs.is_running)).routes())
         app.router.add_routes(self.events.routes())
         app.router.add_routes(HistoryApi(self.store, self.config.history_interval_s).routes())
+        app.router.add_routes(ClusterApi(self.node).routes())  # GET /api/cluster
+        app.router.add_routes(PeerApi(self.registry, lambda: self.node.secret).routes())
         app.router.add_routes(OpenApiRoute().routes())  # GET /api/openapi.json, from this table
         # PTY sessions and port previews in boxes (hub/channels.py, issue 14).
         channels = ChannelService(self.boxes)
         app.router.add_routes(PtyApi(channels).routes())
-        app.router.add_routes(Previews(channels, self.store, self.config.data_dir,
+        app.router.add_routes(Previews(channels, self.store,
                                        self.config.url()).routes())
         # Set up top to bottom, torn down bottom to top (see Lifecycles and the methods).
         Lifecycles(
             self._database,       # opened first, closed last: no handler meets a closed store
+            self._cluster,        # joined before any spoke link is taken, left after the last
             self._relay_client,
             self._spoke_links,
             self._alerts,         # stopped before the links close: a hub stopping is no alert
@@ -252,6 +292,16 @@ class Hub:
         finally:
             await self.store.close()
 
+    async def _cluster(self, app: web.Application) -> AsyncIterator[None]:
+        """Join the cluster (this hub's row, the secret, the wake-ups, the leader lease);
+        leave it at the stop, after the links closed, so the others see it gone at once."""
+        await self.node.start()
+        try:
+            yield
+        finally:
+            await self.node.stop()
+            await self.peers.close()
+
     async def _relay_client(self, app: web.Application) -> AsyncIterator[None]:
         """The relay makes its upstream client on first use; closed once no spoke is left."""
         try:
@@ -264,7 +314,7 @@ class Hub:
         the hub is going away (1001: it reconnects with backoff) and its link handler records
         the disconnect while the store still works. Pinned by
         ``tests/test_lifecycle.py::test_stopping_a_hub_with_spokes_is_quiet``."""
-        await self.store.mark_all_disconnected()
+        await self.store.mark_unheld_disconnected(self.node.ttl_s)
         folding = asyncio.get_running_loop().create_task(self.registry.housekeeping_forever())
         try:
             yield

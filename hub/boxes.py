@@ -20,7 +20,7 @@ from typing import Any
 from hub.audit import Outcome, audited
 from hub.box_activity import BoxActivity
 from hub.registry import Registry
-from hub.spoke_link import SpokeLink
+from hub.spoke_calls import SpokeCalls
 from hub.store import LIVE_BOX_STATES, Store
 from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
@@ -52,7 +52,7 @@ class BoxService:
             return self.execs[run_id]
         return next((e for e in self.ended_execs if e["id"] == run_id), None)
 
-    async def _link(self, spoke: str) -> SpokeLink:
+    async def _link(self, spoke: str) -> SpokeCalls:
         """The live link to ``spoke``. A name the hub never enrolled is ``not_found`` (a typo
         should not read as an outage), as is a revoked one (it never comes back); an enrolled
         spoke that is offline is ``unavailable``."""
@@ -301,7 +301,7 @@ class BoxService:
             run["ended_at"] = self.store.clock()
             self.ended_execs.append(run)
 
-    async def _relink(self, spoke: str, exec_id: str, lost: RemoteError) -> SpokeLink:
+    async def _relink(self, spoke: str, exec_id: str, lost: RemoteError) -> SpokeCalls:
         """The spoke's new link once it reconnects (within RESUME_WAIT_S), to re-attach exec
         ``exec_id``; the original error when it does not come back in time."""
         log.info("exec %s: the link to %s broke; waiting for it to re-attach", exec_id, spoke)

@@ -23,10 +23,9 @@ from typing import Any
 
 from hub.audit import audited
 from hub.boxes import BoxService
-from hub.spoke_link import SpokeLink
+from hub.spoke_calls import ChunkStream, SpokeCalls
 from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
-from protocol.hub_driver import StreamCall
 from protocol.tokens import new_id
 
 log = logging.getLogger("spokehub.hub.channels")
@@ -36,8 +35,8 @@ READY = "ready"  # spoke/channels.py: the first chunk of a box.open stream
 class ChannelSession:
     """One open channel: read :meth:`output`, then :meth:`result`; write with the rest."""
 
-    def __init__(self, box_id: str, channel_id: str, link: SpokeLink,
-                 call: StreamCall[v.ExecDone]) -> None:
+    def __init__(self, box_id: str, channel_id: str, link: SpokeCalls,
+                 call: ChunkStream[v.ExecDone]) -> None:
         self.box_id, self.id, self.link, self.call = box_id, channel_id, link, call
         self._lock = asyncio.Lock()
         self._chunks = call.chunks()

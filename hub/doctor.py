@@ -82,6 +82,7 @@ class HubContext:
     tls_key: Path | None = None
     timeout_s: float = 5.0
     clock: Callable[[], float] = time.time
+    database: str | None = None  # hub serve --database: a postgresql:// URL is checked there
 
     @property
     def cert_path(self) -> Path:
@@ -126,8 +127,23 @@ class HubContext:
 
     @functools.cached_property
     def db(self) -> DbFacts | None:
+        if self.pg_url:
+            from hub.doctor_pg import read_pg
+
+            return read_pg(self.pg_url, self.timeout_s)
         path = self.data_dir / "hub.db"
         return read_db(path) if path.exists() else None
+
+    @property
+    def pg_url(self) -> str:
+        """The PostgreSQL URL of ``database`` ("" for SQLite, and for what does not parse)."""
+        from hub.store.pg_url import parse_database
+
+        try:
+            chosen = parse_database(self.database, self.data_dir)
+        except ValueError:
+            return ""
+        return chosen.url if chosen.kind == "postgresql" else ""
 
 
 # ------------------------------------------------------------------------ helpers
@@ -373,6 +389,14 @@ def check_pin(ctx: HubContext) -> Check:
 
 def check_database(ctx: HubContext) -> Check:
     db = ctx.db
+    if ctx.pg_url:
+        from hub.store.pg_url import redact
+
+        if db is None or db.error:
+            return d.fail("database", f"PostgreSQL cannot be reached: {db.error if db else ''}",
+                          "check the server, the URL (--database / SPOKEHUB_DATABASE_URL / "
+                          f"[database] url) and the network, see {DOCS}")
+        return d.ok("database", f"PostgreSQL at {redact(ctx.pg_url)} answers")
     path = ctx.data_dir / "hub.db"
     if db is None:
         return d.fail("database", f"{path} does not exist",

@@ -47,8 +47,10 @@ class Fleet:
         """(last heartbeat time, state) of ``spoke``: the live link's last heartbeat, else
         when the hub last heard of it at all (``last_seen``)."""
         row = spokes.get(spoke or "")
-        link = self.registry.live(spoke or "")
+        link = self.registry.local(spoke or "")
         state = self.registry.spoke_state(row, link) if row is not None else "unknown"
+        if link is None and row is not None and (spoke or "") in self.registry.remote.holders:
+            state = "revoked" if row.get("revoked_at") is not None else "connected"  # another hub's
         if link is not None:
             return link.last_heartbeat_at or link.connected_at, state
         return (row or {}).get("last_seen"), state

@@ -119,8 +119,10 @@ class ModelProbe:
 
 def connected(registry: Registry) -> int:
     """Spokes with an open link: a count, without the sorting of ``live_links()`` (this is
-    asked by every ``/healthz`` and every alert check, with thousands of spokes)."""
-    return sum(1 for link in registry.links.values() if not link.closed)
+    asked by every ``/healthz`` and every alert check, with thousands of spokes); those
+    other hubs of the cluster hold count too (hub/cluster/links.py)."""
+    here = sum(1 for link in registry.links.values() if not link.closed)
+    return here + sum(1 for name in registry.remote.holders if name not in registry.links)
 
 
 class Health:

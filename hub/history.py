@@ -66,6 +66,9 @@ class HistorySampler:
         self._last_wall: float | None = None
         self._last_link_t: float | None = None  # the registry's clock at the previous sample
         self._task: asyncio.Task[None] | None = None
+        # Whether this hub samples: the cluster node's leader lease (hub/cluster/node.py,
+        # set in hub/app.py); a hub alone always does.
+        self.is_leader: Callable[[], bool] = lambda: True
         # Told every sample's values (the Prometheus gauges, the alert rules), so they need
         # no query of their own. Plain functions: called on the sampler's task.
         self.on_sample: list[Callable[[dict[str, float]], None]] = []
@@ -98,12 +101,14 @@ class HistorySampler:
         self._last_wall, self._last_link_t = now, link_now
         return values
 
+
     async def run(self) -> None:
         """Sample every ``interval_s`` until cancelled; a failed sample is logged, not fatal.
         Pinned by tests/hub/test_fleet_memory.py::test_the_sampler_writes_and_prunes."""
         while True:
             try:
-                await self.sample_once()
+                if self.is_leader():  # one sampler for the cluster (hub/cluster/node.py)
+                    await self.sample_once()
             except RemoteError as err:
                 if err.code is ErrorCode.UNAVAILABLE:  # the store is closing: the hub stops
                     return

@@ -250,7 +250,9 @@ def auth_middleware(store: Store, public_url: str) -> Callable[..., Any]:
     """Authenticate and authorize every request, by the rule :func:`hub.roles.rule_for`
     gives its route.
 
-    - Public routes and routes with their own auth (spoke link, relay) pass untouched.
+    - Public routes and routes with their own auth (spoke link, relay) pass untouched; the
+      hub-to-hub routes (``roles.PEER``) too, to the cluster secret check of their handler
+      (hub/cluster/peer_api.py), which must be marked as making it (else 401).
     - ``Authorization: Bearer <key>``: the key's SHA-256 is looked up in a unique index (no
       secret-dependent byte compare), cached 2 s; a revocation empties the cache, so a revoked
       key dies at once. Wrong keys are logged, at most one line a minute per address, with
@@ -325,6 +327,12 @@ def auth_middleware(store: Store, public_url: str) -> Callable[..., Any]:
         rule = roles.rule_for(request.method, route) if route is not None else None
         if rule in (roles.PUBLIC, roles.OWN_AUTH):
             return await handler(request)
+        if rule == roles.PEER:  # hub-to-hub: the cluster secret, checked by a marked handler
+            if getattr(request.match_info.handler, roles.PEER_GUARD, False):
+                return await handler(request)
+            log.warning("route %s %s is under %s but checks no cluster secret: refused",
+                        request.method, route, roles.PEER_PREFIXES[0])
+            return unauthorized("this route is for the hubs of the cluster")
         refusal = await authenticate(request)
         if refusal is not None:
             return refusal

@@ -102,6 +102,9 @@ class Janitor:
         self.started_at = self.clock()
         self._retry_at: dict[str, float] = {}  # box id -> when a failed destroy may be retried
         self._task: asyncio.Task[None] | None = None
+        # Whether this hub sweeps: the cluster node's leader lease (hub/cluster/node.py,
+        # set in hub/app.py); a hub alone always does.
+        self.is_leader: Callable[[], bool] = lambda: True
 
     async def sweep_once(self) -> Sweep:
         """Reap, then prune; returns what was done. Pinned by tests/hub/test_janitor.py."""
@@ -212,7 +215,8 @@ class Janitor:
         tests/hub/test_janitor.py::test_the_loop_sweeps_every_tick_and_survives_errors."""
         while True:
             try:
-                await self.sweep_once()
+                if self.is_leader():  # one janitor for the cluster (hub/cluster/node.py)
+                    await self.sweep_once()
             except RemoteError as err:
                 if err.code is ErrorCode.UNAVAILABLE:  # only the store's, at close: the hub stops
                     return
@@ -220,6 +224,7 @@ class Janitor:
             except Exception:
                 log.exception("janitor sweep failed")
             await self.sleep(self.config.tick_s())
+
 
     def start(self) -> None:
         self.started_at = self.clock()

@@ -2,12 +2,13 @@
 
 ``POST /api/boxes/{id}/ports`` (operator) returns a signed, expiring link:
 ``/preview/BOX/PORT/?preview_token=T`` where ``T`` is ``ISSUED.EXPIRES.SIG`` and ``SIG`` the
-HMAC-SHA256, with the hub's preview secret (``preview.key`` in its data dir, 0600), of box,
+HMAC-SHA256, with the cluster's preview secret (in the store: every hub of a cluster checks
+the links of the others; hub/store/cluster.py), of box,
 port, issue and expiry times. The first visit checks it, sets it as an HttpOnly cookie whose
 ``Path`` is that one preview (``/preview/BOX/PORT/``: no other preview or hub route ever sees
 it) and redirects to the clean URL; each later request is checked again, so the link dies at
 its expiry. ``DELETE /api/boxes/{id}/ports`` revokes every link issued so far for the box
-(kept in ``preview-revoked.json``), and a destroyed box answers nothing. A forged, expired or
+(kept in the store), and a destroyed box answers nothing. A forged, expired or
 revoked link is refused (403) saying which. Without a link, a bearer API key or a signed-in
 user with the operator role may open a preview too (the user then gets the cookie as well,
 so the page's own requests work).
@@ -21,16 +22,11 @@ docs/security.md. Pinned by tests/test_port_preview.py.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import hashlib
 import hmac
-import json
-import os
-import secrets
 import time
 from collections.abc import Callable
-from pathlib import Path
 from typing import Any
 from urllib.parse import urlencode
 
@@ -53,6 +49,7 @@ PREVIEW_COOKIE = "spokehub_preview"
 TOKEN_PARAM = "preview_token"
 MAX_TTL_S = 7 * 86400.0
 DEFAULT_TTL_S = 3600.0
+REVOKED = "preview-revoked:"  # + box id: links issued up to then (ms) are refused
 BOX_PATH = (Param("id", {"type": "string", "pattern": v.BOX_ID_RE.pattern}, "the box",
                   where="path"),)
 
@@ -75,28 +72,23 @@ class PreviewsRevoked(Answer):
     revoked_before: float
 
 
-def _secret(data_dir: Path) -> bytes:
-    """The hub's preview secret, made on first use (0600). Read at start-up, not per request."""
-    path = data_dir / "preview.key"
-    if not path.exists():
-        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            out.write(secrets.token_bytes(32))
-    return path.read_bytes()
-
-
 class Previews:
     """The link API and the ``/preview/`` proxy routes."""
 
-    def __init__(self, channels: ChannelService, store: Store, data_dir: Path, public_url: str,
+    def __init__(self, channels: ChannelService, store: Store, public_url: str,
                  *, https: bool | None = None, clock: Callable[[], float] = time.time) -> None:
         self.channels, self.store, self.clock = channels, store, clock
         self.public_url = public_url.rstrip("/")
         self.https = public_url.startswith("https://") if https is None else https
-        self._key = _secret(data_dir)
-        self._revoked_file = data_dir / "preview-revoked.json"
-        self._revoked: dict[str, int] = (json.loads(self._revoked_file.read_text())
-                                           if self._revoked_file.exists() else {})
+        # The signing key and the revocations are the cluster's (hub/store/cluster.py): a
+        # link made through one hub opens through any hub behind the same URL.
+        self._key = b""
+
+    async def _signing_key(self) -> bytes:
+        """The cluster's preview secret, read once (made by the first hub that asks)."""
+        if not self._key:
+            self._key = (await self.store.cluster_secret("preview")).encode()
+        return self._key
 
     def routes(self) -> list[web.RouteDef]:
         return [
@@ -108,18 +100,22 @@ class Previews:
 
     # ---------------------------------------------------------------- signing
     def _sig(self, box: str, port: int, issued_ms: int, expires: int) -> str:
+        if not self._key:
+            raise RuntimeError("the preview key is read first (_signing_key)")
         message = f"{box}\n{port}\n{issued_ms}\n{expires}".encode()
         digest = hmac.new(self._key, message, hashlib.sha256).digest()
         return base64.urlsafe_b64encode(digest).decode().rstrip("=")
 
-    def sign(self, box: str, port: int, ttl_s: float) -> tuple[str, float]:
+    async def sign(self, box: str, port: int, ttl_s: float) -> tuple[str, float]:
         """A link token ``ISSUED_MS.EXPIRES.SIG`` for ``box``'s ``port``, and its expiry."""
+        await self._signing_key()
         issued_ms = int(self.clock() * 1000)
         expires = int(issued_ms / 1000 + ttl_s)
         return f"{issued_ms}.{expires}.{self._sig(box, port, issued_ms, expires)}", float(expires)
 
-    def check(self, token: str, box: str, port: int) -> float:
+    async def check(self, token: str, box: str, port: int) -> float:
         """The link's expiry, or ``denied`` saying why it is refused."""
+        await self._signing_key()
         parts = token.split(".")
         if len(parts) != 3 or not parts[0].isdigit() or not parts[1].isdigit():
             raise RemoteError(ErrorCode.DENIED, "malformed preview link")
@@ -131,7 +127,8 @@ class Previews:
         if expires <= self.clock():
             raise RemoteError(ErrorCode.DENIED, "this preview link has expired: ask for a new "
                               f"one (hub box port {box} {port})")
-        if issued_ms <= self._revoked.get(box, -1):
+        revoked = await self.store.setting(REVOKED + box)
+        if revoked is not None and issued_ms <= int(revoked):
             raise RemoteError(ErrorCode.DENIED, "this preview link was revoked")
         return float(expires)
 
@@ -154,7 +151,7 @@ class Previews:
         with v.validating(v.BOX_OPEN):
             v.BoxRef(box_id=box_id)
         await self.channels.boxes._live_box(box_id)
-        token, expires = self.sign(box_id, body.port, ttl)
+        token, expires = await self.sign(box_id, body.port, ttl)
         await self.store.audit("box.preview", box_id, f"port {body.port} for {ttl:.0f} s",
                                actor=actor(request), result="ok")
         url = f"{self.public_url}/preview/{box_id}/{body.port}/?{urlencode({TOKEN_PARAM: token})}"
@@ -169,9 +166,7 @@ class Previews:
         with v.validating(v.BOX_OPEN):
             v.BoxRef(box_id=box_id)
         now = int(self.clock() * 1000)
-        self._revoked[box_id] = now
-        data = json.dumps(self._revoked)
-        await asyncio.to_thread(self._revoked_file.write_text, data)
+        await self.store.set_setting(REVOKED + box_id, str(now))
         await self.store.audit("box.preview.revoked", box_id, actor=actor(request), result="ok")
         return web.json_response({"box": box_id, "revoked_before": now / 1000})
 
@@ -210,7 +205,7 @@ class Previews:
         box, port = self._target(request)
         link = request.query.get(TOKEN_PARAM)
         if link is not None:  # a first visit: check, set the cookie, go to the clean URL
-            expires = self.check(link, box, port)
+            expires = await self.check(link, box, port)
             query = [(k, val) for k, val in request.query.items() if k != TOKEN_PARAM]
             clean = request.path + (f"?{urlencode(query)}" if query else "")
             response = web.HTTPSeeOther(clean)
@@ -219,9 +214,9 @@ class Previews:
         fresh: tuple[str, float] | None = None
         cookie = request.cookies.get(PREVIEW_COOKIE)
         if cookie is not None:
-            self.check(cookie, box, port)
+            await self.check(cookie, box, port)
         elif await self._operator(request):
-            token, expires = self.sign(box, port, DEFAULT_TTL_S)
+            token, expires = await self.sign(box, port, DEFAULT_TTL_S)
             fresh = (token, expires)
         else:
             return unauthorized(f"a preview needs its link (hub box port {box} {port}), or "

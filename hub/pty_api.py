@@ -34,6 +34,8 @@ from protocol.errors import ErrorCode, RemoteError
 
 log = logging.getLogger("spokehub.hub.pty")
 MAX_MESSAGE_BYTES = 1 << 20
+CLOSED, ENDED = "closed", "ended"  # how the client side of a session ended (_read)
+END_WAIT_S = 10.0  # an ended program's last output and exit status, at most this long
 
 
 def _env(pairs: list[str]) -> dict[str, str]:
@@ -76,7 +78,10 @@ class PtyApi:
             await socket.prepare(request)
             pump = asyncio.create_task(self._pump(session, socket))
             try:
-                await self._read(session, socket)
+                if await self._read(session, socket) == ENDED:
+                    # Input failed because the program ended: its output and exit status are
+                    # still on the way down; let the pump deliver them (bounded).
+                    await asyncio.wait({pump}, timeout=END_WAIT_S)
             finally:
                 if not pump.done():
                     await session.close()
@@ -103,26 +108,31 @@ class PtyApi:
             await socket.send_str(json.dumps(message))
             await socket.close()
 
-    async def _read(self, session: ChannelSession, socket: web.WebSocketResponse) -> None:
-        """The client's keystrokes and control messages, until it closes."""
+    async def _read(self, session: ChannelSession, socket: web.WebSocketResponse) -> str:
+        """The client's keystrokes and control messages, until it closes (``CLOSED``), or
+        until input fails because the program ended (``ENDED``: the caller waits for the
+        exit status before it closes). Pinned by tests/test_pty.py and
+        tests/test_multihub.py (``box exec -i`` through a hub that does not hold the spoke,
+        where the end often overtakes the last input)."""
         async for msg in socket:
             try:
                 if msg.type is WSMsgType.BINARY:
                     await session.write(msg.data)
                 elif msg.type is WSMsgType.TEXT:
                     if await self._control(session, msg.data):
-                        return
+                        return CLOSED
                 else:
-                    return
+                    return CLOSED
             except RemoteError as err:
-                if session.done:
-                    return  # the program ended while its input was on the way
+                if session.done or err.code is ErrorCode.NOT_FOUND:
+                    return ENDED  # the program ended while its input was on the way
                 log.debug("pty %s: input failed: %s", session.id, err)
                 if err.code is ErrorCode.INVALID:
                     await socket.send_str(json.dumps({"type": "error", "code": err.code.value,
                                                       "message": err.message}))
                     continue
-                return
+                return ENDED
+        return CLOSED
 
     @staticmethod
     async def _control(session: ChannelSession, text: str) -> bool:

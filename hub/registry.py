@@ -14,7 +14,6 @@ import contextlib
 import ctypes
 import functools
 import hmac
-import json
 import logging
 import math
 import secrets
@@ -28,8 +27,12 @@ from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PublicKey
 from pydantic import BaseModel
 
 from hub import metrics
+from hub.cluster.holding import ClusterHolding
+from hub.cluster.links import RemoteLinks
 from hub.enroll_throttle import RejectionThrottle
+from hub.spoke_calls import SpokeCalls
 from hub.spoke_link import AiohttpTransport, SpokeLink
+from hub.spoke_views import SpokeViews
 from hub.store import Store
 from protocol import events as ev
 from protocol import messages
@@ -76,7 +79,7 @@ class Rejected(Exception):
         self.close_code = code
 
 
-class Registry:
+class Registry(SpokeViews, ClusterHolding):
     def __init__(self, store: Store, pin: str, limits: Limits, version: str, *,
                  clock: Callable[[], float] = time.monotonic,
                  wall_clock: Callable[[], float] = time.time, tick_s: float = 1.0,
@@ -90,6 +93,11 @@ class Registry:
         self.limits = limits
         self.version = version
         self.links: dict[str, SpokeLink] = {}
+        # The cluster (hub/cluster/): this hub's id, and the spokes other hubs hold, callable
+        # through them. A hub alone keeps ``local`` and an empty view.
+        self.hub_id = "local"
+        self.holder_ttl_s = 6.0
+        self.remote: RemoteLinks[SpokeCalls] = RemoteLinks()
         self._flushed: dict[str, float] = {}  # last_seen written per spoke (flush_last_seen)
         self._relay_tokens: dict[str, str] = {}  # sha256(token) -> spoke name, live sessions only
         # Other services (workstreams) hook connection changes and spoke notifications here.
@@ -98,85 +106,49 @@ class Registry:
         self.on_notification: dict[str, Callable[[SpokeLink, BaseModel], Awaitable[None]]] = {}
         # Handler tasks of live links, so shutdown can wait for their bookkeeping.
         self._handlers: set[asyncio.Task[Any]] = set()
+        self._checks: set[asyncio.Task[None]] = set()  # check_holder tasks
 
     # ------------------------------------------------------------- questions
-    def live(self, name: str) -> SpokeLink | None:
-        """The open link of spoke ``name``, or None when it is not connected (a closed link
-        still in the table counts as not connected). Pinned by
+    def local(self, name: str) -> SpokeLink | None:
+        """The open link of spoke ``name`` on this hub, or None (a closed link still in the
+        table counts as not connected). Pinned by
         tests/hub/test_registry_memory.py::test_revoke_closes_the_link_and_the_spoke_stops_for_good."""
         link = self.links.get(name)
         return link if link is not None and not link.closed else None
 
-    def live_links(self) -> list[SpokeLink]:
-        """Every open link, in name order (what routing and the summaries iterate). Pinned by
-        tests/hub/test_workstreams_memory.py::
-        test_generic_work_goes_to_the_least_loaded_spoke_and_queues_with_a_reason."""
+    def live(self, name: str) -> SpokeCalls | None:
+        """How to call spoke ``name``: its link here, or through the hub of the cluster that
+        holds it (hub/cluster/links.py), or None when no hub does. Pinned by
+        tests/hub/test_registry_memory.py and tests/test_multihub.py."""
+        link = self.local(name)
+        if link is not None:
+            return link
+        remote = self.remote.get(name)
+        return remote if remote is not None and not remote.closed else None
+
+    def local_links(self) -> list[SpokeLink]:
+        """Every open link on this hub, in name order."""
         return [link for _name, link in sorted(self.links.items()) if not link.closed]
 
-    def link(self, name: str) -> SpokeLink:
+    def live_links(self) -> list[SpokeCalls]:
+        """Every spoke some hub of the cluster holds, in name order (this hub's links first
+        when both know one): what routing and the box listing iterate. Pinned by
+        tests/hub/test_workstreams_memory.py::
+        test_generic_work_goes_to_the_least_loaded_spoke_and_queues_with_a_reason."""
+        links: dict[str, SpokeCalls] = {name: link for name, link in self.links.items()
+                                        if not link.closed}
+        for link in self.remote.links():
+            if link.name not in links and not link.closed:
+                links[link.name] = link
+        return [links[name] for name in sorted(links)]
+
+    def link(self, name: str) -> SpokeCalls:
         """The open link of spoke ``name``, or an ``unavailable`` error naming it. Pinned by
         tests/hub/test_registry_memory.py::test_box_verbs_end_to_end_over_the_pipe."""
         link = self.live(name)
         if link is None:
             raise RemoteError(ErrorCode.UNAVAILABLE, f"spoke {name!r} is not connected")
         return link
-
-    @staticmethod
-    def spoke_state(row: dict[str, Any], link: SpokeLink | None) -> str:
-        """The state the dashboard shows (docs/operator-guide.md, "Spoke states"):
-        ``revoked`` wins; a live link is ``connected``, or ``stale`` once nothing came from it
-        for two heartbeat intervals (until the link is closed as ``heartbeats missed``);
-        without one, how it went: ``left`` (a clean goodbye) or ``lost`` (anything else, a hub
-        restart included), as stored when the link closed. Pinned by
-        tests/hub/test_fleet_memory.py::test_spoke_goes_connected_stale_lost and
-        ::test_a_clean_stop_is_left_and_states_survive_a_restart."""
-        if row.get("revoked_at") is not None:
-            return "revoked"
-        if link is not None:
-            return "stale" if link.is_stale() else "connected"
-        return "left" if row.get("state") == "left" else "lost"
-
-    async def spoke_summaries(self) -> list[dict[str, Any]]:
-        """Every enrolled spoke as the REST API and MCP ``list_spokes`` show it: the stored row
-        joined with its live link: its state (:meth:`spoke_state`), load and capacity, and the
-        per-verb latency of its recent calls (hub/latency.py). Pinned by
-        tests/test_enrollment.py, tests/test_mcp.py, tests/hub/test_fleet_memory.py and
-        tests/test_fleet_api.py."""
-        out = []
-        for row in await self.store.list_spokes():
-            link = self.live(row["name"])
-            beat = link.last_heartbeat if link else None
-            out.append({
-                "name": row["name"],
-                "state": self.spoke_state(row, link),
-                "connected": link is not None,
-                "last_seen": (link.last_heartbeat_at or link.connected_at) if link else row["last_seen"],
-                "connected_at": link.connected_at if link else None,
-                "last_heartbeat_at": link.last_heartbeat_at if link else None,
-                "silent_s": round(link.silent_s(), 3) if link else None,
-                "boxes": row["boxes"],
-                "labels": json.loads(row["labels"]),
-                "models": list(link.models) if link else [],
-                "version": row["version"],
-                "enrolled_at": row["enrolled_at"],
-                "revoked": row["revoked_at"] is not None,
-                "disconnect_reason": "" if link else row["disconnect_reason"],
-                "running_calls": beat.running_calls if beat else 0,
-                "workstreams": link.workstreams if link else 0,
-                "max_workstreams": link.max_workstreams if link else 0,
-                "latency": link.latency.summary() if link else {},
-            })
-        return out
-
-    def latency_since(self, start: float) -> dict[str, list[float]]:
-        """Durations of the calls every live link finished after ``start`` (the registry's
-        clock), by verb: what the history sampler turns into p50/p95/p99 series. Pinned by
-        tests/hub/test_fleet_memory.py::test_the_sampler_writes_and_prunes."""
-        merged: dict[str, list[float]] = {}
-        for link in self.live_links():
-            for verb, values in link.latency.since(start).items():
-                merged.setdefault(verb, []).extend(values)
-        return merged
 
     def spoke_for_relay_token(self, token: str) -> str | None:
         """The connected spoke a model-relay token was issued to (per session, hashed), or
@@ -247,7 +219,14 @@ class Registry:
             await self.store.mark_spoke(
                 name, connected=True, labels=list(params.labels), version=params.version
             )
-            await self.store.audit("spoke.connected", name, f"version {params.version}")
+            # This hub holds the link now: another hub's older link to it closes when that
+            # hub hears ``spoke:NAME`` (check_holder), and calls from other hubs come here.
+            moved_from = await self.store.holder_take(
+                name, self.hub_id, labels=list(params.labels), models=list(params.models),
+                max_workstreams=params.max_workstreams, relay_token_hash=link.relay_token_hash)
+            self.remote.put(name, None)
+            await self.store.audit("spoke.connected", name, f"version {params.version}" + (
+                f" (was on hub {moved_from})" if moved_from else ""))
         except RemoteError as err:  # the hub is stopping: the spoke comes back to the next one
             if self.links.get(name) is link:
                 del self.links[name]
@@ -280,13 +259,18 @@ class Registry:
                 self._flushed.pop(name, None)
                 metrics.SPOKES_CONNECTED.set(len(self.links))
                 try:
-                    spoke = await self.store.get_spoke(name)
+                    # False: it connected to another hub of the cluster meanwhile; that is
+                    # where it lives now, nothing was lost.
+                    ours = await self.store.holder_release(name, self.hub_id)
+                    spoke = await self.store.get_spoke(name) if ours else None
                     gone = link.gone_state()  # left (a clean goodbye) or lost
+                    if not ours:
+                        log.info("spoke %s moved to another hub", name)
                     if spoke is not None and spoke["revoked_at"] is None:
                         await self.store.mark_spoke(name, connected=False, reason=link.close_reason,
                                                     state=gone)
                         await self.store.audit(f"spoke.{gone}", name, link.close_reason)
-                    for hook in self.on_disconnected:
+                    for hook in self.on_disconnected if ours else ():
                         await hook(link)
                 except RemoteError as err:  # the hub is shutting down: startup marks all disconnected
                     log.debug("disconnect of %s not recorded: %s", name, err)

@@ -12,7 +12,7 @@ import asyncio
 import contextlib
 import json
 import logging
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from typing import Any
 
 import aiohttp
@@ -66,7 +66,8 @@ def _relay_doc(provider: str) -> dict[str, Any]:
 
 
 class Relay:
-    def __init__(self, models: Callable[[], ModelsConfig], spoke_for_token: Callable[[str], str | None]) -> None:
+    def __init__(self, models: Callable[[], ModelsConfig],
+                 spoke_for_token: Callable[[str], Awaitable[str | None]]) -> None:
         self._models = models
         self._spoke_for_token = spoke_for_token
         self._session: aiohttp.ClientSession | None = None
@@ -95,7 +96,7 @@ class Relay:
         return await self._forward(request, "anthropic", token, "/v1/messages")
 
     async def _forward(self, request: web.Request, provider: str, token: str, path: str) -> web.StreamResponse:
-        spoke = self._spoke_for_token(token) if token else None
+        spoke = await self._spoke_for_token(token) if token else None
         if spoke is None:
             return self._error(401, ErrorCode.DENIED, "relay token is not valid (only connected spokes may use the relay)")
         raw = await read_limited(request, MAX_RELAY_BODY)

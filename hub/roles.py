@@ -8,7 +8,9 @@ Users and API keys carry one of three roles, ranked ``viewer`` < ``operator`` < 
 
 :data:`ROUTE_ROLES` maps ``(method, route)`` to the least role a route needs, or to
 :data:`PUBLIC` (no credentials: health, metrics, the pages, sign-in) or :data:`OWN_AUTH` (the
-route authenticates itself: the spoke link, the model relay). The auth middleware
+route authenticates itself: the spoke link, the model relay); the hub-to-hub routes under
+:data:`PEER_PREFIXES` are their own kind, :data:`PEER`: no user or key may call them, the
+cluster secret guards them (hub/cluster/peer_api.py). The auth middleware
 (:func:`hub.http_util.auth_middleware`) looks every request up here, so no handler can forget
 a check; a route missing from the table is refused to all but admins, and
 ``tests/test_roles.py::test_every_route_has_a_role_rule`` walks the app's router and fails on
@@ -28,6 +30,12 @@ OWN_AUTH = "own-auth"
 PUBLIC_PREFIXES = ("/static/",)  # the pages' files: no data in them
 # /preview/: a signed link's cookie, or a session or key with the operator role (hub/preview.py)
 OWN_AUTH_PREFIXES = ("/spoke/", "/relay/", "/preview/")
+# Hub-to-hub calls (hub/cluster/peer_api.py): the cluster secret, checked by the handler,
+# which must carry the PEER_GUARD mark (hub.cluster.peer_api.peer_guarded) or the middleware
+# refuses the request. No user, key or session is ever accepted there; not in the OpenAPI.
+PEER = "peer-secret"
+PEER_PREFIXES = ("/internal/peer/",)
+PEER_GUARD = "spokehub_peer_guarded"
 
 _RANK = {role: i for i, role in enumerate(ROLES)}
 
@@ -70,6 +78,7 @@ ROUTE_ROLES: dict[tuple[str, str], str] = {
     ("GET", "/api/events/stream"): VIEWER,
     ("GET", "/api/audit"): VIEWER,
     ("GET", "/api/history"): VIEWER,
+    ("GET", "/api/cluster"): VIEWER,
     ("*", "/mcp"): VIEWER,  # each tool checks its own role
     # operating the cluster: boxes, exec, files, pings, workstreams, approvals
     ("POST", "/api/spokes/{name}/ping"): OPERATOR,
@@ -115,6 +124,8 @@ def rule_for(method: str, route: str) -> str | None:
         return PUBLIC
     if route.startswith(OWN_AUTH_PREFIXES):
         return OWN_AUTH
+    if route.startswith(PEER_PREFIXES):
+        return PEER
     return None
 
 

@@ -8,6 +8,7 @@ Pinned by tests/protocol/test_link.py and tests/protocol/test_tracecontext.py.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any
@@ -99,7 +100,17 @@ class SpokeDriver(LinkDriver):
     def _request(self, req: ev.RequestReceived) -> None:
         if VERBS[req.verb].stream == "up":  # chunks may arrive before the handler reads
             self.uploads[req.call_id] = asyncio.Queue()
-        self.tasks[req.call_id] = asyncio.get_running_loop().create_task(self._serve(req))
+        task = asyncio.get_running_loop().create_task(self._serve(req))
+        self.tasks[req.call_id] = task
+        # A task cancelled before it first ran never reaches _serve's ``finally``: forget it
+        # here too, or the session waits for it at its stop.
+        task.add_done_callback(functools.partial(self._forget, req.call_id))
+
+    def _forget(self, call_id: int, task: asyncio.Task[None]) -> None:
+        if self.tasks.get(call_id) is task:
+            del self.tasks[call_id]
+            self.uploads.pop(call_id, None)
+            self.windows.pop(call_id, None)
 
     def _cancel(self, event: ev.CancelReceived) -> None:
         task = self.tasks.get(event.call_id)

@@ -68,8 +68,8 @@ class Proc:
 
 
 class Hub:
-    def __init__(self, tmp: Path) -> None:
-        self.dir = tmp / "hub"
+    def __init__(self, tmp: Path, name: str = "hub") -> None:
+        self.dir = tmp / name  # several hubs in one tmp dir: tests/multihub.py
         self.port = free_port()
         self.proc: Proc | None = None
         self.url = f"https://127.0.0.1:{self.port}"
@@ -98,10 +98,14 @@ class Hub:
 
     def cli(self, *args: str, check: bool = False, timeout: float = 120) -> subprocess.CompletedProcess[str]:
         res = subprocess.run([HUB, *args], capture_output=True, text=True, timeout=timeout,
-                             env={**os.environ, "SPOKEHUB_HUB_DIR": str(self.dir)})
+                             env=self.cli_env())
         if check and res.returncode != 0:
             raise AssertionError(f"hub {' '.join(args)} failed ({res.returncode}): {res.stderr}")
         return res
+
+    def cli_env(self) -> dict[str, str]:
+        """The environment the ``hub`` CLI runs with, pointed at this hub."""
+        return {**os.environ, "SPOKEHUB_HUB_DIR": str(self.dir)}
 
     def cli_json(self, *args: str) -> Any:
         res = self.cli(*args, "--json", check=True)

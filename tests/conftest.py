@@ -4,12 +4,16 @@ from __future__ import annotations
 
 from collections.abc import Iterator
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import docker
 import pytest
 
 from tests.cluster import Hub, Spoke
 from tests.ws_helpers import ThreadedLLM, write_hub_models
+
+if TYPE_CHECKING:
+    from tests.pg import PgServer
 
 
 def _docker_ok() -> str | None:
@@ -87,3 +91,24 @@ def model_spoke(tmp_path: Path, model_hub: Hub, spokes: list[Spoke]) -> Spoke:
     spokes.append(s)
     s.join()
     return s
+
+
+@pytest.fixture(scope="session")
+def pg_server() -> Iterator[PgServer]:
+    """A throwaway PostgreSQL server for the session (tests/pg.py); skipped, loudly, where
+    PostgreSQL is not installed (CI installs it: deploy/install-deps.sh --test)."""
+    from tests import pg
+
+    reason = pg.unavailable()
+    if reason:
+        pytest.skip(f"!!! SKIPPING POSTGRESQL TESTS: {reason}")
+    yield pg.server()
+    pg.stop()
+
+
+@pytest.fixture
+def pg_url(pg_server: PgServer) -> Iterator[str]:
+    """A fresh, empty PostgreSQL database for one test (dropped after it): its URL."""
+    url = pg_server.new_database()
+    yield url
+    pg_server.drop_database(url)

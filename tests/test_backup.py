@@ -127,3 +127,28 @@ def test_damaged_and_too_new_backups_and_databases_are_refused(tmp_path: Path, h
     assert "newer than this hub knows" in served.stderr and "Traceback" not in served.stderr
     with sqlite3.connect(hub.dir / "hub.db") as db:
         assert db.execute("PRAGMA user_version").fetchone()[0] == len(MIGRATIONS) + 2
+
+
+def test_backup_and_restore_refuse_a_postgresql_hub(tmp_path: Path) -> None:
+    """A hub whose store is PostgreSQL (flag, env or hub.toml) is backed up with pg_dump:
+    both commands say so in one line, with the URL's password hidden, and write nothing."""
+    url = "postgresql://hub:s3cret-pw@db.example:5432/spokehub"
+    data = tmp_path / "hub"
+    data.mkdir()
+    res = _hub("backup", "--data-dir", str(data), "--database", url, str(tmp_path / "b.tgz"))
+    assert res.returncode == 1 and "pg_dump" in res.stderr and "PostgreSQL" in res.stderr
+    assert "s3cret-pw" not in res.stderr and "hub:***@db.example" in res.stderr
+    assert not (tmp_path / "b.tgz").exists()
+
+    (data / "hub.toml").write_text(f'[database]\nurl = "{url}"\n')
+    res = _hub("backup", "--data-dir", str(data), str(tmp_path / "b.tgz"))
+    assert res.returncode == 1 and "pg_dump" in res.stderr and "s3cret-pw" not in res.stderr
+
+    archive = tmp_path / "any.tar.gz"
+    archive.write_bytes(b"never read")
+    res = _hub("restore", "--data-dir", str(tmp_path / "fresh"), "--database", url, str(archive))
+    assert res.returncode == 1 and "pg_restore" in res.stderr and "s3cret-pw" not in res.stderr
+    assert not (tmp_path / "fresh").exists()
+
+    res = _hub("backup", "--data-dir", str(data), "--database", "mysql://x", str(tmp_path / "c"))
+    assert res.returncode == 2 and "unknown database" in res.stderr

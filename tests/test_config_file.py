@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import subprocess
 from pathlib import Path
 
@@ -70,6 +71,39 @@ def test_hub_config_show_says_where_each_value_came_from(tmp_path: Path) -> None
                                              "value": "127.0.0.1", "source": "default"}
     text = _run(HUB, "config", "show", "--data-dir", str(data))
     assert text.returncode == 0 and "SOURCE" in text.stdout and "hub.toml [serve]" in text.stdout
+
+
+def test_database_url_from_its_own_table(tmp_path: Path) -> None:
+    """``[database] url`` in hub.toml is ``hub serve --database`` (below the environment's
+    SPOKEHUB_DATABASE_URL and the flag); a database that cannot be reached stops the hub with
+    one line, its password hidden; a bad one is a usage error."""
+    data = tmp_path / "hub"
+    data.mkdir()
+    closed = socket.socket()
+    closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
+    port = closed.getsockname()[1]
+    (data / "hub.toml").write_text(
+        f'[database]\nurl = "postgresql://hub:topsecret@127.0.0.1:{port}/spokehub"\n')
+    serve = [HUB, "serve", "--data-dir", str(data), "--port", "0"]
+    res = _run(*serve)
+    closed.close()
+    assert res.returncode == 1, res.stderr
+    lines = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(lines) == 1 and "cannot reach the database postgresql://hub:***@127.0.0.1" in lines[0]
+    assert "topsecret" not in res.stderr and "Traceback" not in res.stderr
+
+    res = _run(*serve, SPOKEHUB_DATABASE_URL="mysql://hub@db/x")  # the environment beats the file
+    assert res.returncode == 2 and "--database: unknown database 'mysql://hub@db/x'" in res.stderr
+    res = _run(*serve, "--database", "sqlite:")  # the flag beats both
+    assert res.returncode == 2 and "sqlite: needs a path" in res.stderr
+
+    shown = _run(HUB, "config", "show", "--json", "--data-dir", str(data))
+    rows = {(r["command"], r["option"]): r for r in json.loads(shown.stdout)["options"]}
+    assert rows[("hub serve", "--database")]["value"].startswith("postgresql://hub:***@127.0.0.1")
+
+    (data / "hub.toml").write_text('[database]\nuri = "postgresql://h/x"\n')
+    res = _run(*serve)
+    assert res.returncode == 2 and "unknown key(s) in [database]: uri" in res.stderr
 
 
 def test_version_and_shell_completion() -> None:

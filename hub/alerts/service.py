@@ -65,6 +65,9 @@ class AlertService:
         self.enrolled = 0  # from the last history sample
         self._stopping = False
         self._task: asyncio.Task[None] | None = None
+        # Whether this hub evaluates the cluster-wide rules: the cluster node's leader lease (hub/cluster/node.py,
+        # set in hub/app.py); a hub alone always does.
+        self.is_leader: Callable[[], bool] = lambda: True
         self._sends: set[asyncio.Task[None]] = set()
 
     async def start(self) -> None:
@@ -102,6 +105,13 @@ class AlertService:
                                 for state in ("connected", "stale", "lost", "left")))
         self.rules.observe_queue(int(values.get("queue.depth", 0.0)))
 
+
+    async def spokes_lost(self, names: list[str]) -> None:
+        """Spokes lost with their hub (the leader's sweep, hub/cluster/node.py)."""
+        if not self._stopping:
+            for name in names:
+                self.rules.spoke_lost(name, "its hub stopped answering")
+
     async def _disconnected(self, link: SpokeLink) -> None:
         if self._stopping or link.gone_state() != "lost":
             return
@@ -121,10 +131,11 @@ class AlertService:
 
     async def tick(self) -> list[Alert]:
         """One check: observe what is in memory, fire what is due; returns what fired."""
-        live = connected(self.registry)
-        self.rules.observe_spokes(live, max(self.enrolled, live))
-        if self.config.verb_error_rate.enabled:
-            self.rules.observe_calls(self.call_totals())
+        if self.is_leader():  # the cluster-wide rules: one hub evaluates them
+            live = connected(self.registry)
+            self.rules.observe_spokes(live, max(self.enrolled, live))
+            if self.config.verb_error_rate.enabled:
+                self.rules.observe_calls(self.call_totals())
         fired = self.rules.due()
         for alert in fired:
             await self.fire(alert)

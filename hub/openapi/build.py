@@ -2,7 +2,7 @@
 
 Every route aiohttp serves is looked at: its handler's declaration (:func:`hub.openapi.spec.
 operation`), else one in :data:`hub.openapi.elsewhere.ELSEWHERE`, else it must be in
-:data:`~hub.openapi.elsewhere.EXCLUDED`; anything else is reported as undeclared (and still
+:data:`~hub.openapi.elsewhere.EXCLUDED` (or be a hub-to-hub route); anything else is reported as undeclared (and still
 listed, as a stub, so the document never hides a route). The role comes from
 :func:`hub.roles.rule_for`, the function the auth middleware asks, so the document says what
 the hub enforces. ``HEAD`` follows ``GET`` and is not listed.
@@ -24,7 +24,7 @@ from pydantic import BaseModel, TypeAdapter
 
 from hub import roles
 from hub.http_util import CSRF_HEADER, SESSION_COOKIE
-from hub.openapi.elsewhere import ELSEWHERE, EXCLUDED
+from hub.openapi.elsewhere import ELSEWHERE, EXCLUDED, excluded_internal
 from hub.openapi.models.common import Error
 from hub.openapi.spec import JSON, Operation, Param, Reply, declared
 from protocol.version import VERSION
@@ -186,7 +186,7 @@ def declarations(app: web.Application) -> tuple[list[tuple[str, str, Operation]]
         if resource is None or route.method == "HEAD":
             continue
         path, method = resource.canonical, route.method
-        if (method, path) in EXCLUDED:
+        if (method, path) in EXCLUDED or excluded_internal(method, path):
             continue
         if method == "*":
             elsewhere = [(m, p) for (m, p) in ELSEWHERE if p == path]

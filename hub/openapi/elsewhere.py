@@ -10,6 +10,7 @@ that names no route, so this table cannot outlive its routes either.
 
 from __future__ import annotations
 
+from hub import roles
 from hub.openapi.spec import JSON, SSE, Operation, Reply
 
 _MCP = ("The MCP front-end (streamable HTTP, docs/mcp.md): JSON-RPC messages of the Model "
@@ -52,3 +53,14 @@ EXCLUDED: dict[tuple[str, str], str] = {
     "box's server answers, any method, HTTP or WebSocket; docs/api.md describes the links",
     ("*", "/preview/{box}/{port}"): "redirects to the same preview with a trailing slash",
 }
+
+# Left out as a kind (hub/roles.py ``PEER``): the hub-to-hub routes are no part of the public
+# API (hub/cluster/peer_api.py: the cluster secret, binary frames between hubs).
+INTERNAL_REASON = ("hub-to-hub calls between the hubs of a cluster (hub/cluster/peer_api.py), "
+                   "guarded by the cluster secret: not part of the public API")
+
+
+def excluded_internal(method: str, path: str) -> bool:
+    """Whether ``method path`` is a hub-to-hub route, left out of the document. Pinned by
+    tests/hub/test_peer_forwarding.py::test_the_peer_routes_are_internal."""
+    return roles.rule_for(method, path) == roles.PEER

@@ -34,6 +34,7 @@ class AuditTables(StoreBase):
             if also is not None:
                 also(tx)
             tx.insert("audit", row)
+            tx.notify("audit")  # the event streams of every hub of the cluster
 
         await self.transaction(run)
 

@@ -19,7 +19,7 @@ class StoreBase:
     :attr:`clock` (wall-clock seconds, injected so tests control every timestamp).
 
     ``engine`` defaults to :class:`~hub.store.engine.SqliteEngine` on ``path`` with the hub's
-    migrations; any :class:`~hub.store.engine.Engine` (a PostgreSQL one, later) fits.
+    migrations; any :class:`~hub.store.engine.Engine` fits (:func:`hub.store.open_engine`).
     Pinned by tests/hub/test_store.py."""
 
     def __init__(

@@ -41,8 +41,14 @@ What a PostgreSQL engine must provide to implement :class:`Engine` for the same 
   ``AUTOINCREMENT``, ``DOUBLE PRECISION`` for ``REAL``), its version kept in a table.
 - **The closed-store rule.** Once :meth:`Engine.close` has begun, every call raises
   ``RemoteError(UNAVAILABLE, "the hub is shutting down")``; calls already submitted finish first.
+- **Wake-ups after commit.** :meth:`Tx.notify` names a topic; once (and only if) the
+  transaction commits, every callback given to :meth:`Engine.subscribe` is called with it on
+  its engine's event loop. SQLite: this engine's own subscribers (one hub). PostgreSQL
+  (:mod:`hub.store.pg_engine`): ``pg_notify`` and a ``LISTEN`` connection, so every hub on the
+  database hears it. Wake-ups are hints (a dropped listener may miss some), never data.
 
-Pinned by tests/hub/test_store.py.
+:class:`hub.store.pg_engine.PostgresEngine` does all this; :func:`hub.store.open_engine` picks.
+Pinned by tests/hub/test_store.py and tests/hub/test_store_notify.py.
 """
 
 from __future__ import annotations
@@ -102,9 +108,16 @@ class Tx(Reader, Protocol):
         """Insert a row, or overwrite every non-key column of the row with the same key."""
         ...
 
+    def notify(self, topic: str) -> None:
+        """Wake every subscriber (of every engine on this database) with ``topic`` once this
+        transaction commits; never if it rolls back."""
+        ...
+
 
 class Engine(Protocol):
     """What :class:`hub.store.Store` needs of a database. Pinned by tests/hub/test_store.py."""
+
+    kind: str  # "sqlite" or "postgresql"
 
     async def open(self) -> None:
         """Connect and bring the schema up to date (migrations run once, in order)."""
@@ -123,6 +136,10 @@ class Engine(Protocol):
         """Run read-only ``fn`` against one consistent snapshot."""
         ...
 
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        """Call ``callback(topic)`` on the event loop for every committed :meth:`Tx.notify`."""
+        ...
+
 
 # ------------------------------------------------------------- engine-neutral statement builders
 # Identifiers are checked, not quoted: SQLite reads an unknown "quoted" name in a WHERE clause as
@@ -130,11 +147,16 @@ class Engine(Protocol):
 _IDENT = re.compile(r"[a-z_][a-z0-9_]*\Z")
 
 
+# Columns named like PostgreSQL reserved words (``user``): quoted (table code quotes them too).
+RESERVED = frozenset({"user"})
+
+
 def ident(name: str) -> str:
-    """``name`` if it is a plain lower-case SQL identifier, else ValueError."""
+    """``name`` if it is a plain lower-case SQL identifier (quoted when PostgreSQL reserves
+    it), else ValueError. Pinned by tests/hub/test_store.py::test_tx_helpers_check_identifiers_and_count_rows."""
     if not _IDENT.match(name):
         raise ValueError(f"{name!r} is not a plain SQL identifier")
-    return name
+    return f'"{name}"' if name in RESERVED else name
 
 
 @functools.lru_cache(maxsize=256)
@@ -155,7 +177,8 @@ def upsert_sql(table: str, columns: tuple[str, ...], key_columns: tuple[str, ...
     if not key_columns or not set(key_columns) <= set(columns):
         raise ValueError(f"upsert into {table}: key columns {key_columns} must be in the row")
     rest = [c for c in columns if c not in key_columns]
-    action = ("DO UPDATE SET " + ", ".join(f"{c}=excluded.{c}" for c in rest)) if rest else "DO NOTHING"
+    action = ("DO UPDATE SET " + ", ".join(f"{ident(c)}=excluded.{ident(c)}" for c in rest)
+              if rest else "DO NOTHING")
     keys = ", ".join(ident(k) for k in key_columns)
     return f"{insert_sql(table, columns)} ON CONFLICT ({keys}) {action}"
 
@@ -192,6 +215,14 @@ class SqliteReader:
 class SqliteTx(SqliteReader):
     """:class:`Tx` over the worker thread's connection, inside ``BEGIN IMMEDIATE``."""
 
+    def __init__(self, conn: sqlite3.Connection) -> None:
+        super().__init__(conn)
+        self.topics: list[str] = []
+
+    def notify(self, topic: str) -> None:
+        self._c()
+        self.topics.append(topic)
+
     def execute(self, sql: str, params: Params = ()) -> int:
         return self._c().execute(sql, params).rowcount
 
@@ -216,15 +247,25 @@ class SqliteEngine:
     (``PRAGMA user_version``); each runs once, atomically with its version bump.
     Pinned by tests/hub/test_store.py (transactions, closing, migrations, concurrent writers)."""
 
+    kind = "sqlite"
+
     def __init__(self, path: Path, migrations: Sequence[str]) -> None:
         self.path = path
         self.migrations = list(migrations)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="hub-store")
         self._conn: sqlite3.Connection | None = None
         self._closed = False
+        self._subscribers: list[Callable[[str], None]] = []
+        self._loop: asyncio.AbstractEventLoop | None = None
 
     async def open(self) -> None:
+        self._loop = asyncio.get_running_loop()
         await self._submit(self._open)
+
+    def subscribe(self, callback: Callable[[str], None]) -> None:
+        """One hub per SQLite file: a committed topic wakes this engine's subscribers only.
+        Pinned by tests/hub/test_store_notify.py."""
+        self._subscribers.append(callback)
 
     async def close(self) -> None:
         """Refuse new work first, then close: calls already queued on the worker thread run
@@ -267,6 +308,10 @@ class SqliteEngine:
         try:
             result = fn(tx)
             conn.execute("COMMIT")
+            if tx.topics and self._loop is not None:
+                for topic in tx.topics:
+                    for callback in list(self._subscribers):
+                        self._loop.call_soon_threadsafe(callback, topic)
             return result
         except BaseException:
             if conn.in_transaction:

@@ -94,7 +94,7 @@ class HistoryTables(StoreBase):
             params += [low, high]
         if wanted:
             where.append("(" + " OR ".join(wanted) + ")")
-        sql = ("SELECT series, (CAST(ts AS INTEGER) - ?) / ? AS bucket, avg(value) AS avg_v, "
+        sql = ("SELECT series, (CAST(ts AS BIGINT) - ?) / ? AS bucket, avg(value) AS avg_v, "
                "max(value) AS max_v, sum(value) AS sum_v FROM history "
                f"WHERE {' AND '.join(where)} GROUP BY series, bucket ORDER BY series, bucket")
         rows = await self.read(lambda r: r.rows(sql, (start, step, *params)))

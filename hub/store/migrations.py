@@ -157,4 +157,21 @@ MIGRATIONS: list[str] = [
     CREATE INDEX workstreams_unpruned ON workstreams(state, updated_at)
         WHERE events_pruned_at IS NULL;
     """,
+    # 12: several hubs on one database (hub/store/cluster.py): the hubs running, which one
+    # holds each spoke's link (alive while its hub's row is), named leases (the leader's),
+    # the cluster's shared secrets.
+    """
+    CREATE TABLE hub_nodes (
+        id TEXT PRIMARY KEY, url TEXT NOT NULL, started_at REAL NOT NULL,
+        seen_at REAL NOT NULL, version TEXT NOT NULL DEFAULT '');
+    CREATE TABLE spoke_holders (
+        spoke TEXT PRIMARY KEY, hub_id TEXT NOT NULL, since REAL NOT NULL,
+        labels TEXT NOT NULL DEFAULT '[]', models TEXT NOT NULL DEFAULT '[]',
+        max_workstreams INTEGER NOT NULL DEFAULT 0, leaving INTEGER NOT NULL DEFAULT 0,
+        relay_token_hash TEXT NOT NULL DEFAULT '');
+    CREATE INDEX spoke_holders_hub ON spoke_holders(hub_id);
+    CREATE INDEX spoke_holders_relay ON spoke_holders(relay_token_hash);
+    CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL);
+    CREATE TABLE cluster_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
+    """,
 ]

@@ -102,7 +102,13 @@ class SpokeTables(StoreBase):
             "WHERE name=? AND revoked_at IS NULL"
         )
         now = self.clock()
-        return await self.transaction(lambda tx: tx.execute(sql, (now, name))) == 1
+
+        def run(tx: Tx) -> bool:
+            changed = tx.execute(sql, (now, name)) == 1
+            tx.notify(f"spoke:{name}")  # the hub holding its link closes it (hub/registry.py)
+            return changed
+
+        return await self.transaction(run)
 
     async def mark_all_disconnected(self) -> None:
         """At hub start: no spoke is connected to a hub that was not running. Rows still

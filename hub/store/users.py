@@ -76,7 +76,7 @@ class UserTables(StoreBase):
             changed = tx.update("users", "name", name,
                                 {"password_hash": password_hash, "password_set_at": now})
             if changed:
-                tx.execute("UPDATE sessions SET ended_at=? WHERE user=? AND ended_at IS NULL "
+                tx.execute("UPDATE sessions SET ended_at=? WHERE \"user\"=? AND ended_at IS NULL "
                            "AND token_hash<>?", (now, name, keep_session or ""))
             return changed == 1
 
@@ -97,7 +97,7 @@ class UserTables(StoreBase):
                 if admins is not None and admins["n"] <= 1:
                     return "last-admin"
             tx.execute("DELETE FROM users WHERE name=?", (name,))
-            tx.execute("UPDATE sessions SET ended_at=? WHERE user=? AND ended_at IS NULL",
+            tx.execute("UPDATE sessions SET ended_at=? WHERE \"user\"=? AND ended_at IS NULL",
                        (now, name))
             return "removed"
 
@@ -127,8 +127,8 @@ class UserTables(StoreBase):
         tests/test_web_auth.py::test_sign_out_ends_the_session_server_side."""
         now = self.clock()
         sql = (
-            "SELECT s.token_hash, s.user, s.csrf, s.created_at, s.expires_at, u.role "
-            "FROM sessions s JOIN users u ON u.name = s.user "
+            'SELECT s.token_hash, s."user", s.csrf, s.created_at, s.expires_at, u.role '
+            "FROM sessions s JOIN users u ON u.name = s.\"user\" "
             "WHERE s.token_hash=? AND s.ended_at IS NULL AND s.expires_at>? "
             "AND u.disabled_at IS NULL"
         )

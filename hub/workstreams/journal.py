@@ -33,10 +33,15 @@ class Journal:
         event = await self.db.append(ws_id, kind, data, sseq)
         if event is not None:
             metrics.WS_EVENTS.labels(kind if kind in metrics.KNOWN_EVENT_KINDS else "other").inc()
-            waiter = self._waiters.pop(ws_id, None)
-            if waiter is not None:
-                waiter.set()
+            self.wake(ws_id)
         return event
+
+    def wake(self, ws_id: str) -> None:
+        """Wake the readers of ``ws_id`` waiting here: after an append on this hub, or the
+        ``ws:ID`` wake-up of one on another hub of the cluster (hub/cluster/node.py)."""
+        waiter = self._waiters.pop(ws_id, None)
+        if waiter is not None:
+            waiter.set()
 
     async def set_state(self, ws_id: str, state: str, error: str | None = None) -> None:
         fields: dict[str, Any] = {"state": state}

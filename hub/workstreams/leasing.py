@@ -21,6 +21,7 @@ from typing import Any
 
 from hub.model_config import ModelsConfig
 from hub.registry import Registry
+from hub.spoke_calls import SpokeCalls
 from hub.spoke_link import SpokeLink
 from hub.store import Store
 from hub.workstreams import routing
@@ -50,6 +51,11 @@ class Leasing:
         self._leasing: set[str] = set()
         self._refused: dict[tuple[str, str], float] = {}  # (ws, spoke) -> until
         self._task: asyncio.Task[None] | None = None
+        # Whether this hub leases queued work: the cluster node's leader lease (hub/cluster/node.py,
+        # set in hub/app.py); a hub alone always does.
+        self.is_leader: Callable[[], bool] = lambda: True
+        # Tells the leader to schedule (a ``kick`` wake-up, hub/app.py) when this hub is not it.
+        self.on_kick: Callable[[], None] = lambda: None
         self._stopping = False
         # Whether a workstream's spoke has been away past the grace (set by moves.Moves).
         self.gone: Callable[[str], bool] = lambda spoke: False
@@ -69,7 +75,16 @@ class Leasing:
             task.cancel()
             await asyncio.wait({task}, timeout=1.0)
 
+
     def kick(self) -> None:
+        """Run a scheduling pass now (here; and on the leader, through :attr:`on_kick`, when
+        this hub is not it)."""
+        self._kick.set()
+        if not self.is_leader():
+            self.on_kick()
+
+    def wake(self) -> None:
+        """A ``kick`` wake-up from another hub: a pass here, not told onwards."""
         self._kick.set()
 
     def leasing_now(self) -> frozenset[str]:
@@ -83,7 +98,8 @@ class Leasing:
             self._kick.clear()
             try:
                 await self.on_pass()
-                await self._schedule_once()
+                if self.is_leader():  # one dispatcher for the cluster (hub/cluster/node.py)
+                    await self._schedule_once()
             except Exception:  # the scheduler must outlive any one bad row
                 log.exception("scheduling pass failed")
 
@@ -114,7 +130,7 @@ class Leasing:
             self._leasing.add(ws["id"])
             asyncio.get_running_loop().create_task(self._lease(ws, self.registry.link(name)))
 
-    def _model_refs(self, alias: str, link: SpokeLink) -> builtins.list[v.ModelRef]:
+    def _model_refs(self, alias: str, link: SpokeCalls) -> builtins.list[v.ModelRef]:
         config = self.models()
         refs: builtins.list[v.ModelRef] = []
         if alias in link.models:
@@ -133,7 +149,7 @@ class Leasing:
         cut = users[-pending] if 0 < pending <= len(users) else (events[-1]["seq"] + 1 if events else 0)
         return transcript.bounded(transcript.from_events([e for e in events if e["seq"] < cut]))
 
-    async def _lease(self, ws: dict[str, Any], link: SpokeLink) -> None:
+    async def _lease(self, ws: dict[str, Any], link: SpokeCalls) -> None:
         """Start (or resume, from the transcript) the agent of ``ws`` on ``link``'s spoke."""
         ws_id = ws["id"]
         try:
@@ -183,7 +199,7 @@ class Leasing:
             self._leasing.discard(ws_id)
             self.kick()
 
-    async def _lease_failed(self, ws: dict[str, Any], link: SpokeLink, box_id: str, new_box: bool,
+    async def _lease_failed(self, ws: dict[str, Any], link: SpokeCalls, box_id: str, new_box: bool,
                             err: RemoteError) -> None:
         ws_id = ws["id"]
         if new_box:

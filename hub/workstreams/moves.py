@@ -79,10 +79,21 @@ class Moves:
         else:  # a goodbye without spoke.leaving (an older spoke): nothing runs there now
             await self.release(link.name, f"spoke {link.name} left", busy=None, leaving=True)
 
+    async def spokes_lost(self, names: list[str]) -> None:
+        """Spokes lost with the hub that held their links (the leader's sweep of dead hubs,
+        hub/cluster/node.py): the same grace as a link lost here. Pinned by
+        tests/test_multihub.py."""
+        now = self.monotonic()
+        for name in names:
+            if self.registry.live(name) is None:
+                self._lost.setdefault(name, now)
+        self.leasing.kick()
+
     async def _leaving_notice(self, link: SpokeLink, params: BaseModel) -> None:
         assert isinstance(params, messages.SpokeLeaving)
         self._leaving.add(link.name)
         link.leaving = True  # routing offers it nothing more
+        await self.registry.store.holder_leaving(link.name, self.registry.hub_id)  # other hubs too
         interrupted = set(params.interrupted)
         log.info("spoke %s is leaving: handing back its workstreams", link.name)
         moved = await self.release(link.name, f"spoke {link.name} left", busy=interrupted,

@@ -97,6 +97,7 @@ class WorkstreamStore:
             tx.insert("ws_events", {"ws_id": ws_id, "seq": seq, "ts": now, "kind": kind, "data": encoded})
             tx.update("workstreams", "id", ws_id, {
                 "last_seq": seq, "spoke_seq": sseq if sseq is not None else spoke_seq, "updated_at": now})
+            tx.notify(f"ws:{ws_id}")  # its readers on every hub of the cluster wake up
             return {"seq": seq, "ts": now, "kind": kind, "data": data}
 
         return await self.s.transaction(run)

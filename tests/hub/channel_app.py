@@ -47,7 +47,7 @@ class ChannelHub:
         store = self.cluster.store
         await store.add_api_key(new_id("key"), "pty-test", hash_secret(self.key), "operator")
         channels = ChannelService(self.cluster.boxes)
-        self.previews = Previews(channels, store, self.dir, self.url)
+        self.previews = Previews(channels, store, self.url)
         app = web.Application(middlewares=[errors_middleware, auth_middleware(store, self.url)])
         app.router.add_routes(PtyApi(channels).routes())
         app.router.add_routes(self.previews.routes())

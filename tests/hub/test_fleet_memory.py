@@ -62,7 +62,7 @@ async def _ws_state(hub: MemoryCluster, ws_id: str, *states: str) -> dict[str, A
 async def test_spoke_goes_connected_stale_lost(tmp_path: Path) -> None:
     async with MemoryCluster(tmp_path) as hub:
         await hub.join("a")
-        link = hub.registry.live("a")
+        link = hub.registry.local("a")
         assert link is not None
         assert (await _spoke(hub, "a"))["state"] == "connected"
         hub.clock.advance(2 * Limits().heartbeat_s + 1)  # quiet for more than two heartbeats

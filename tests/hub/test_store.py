@@ -1,9 +1,12 @@
-"""The store seam without processes: real SQLite in a tmp dir, an injected clock.
+"""The store seam without processes: real SQLite in a tmp dir, and a real PostgreSQL database
+(tests/pg.py), an injected clock. Every test that takes ``store``/``two_stores``/``make_store``
+runs on both engines (tests/hub/conftest.py); those about SQLite's file and ``user_version``
+stay SQLite-only (PostgreSQL's are in tests/hub/test_pg_engine.py).
 
 Pins hub.store (engine, migrations, table groups), hub.workstreams.store and the MCP job store:
 transactions are all or nothing, a closed store refuses with ``unavailable`` after its queued
 calls finish, migrations run once, and the writes that must be atomic stay so under concurrent
-callers — including two stores (two connections, two threads) on one file.
+callers — including two stores (two connections, two threads) on one database.
 """
 
 from __future__ import annotations
@@ -14,6 +17,7 @@ from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
+import psycopg
 import pytest
 
 from hub.boxes import BoxService
@@ -23,6 +27,7 @@ from hub.store.engine import SchemaTooNew
 from hub.store.migrations import MIGRATIONS
 from hub.workstreams.store import WorkstreamStore
 from protocol.errors import ErrorCode, RemoteError
+from tests.hub.conftest import MakeStore
 
 
 class Clock:
@@ -41,17 +46,18 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def store(tmp_path: Path, clock: Clock) -> AsyncIterator[Store]:
-    s = Store(tmp_path / "hub.db", clock=clock)
+async def store(make_store: MakeStore) -> AsyncIterator[Store]:
+    s = make_store()
     await s.open()
     yield s
     await s.close()
 
 
 @pytest.fixture
-async def two_stores(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[Store, Store]]:
-    """Two stores on one file: two connections on two worker threads, really concurrent."""
-    a, b = Store(tmp_path / "hub.db", clock=clock), Store(tmp_path / "hub.db", clock=clock)
+async def two_stores(make_store: MakeStore) -> AsyncIterator[tuple[Store, Store]]:
+    """Two stores on one database: two connections (pools) on their own worker threads,
+    really concurrent, as two hubs would be."""
+    a, b = make_store(), make_store()
     await a.open()
     await b.open()
     yield a, b
@@ -69,7 +75,7 @@ def user_version(path: Path) -> int:
 
 
 # ------------------------------------------------------------------------------ transactions
-async def test_a_transaction_commits_all_or_nothing(store: Store, tmp_path: Path) -> None:
+async def test_a_transaction_commits_all_or_nothing(store: Store, make_store: MakeStore) -> None:
     def two_then_fail(tx: Tx) -> None:
         tx.insert("audit", audit_row("one"))
         tx.insert("audit", audit_row("two"))
@@ -86,15 +92,20 @@ async def test_a_transaction_commits_all_or_nothing(store: Store, tmp_path: Path
         tx.insert("tokens", {"id": "tok_1", "name": "a", "secret_hash": "x",
                              "created_at": 1.0, "expires_at": 2.0})
 
-    with pytest.raises(sqlite3.IntegrityError):
+    with pytest.raises((sqlite3.IntegrityError, psycopg.errors.UniqueViolation)):
         await store.transaction(key_then_duplicate)
     assert await store.list_api_keys() == []
 
     ids = await store.transaction(
         lambda tx: [tx.insert("audit", audit_row("one")), tx.insert("audit", audit_row("two"))])
-    assert ids == [1, 2]  # the rolled-back inserts used no ids either
-    with sqlite3.connect(tmp_path / "hub.db") as other:  # committed: visible to another reader
-        assert [r[0] for r in other.execute("SELECT subject FROM audit ORDER BY id")] == ["one", "two"]
+    if store.engine.kind == "sqlite":
+        assert ids == [1, 2]  # the rolled-back inserts used no ids either
+    else:  # PostgreSQL's sequences are not rolled back: ids grow, with gaps
+        assert ids[0] < ids[1]
+    other = make_store()  # committed: visible to another connection
+    await other.open()
+    assert [r["subject"] for r in await other.recent_audit()] == ["two", "one"]
+    await other.close()
 
 
 async def test_tx_is_valid_only_inside_its_function(store: Store) -> None:
@@ -105,7 +116,7 @@ async def test_tx_is_valid_only_inside_its_function(store: Store) -> None:
         with pytest.raises(RuntimeError, match="transaction has ended"):
             tx.one("SELECT 1")
     assert await store.read(lambda r: r.one("SELECT 1 AS x")) == {"x": 1}
-    assert await store.read(lambda r: r.one("SELECT 1 AS x WHERE 0")) is None
+    assert await store.read(lambda r: r.one("SELECT 1 AS x WHERE 1 = 0")) is None
 
 
 async def test_tx_helpers_check_identifiers_and_count_rows(store: Store) -> None:
@@ -134,8 +145,8 @@ async def test_re_enrolling_a_spoke_replaces_every_column(store: Store, clock: C
 
 
 # ----------------------------------------------------------------------- lifecycle, schema
-async def test_a_closed_store_refuses_after_queued_calls_finish(tmp_path: Path, clock: Clock) -> None:
-    store = Store(tmp_path / "hub.db", clock=clock)
+async def test_a_closed_store_refuses_after_queued_calls_finish(make_store: MakeStore) -> None:
+    store = make_store()
     await store.open()
     queued = [asyncio.ensure_future(store.audit("queued", f"s{i}")) for i in range(20)]
     await asyncio.sleep(0)  # every call is now on the worker thread's queue
@@ -149,7 +160,7 @@ async def test_a_closed_store_refuses_after_queued_calls_finish(tmp_path: Path, 
         assert err.value.message == "the hub is shutting down"
     await store.close()  # closing twice is harmless
 
-    again = Store(tmp_path / "hub.db", clock=clock)
+    again = make_store()
     await again.open()
     assert len(await again.recent_audit()) == 20
     await again.close()

@@ -1,7 +1,8 @@
-"""Multi-use join tokens in the store, without processes: real SQLite, an injected clock.
+"""Multi-use join tokens in the store, without processes: real SQLite and real PostgreSQL
+(tests/hub/conftest.py), an injected clock.
 
 Pins hub/store/tokens.py (one use taken per enrollment, atomically, even by two stores on one
-file; revocation and expiry end every use left) and the token's names (protocol/tokens.py).
+database; revocation and expiry end every use left) and the token's names (protocol/tokens.py).
 End to end (a real hub, real spokes): tests/test_multi_use_tokens.py.
 """
 
@@ -15,6 +16,7 @@ import pytest
 
 from hub.store import Store
 from protocol.tokens import JoinToken, TokenError, name_under_prefix
+from tests.hub.conftest import MakeStore
 
 
 class Clock:
@@ -31,8 +33,8 @@ def clock() -> Clock:
 
 
 @pytest.fixture
-async def two_stores(tmp_path: Path, clock: Clock) -> AsyncIterator[tuple[Store, Store]]:
-    a, b = Store(tmp_path / "hub.db", clock=clock), Store(tmp_path / "hub.db", clock=clock)
+async def two_stores(make_store: MakeStore) -> AsyncIterator[tuple[Store, Store]]:
+    a, b = make_store(), make_store()
     await a.open()
     await b.open()
     yield a, b

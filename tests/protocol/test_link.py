@@ -157,6 +157,22 @@ async def test_cancelling_the_caller_cancels_the_handler_on_the_spoke() -> None:
     await asyncio.gather(*tasks)
 
 
+async def test_a_cancel_before_the_handler_ran_leaves_no_task_behind() -> None:
+    """A request and its cancel read in one batch: the handler's task is cancelled before it
+    first runs (so its own cleanup never runs) and must still be forgotten, or the session's
+    stop waits for it (found through the hub-to-hub forwarding tests)."""
+    hub, spoke, _served, tasks = await pair()
+    spoke._request(ev.RequestReceived(call_id=99, verb=v.SPOKE_PING.name, params=v.Empty(),
+                                      deadline=time.monotonic() + 60))
+    spoke._cancel(ev.CancelReceived(call_id=99))
+    assert 99 in spoke.tasks
+    await asyncio.sleep(0)
+    await asyncio.sleep(0)
+    assert spoke.tasks == {}
+    await hub.close(1000, "done")
+    await asyncio.gather(*tasks)
+
+
 async def test_a_deadline_fails_the_call_and_a_lost_link_fails_the_rest() -> None:
     clock = FakeClock()
     hub, spoke, served, tasks = await pair(clock=clock)

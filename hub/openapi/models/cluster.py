@@ -107,6 +107,8 @@ class Spoke(Answer):
     max_workstreams: int
     latency: dict[str, dict[str, Any]] = Field(
         description="by verb: `count`, `errors`, `p50_ms`, `p95_ms` of its recent calls")
+    hub: str | None = Field(default=None, description="the id of the hub of the cluster holding "
+                            "its link (docs/scaling.md); null when none does")
 
 
 class SpokeRevoked(Answer):

@@ -81,3 +81,22 @@ class History(Answer):
         description="name → `[bucket_start, value]` points")
 
 
+
+
+class ClusterHub(Answer):
+    id: str
+    url: str
+    version: str
+    started_at: float
+    seen_at: float
+    live: bool = Field(description="it renewed its row within the cluster's TTL (6 s)")
+    leader: bool
+    spokes: int = Field(description="spoke links it holds")
+
+
+class ClusterStatus(Answer):
+    hub: str = Field(description="the id of the hub that answered")
+    leader: str | None = Field(description="the hub holding the leader lease (janitor, alerts, "
+                               "history, queue dispatch), or null while nobody does")
+    hubs: list[ClusterHub]
+    holders: dict[str, str] = Field(description="spoke name -> the id of the hub holding its link")
