@@ -38,6 +38,7 @@ from hub.history import HistoryApi, HistorySampler
 from hub.http_util import auth_middleware, errors_middleware
 from hub.janitor import Janitor, JanitorConfig
 from hub.mcp.frontend import McpServices, mount_mcp
+from hub.mcp.sessions import McpSessionRouter
 from hub.openapi.serve import OpenApiRoute
 from hub.preview import Previews
 from hub.pty_api import PtyApi
@@ -252,6 +253,8 @@ class Hub:
             store=self.store, registry=self.registry, boxes=self.boxes,
             workstreams=self.workstreams, public_url=self.config.url(),
             bind_host=self.config.host, version=VERSION))
+        self.mcp.route_sessions(McpSessionRouter(self.store, self.node.hub_id, self.peers,
+                                                 self.node.ttl_s))
         # The fleet views, the events timeline and the metrics history (docs/api.md).
         app.router.add_routes(FleetApi(Fleet(self.store, self.registry, self.boxes,
                                              job_running=self.mcp.jobs.is_running)).routes())

@@ -192,6 +192,44 @@ def test_a_workstream_started_through_one_hub_is_watched_live_through_another(
     assert ("tool_result" in {k for _, k in through_a}) and ("assistant_message" in {k for _, k in through_a})
 
 
+def test_an_mcp_session_works_through_every_hub(rig: MultiHub) -> None:
+    """The real MCP client through the balancer, one TCP connection per request (no
+    keep-alive), so its requests land on different hubs: the session opened on one hub
+    answers through all of them (hub/mcp/sessions.py), and every hub knows who holds it."""
+    import asyncio
+    import json
+
+    import httpx2
+    from mcp import ClientSession
+    from mcp.client.streamable_http import streamable_http_client
+
+    from cli.mcp_command import pinned_context
+
+    doc = json.loads((rig.hubs[0].dir / "admin.json").read_text())
+    lb_port = rig.lb.port
+    before = dict(rig.lb.counts())
+
+    async def run() -> list[str]:
+        ctx = await pinned_context("127.0.0.1", lb_port, doc["pin"])
+        limits = httpx2.Limits(max_keepalive_connections=0)
+        names: list[str] = []
+        async with httpx2.AsyncClient(verify=ctx, limits=limits, timeout=httpx2.Timeout(30, read=120),
+                                      headers={"Authorization": f"Bearer {doc['api_key']}"}) as http:
+            transport = streamable_http_client(f"{rig.lb.url}/mcp", http_client=http)
+            async with transport as (read, write), ClientSession(read, write) as session:
+                await session.initialize()
+                for _ in range(6):
+                    result = await session.call_tool("list_spokes", {})
+                    assert not result.is_error, result.content
+                    names = sorted(s["name"] for s in (result.structured_content or {})["spokes"])
+        return names
+
+    names = asyncio.run(run())
+    assert names == sorted(s.name for s in rig.spokes)
+    after = rig.lb.counts()
+    assert sum(1 for port, n in after.items() if n > before.get(port, 0)) >= 2  # several hubs served it
+
+
 # ------------------------------------------------------------------------- faults
 def test_kill9_the_hub_holding_a_spoke_loses_neither_the_spoke_nor_a_row(rig: MultiHub) -> None:
     leader = rig.leader()

@@ -26,7 +26,7 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from typing import Any, Generic, Protocol
 
 import aiohttp
@@ -106,6 +106,31 @@ class PeerClient:
         if self._session is not None:
             await self._session.close()
             self._session = None
+
+    async def forward(self, method: str, url: str, headers: Mapping[str, str],
+                      body: AsyncIterator[bytes] | None) -> aiohttp.ClientResponse:
+        """A client's HTTP request passed on, as it is, to the hub at ``url`` (its peer
+        address): the same pinned TLS as every hub-to-hub call, the caller's own credentials
+        (every hub checks them against the shared store), no read timeout (an event stream
+        may be quiet for long). The caller marks it forwarded so it goes no further. Used
+        for MCP sessions, which live in one hub's memory (hub/mcp/sessions.py)."""
+        ssl: aiohttp.Fingerprint | bool = True
+        if url.startswith("https://"):
+            if self._fingerprint is None:
+                raise RemoteError(ErrorCode.UNAVAILABLE, "this hub has no pin to check its peers by")
+            ssl = self._fingerprint
+        elif not (self.insecure_http and url.startswith("http://")):
+            raise RemoteError(ErrorCode.UNAVAILABLE, f"peer URL {url[:100]!r} must be https://")
+        timeout = aiohttp.ClientTimeout(total=None, sock_connect=self.timeout.sock_connect)
+        try:
+            return await self._http().request(method, url, headers=dict(headers), data=body,
+                                              ssl=ssl, timeout=timeout, allow_redirects=False)
+        except aiohttp.ServerFingerprintMismatch as err:
+            raise RemoteError(ErrorCode.UNAVAILABLE, f"hub {url} presents a TLS certificate "
+                              f"with pin sha256:{err.got.hex()}, not this cluster's") from None
+        except (aiohttp.ClientError, OSError, TimeoutError) as err:
+            raise RemoteError(ErrorCode.UNAVAILABLE, f"hub {url} cannot be reached: "
+                              f"{err or type(err).__name__}") from None
 
     async def post(self, link: PeerLink, route: str, data: Any,
                    upload: _Upload | None = None) -> aiohttp.ClientResponse:

@@ -40,9 +40,10 @@ from mcp.server.transport_security import TransportSecuritySettings
 from starlette.authentication import AuthCredentials
 
 from hub.boxes import BoxService
-from hub.mcp.asgi import HTTP_REQUEST_KEY, Scope, serve_asgi
+from hub.mcp.asgi import HTTP_REQUEST_KEY, AsgiApp, Scope, serve_asgi
 from hub.mcp.cluster_tools import register_cluster_tools
 from hub.mcp.jobs import JobRunner
+from hub.mcp.sessions import McpSessionRouter
 from hub.mcp.tracing import RequestSpanParent
 from hub.mcp.workstream_tools import register_workstream_tools
 from hub.registry import Registry
@@ -138,12 +139,22 @@ class McpFrontend:
             session_idle_timeout=SESSION_IDLE_TIMEOUT_S,
         )
         self.manager = self.server.session_manager
-        self._asgi = AuthContextMiddleware(
+        self._asgi: AsgiApp = AuthContextMiddleware(
             RequireAuthMiddleware(self.manager.handle_request, required_scopes=[])
         )
         self._stop = asyncio.Event()
+        self.router: McpSessionRouter | None = None  # a cluster's (hub/mcp/sessions.py)
+
+    def route_sessions(self, router: McpSessionRouter) -> None:
+        """Several hubs: record the sessions opened here, forward the others' requests."""
+        self.router = router
+        self._asgi = router.recording(self._asgi)
 
     async def handle(self, request: web.Request) -> web.StreamResponse:
+        if self.router is not None:
+            peer = await self.router.elsewhere(request)
+            if peer is not None:
+                return await self.router.forward(request, peer)
         return await serve_asgi(self._asgi, request, _identity)
 
     async def _run_manager(self, ready: asyncio.Event) -> None:

@@ -74,6 +74,7 @@ class ClusterTables(StoreBase):
 
         def run(tx: Tx) -> None:
             tx.execute("DELETE FROM leases WHERE holder=?", (hub_id,))
+            tx.execute("DELETE FROM mcp_sessions WHERE hub_id=?", (hub_id,))
             tx.execute("DELETE FROM hub_nodes WHERE id=?", (hub_id,))
 
         await self.transaction(run)
@@ -157,6 +158,7 @@ class ClusterTables(StoreBase):
                     tx.notify(f"spoke:{row['spoke']}")
                 tx.execute("DELETE FROM spoke_holders WHERE hub_id=?", (hub_id,))
                 tx.execute("DELETE FROM leases WHERE holder=?", (hub_id,))
+                tx.execute("DELETE FROM mcp_sessions WHERE hub_id=?", (hub_id,))
                 tx.execute("DELETE FROM hub_nodes WHERE id=?", (hub_id,))
             return lost
 
@@ -199,6 +201,23 @@ class ClusterTables(StoreBase):
         row = await self.read(lambda r: r.one(
             "SELECT holder FROM leases WHERE name=? AND expires_at > ?", (name, now)))
         return None if row is None else str(row["holder"])
+
+    # --------------------------------------------------------------- MCP sessions
+    async def mcp_session_add(self, session_id: str, hub_id: str) -> None:
+        row = {"id": session_id, "hub_id": hub_id, "created_at": self.clock()}
+        await self.transaction(lambda tx: tx.upsert("mcp_sessions", row, ("id",)))
+
+    async def mcp_session_drop(self, session_id: str) -> None:
+        await self.transaction(lambda tx: tx.execute("DELETE FROM mcp_sessions WHERE id=?",
+                                                     (session_id,)))
+
+    async def mcp_session_hub(self, session_id: str, ttl_s: float) -> tuple[str, str] | None:
+        """``(hub id, its URL)`` of the live hub holding MCP session ``session_id``, or None."""
+        since = self.clock() - ttl_s
+        row = await self.read(lambda r: r.one(
+            "SELECT s.hub_id, n.url FROM mcp_sessions s JOIN hub_nodes n ON n.id = s.hub_id "
+            "WHERE s.id=? AND n.seen_at > ?", (session_id, since)))
+        return None if row is None else (str(row["hub_id"]), str(row["url"]))
 
     # ------------------------------------------------------------------- settings
     async def setting(self, name: str) -> str | None:

@@ -174,4 +174,11 @@ MIGRATIONS: list[str] = [
     CREATE TABLE leases (name TEXT PRIMARY KEY, holder TEXT NOT NULL, expires_at REAL NOT NULL);
     CREATE TABLE cluster_settings (name TEXT PRIMARY KEY, value TEXT NOT NULL);
     """,
+    # 13: which hub of a cluster holds each MCP session (hub/mcp/sessions.py): a request for
+    # a session another hub holds is forwarded there.
+    """
+    CREATE TABLE mcp_sessions (
+        id TEXT PRIMARY KEY, hub_id TEXT NOT NULL, created_at REAL NOT NULL);
+    CREATE INDEX mcp_sessions_hub ON mcp_sessions(hub_id);
+    """,
 ]
