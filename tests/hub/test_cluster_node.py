@@ -259,3 +259,20 @@ async def test_a_spoke_that_moves_is_closed_on_its_old_hub(stores: list[Store]) 
     await sb.revoke_spoke("s1")
     await regs[1].check_holder("s1")
     assert new.closed and new.close_code == messages.CLOSE_REVOKED
+
+
+async def test_mcp_sessions_are_found_on_live_hubs_only(stores: list[Store], clock: Clock) -> None:
+    sa, sb, _ = stores
+    a, b = ClusterNode(sa, "https://a", "1", hub_id="ha"), ClusterNode(sb, "https://b", "1", hub_id="hb")
+    await a.beat()
+    await b.beat()
+    await sa.mcp_session_add("m1", "ha")
+    await sa.mcp_session_add("m2", "ha")
+    assert await sb.mcp_session_hub("m1", b.ttl_s) == ("ha", "https://a")
+    assert await sb.mcp_session_hub("nope", b.ttl_s) is None
+    await sa.mcp_session_drop("m2")  # its client ended it (DELETE)
+    assert await sb.mcp_session_hub("m2", b.ttl_s) is None
+    clock.t += b.ttl_s + 1  # a dies: its sessions are not found, then swept with it
+    await b.beat()
+    assert await sb.mcp_session_hub("m1", b.ttl_s) is None
+    assert await sb.read(lambda r: r.rows("SELECT id FROM mcp_sessions")) == []

@@ -59,6 +59,7 @@ async def fill(store: Store) -> None:
                             relay_token_hash="rt")
     await store.lease_take("leader", "hub_1", 30)
     await store.cluster_secret("peer")
+    await store.mcp_session_add("mcp-session-1", "hub_1")
 
 
 async def snapshot(store: Store) -> dict[str, Any]:
@@ -76,6 +77,7 @@ async def snapshot(store: Store) -> dict[str, Any]:
         "runs": await store.runs_of("ws_1"), "nodes": await store.nodes(),
         "lease": await store.lease_holder("leader"),
         "secret": await store.cluster_secret("peer"),
+        "mcp_session": await store.mcp_session_hub("mcp-session-1", 1e9),
     }
 
 
