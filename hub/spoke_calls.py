@@ -29,14 +29,9 @@ class ChunkStream(Protocol[R_co]):
     async def cancel(self) -> None: ...
 
 
-class SpokeCalls(Protocol):
-    """A spoke as the hub's services call it: what it declared, and the three ways to call."""
-
-    @property
-    def name(self) -> str: ...
-
-    @property
-    def closed(self) -> bool: ...
+class SpokeFacts(Protocol):
+    """What routing needs to know of a spoke (the cluster store's :class:`hub.store.Holder`
+    says it of a spoke another hub holds)."""
 
     @property
     def labels(self) -> Sequence[str]: ...
@@ -49,6 +44,16 @@ class SpokeCalls(Protocol):
 
     @property
     def leaving(self) -> bool: ...
+
+
+class SpokeCalls(SpokeFacts, Protocol):
+    """A spoke as the hub's services call it: what it declared, and the three ways to call."""
+
+    @property
+    def name(self) -> str: ...
+
+    @property
+    def closed(self) -> bool: ...
 
     async def call(self, verb: Verb[P, R], params: P, timeout_s: float | None = None) -> R: ...
 

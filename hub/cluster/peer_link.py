@@ -26,12 +26,13 @@ import asyncio
 import contextlib
 import logging
 import re
-from collections.abc import AsyncIterator, Callable, Mapping, Sequence
-from typing import Any, Generic, Protocol
+from collections.abc import AsyncIterator, Callable, Mapping
+from typing import Any, Generic
 
 import aiohttp
 
 from hub.cluster import peer_frames as pf
+from hub.spoke_calls import SpokeFacts
 from protocol import verbs as v
 from protocol.errors import ErrorCode, RemoteError
 from protocol.verbs import P, R, Verb
@@ -48,22 +49,6 @@ CONNECT_TIMEOUT_S = 10.0
 READ_TIMEOUT_S = 60.0
 WINDOW_FRAMES = 16  # chunks read ahead of a slow consumer, then the peer's writes wait
 _END: Any = object()
-
-
-class SpokeFacts(Protocol):
-    """What the cluster store says of a spoke another hub holds (hub.store.Holder)."""
-
-    @property
-    def labels(self) -> Sequence[str]: ...
-
-    @property
-    def models(self) -> Sequence[str]: ...
-
-    @property
-    def max_workstreams(self) -> int: ...
-
-    @property
-    def leaving(self) -> bool: ...
 
 
 class PeerClient:

@@ -17,20 +17,7 @@ import pytest
 from hub.cluster.links import RemoteLinks
 from hub.cluster.node import ClusterNode
 from hub.store import Holder, Store
-from tests.hub.conftest import MakeStore
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
+from tests.hub.conftest import Clock, MakeStore
 
 
 @pytest.fixture

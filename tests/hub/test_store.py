@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import sqlite3
-from collections.abc import AsyncIterator
 from pathlib import Path
 from typing import Any, cast
 
@@ -27,42 +26,7 @@ from hub.store.engine import SchemaTooNew
 from hub.store.migrations import MIGRATIONS
 from hub.workstreams.store import WorkstreamStore
 from protocol.errors import ErrorCode, RemoteError
-from tests.hub.conftest import MakeStore
-
-
-class Clock:
-    """A wall clock that moves only when told to."""
-
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(make_store: MakeStore) -> AsyncIterator[Store]:
-    s = make_store()
-    await s.open()
-    yield s
-    await s.close()
-
-
-@pytest.fixture
-async def two_stores(make_store: MakeStore) -> AsyncIterator[tuple[Store, Store]]:
-    """Two stores on one database: two connections (pools) on their own worker threads,
-    really concurrent, as two hubs would be."""
-    a, b = make_store(), make_store()
-    await a.open()
-    await b.open()
-    yield a, b
-    await a.close()
-    await b.close()
+from tests.hub.conftest import Clock, MakeStore
 
 
 def audit_row(subject: str) -> dict[str, Any]:

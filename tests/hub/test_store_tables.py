@@ -8,35 +8,10 @@ by tests/hub/test_janitor.py; the history API by tests/hub/test_fleet_memory.py.
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
-
-import pytest
-
 from hub.mcp.jobs import JobStore
 from hub.store import Store
 from hub.workstreams.store import BUSY_STATES, OPEN_STATES, WorkstreamStore
-from tests.hub.conftest import MakeStore
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def store(make_store: MakeStore) -> AsyncIterator[Store]:
-    s = make_store()
-    await s.open()
-    yield s
-    await s.close()
+from tests.hub.conftest import Clock
 
 
 async def test_users_and_sessions(store: Store, clock: Clock) -> None:

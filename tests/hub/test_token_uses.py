@@ -9,37 +9,13 @@ End to end (a real hub, real spokes): tests/test_multi_use_tokens.py.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator
 from pathlib import Path
 
 import pytest
 
 from hub.store import Store
 from protocol.tokens import JoinToken, TokenError, name_under_prefix
-from tests.hub.conftest import MakeStore
-
-
-class Clock:
-    def __init__(self, t: float = 1000.0) -> None:
-        self.t = t
-
-    def __call__(self) -> float:
-        return self.t
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
-
-
-@pytest.fixture
-async def two_stores(make_store: MakeStore) -> AsyncIterator[tuple[Store, Store]]:
-    a, b = make_store(), make_store()
-    await a.open()
-    await b.open()
-    yield a, b
-    await a.close()
-    await b.close()
+from tests.hub.conftest import Clock
 
 
 async def test_a_multi_use_token_is_taken_once_per_use(
