@@ -216,17 +216,14 @@ class Registry(SpokeViews, ClusterHolding):
         if params.mode == "resume":  # every connect but the enrolling one
             metrics.RECONNECTS.inc()
         try:
-            await self.store.mark_spoke(
-                name, connected=True, labels=list(params.labels), version=params.version
-            )
-            # This hub holds the link now: another hub's older link to it closes when that
-            # hub hears ``spoke:NAME`` (check_holder), and calls from other hubs come here.
-            moved_from = await self.store.holder_take(
-                name, self.hub_id, labels=list(params.labels), models=list(params.models),
-                max_workstreams=params.max_workstreams, relay_token_hash=link.relay_token_hash)
+            # Marked connected, and this hub its holder (another hub's older link to it closes
+            # when that hub hears ``spoke:NAME``: check_holder), with the audit row.
             self.remote.put(name, None)
-            await self.store.audit("spoke.connected", name, f"version {params.version}" + (
-                f" (was on hub {moved_from})" if moved_from else ""))
+            await self.store.audit("spoke.connected", name, f"version {params.version}",
+                                   also=self.store.spoke_connected_writes(
+                name, self.hub_id, labels=list(params.labels), models=list(params.models),
+                version=params.version, max_workstreams=params.max_workstreams,
+                relay_token_hash=link.relay_token_hash))
         except RemoteError as err:  # the hub is stopping: the spoke comes back to the next one
             if self.links.get(name) is link:
                 del self.links[name]
@@ -259,17 +256,13 @@ class Registry(SpokeViews, ClusterHolding):
                 self._flushed.pop(name, None)
                 metrics.SPOKES_CONNECTED.set(len(self.links))
                 try:
-                    # False: it connected to another hub of the cluster meanwhile; that is
+                    # Not ours: it connected to another hub of the cluster meanwhile; that is
                     # where it lives now, nothing was lost.
-                    ours = await self.store.holder_release(name, self.hub_id)
-                    spoke = await self.store.get_spoke(name) if ours else None
-                    gone = link.gone_state()  # left (a clean goodbye) or lost
+                    ours = await self.store.spoke_link_closed(
+                        name, self.hub_id, reason=link.close_reason, state=link.gone_state())
+                    self.store.wake_audit_readers()
                     if not ours:
                         log.info("spoke %s moved to another hub", name)
-                    if spoke is not None and spoke["revoked_at"] is None:
-                        await self.store.mark_spoke(name, connected=False, reason=link.close_reason,
-                                                    state=gone)
-                        await self.store.audit(f"spoke.{gone}", name, link.close_reason)
                     for hook in self.on_disconnected if ours else ():
                         await hook(link)
                 except RemoteError as err:  # the hub is shutting down: startup marks all disconnected

@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import json
 import secrets
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -86,28 +87,50 @@ class ClusterTables(StoreBase):
         return await self.read(lambda r: r.rows(sql))
 
     # -------------------------------------------------------------------- holders
-    async def holder_take(self, spoke: str, hub_id: str, *, labels: list[str], models: list[str],
-                          max_workstreams: int, relay_token_hash: str) -> str | None:
-        """This hub now holds ``spoke``'s link; returns the hub that held it before (another
-        hub's older link to it is closed when that hub hears ``spoke:NAME``)."""
-        row = {"spoke": spoke, "hub_id": hub_id, "since": self.clock(),
-               "labels": json.dumps(labels), "models": json.dumps(models),
-               "max_workstreams": max_workstreams, "leaving": 0,
-               "relay_token_hash": relay_token_hash}
+    def spoke_connected_writes(self, spoke: str, hub_id: str, *, labels: list[str],
+                               models: list[str], version: str, max_workstreams: int,
+                               relay_token_hash: str) -> Callable[[Tx], None]:
+        """A connect's writes, for the transaction of its audit row (one round trip per
+        connect, as before clusters: a reconnect storm of thousands of spokes): the spoke
+        marked connected, and this hub its holder (another hub's older link to it closes when
+        that hub hears ``spoke:NAME``). Pinned by tests/test_enrollment.py and
+        tests/hub/test_cluster_node.py."""
+        now = self.clock()
+        holder = {"spoke": spoke, "hub_id": hub_id, "since": now, "labels": json.dumps(labels),
+                  "models": json.dumps(models), "max_workstreams": max_workstreams,
+                  "leaving": 0, "relay_token_hash": relay_token_hash}
+        sets = {"connected": 1, "last_seen": now, "disconnect_reason": "", "state": "connected",
+                "labels": json.dumps(labels), "version": version}
 
-        def run(tx: Tx) -> str | None:
-            old = tx.one("SELECT hub_id FROM spoke_holders WHERE spoke=?", (spoke,))
-            tx.upsert("spoke_holders", row, ("spoke",))
+        def run(tx: Tx) -> None:
+            tx.update("spokes", "name", spoke, sets)
+            tx.upsert("spoke_holders", holder, ("spoke",))
             tx.notify(f"spoke:{spoke}")
-            return None if old is None or old["hub_id"] == hub_id else str(old["hub_id"])
+
+        return run
+
+    async def spoke_link_closed(self, spoke: str, hub_id: str, *, reason: str,
+                                state: str) -> bool:
+        """A link of ``spoke`` on ``hub_id`` closed, in one transaction: if this hub still
+        held it (False: the spoke connected to another hub meanwhile, where it lives now),
+        it is released and, unless revoked, recorded as gone (``state``: lost or left) with
+        its audit row (the caller wakes this hub's audit readers). Pinned by tests/test_enrollment.py and tests/test_multihub.py."""
+        now = self.clock()
+
+        def run(tx: Tx) -> bool:
+            if tx.execute("DELETE FROM spoke_holders WHERE spoke=? AND hub_id=?",
+                          (spoke, hub_id)) != 1:
+                return False
+            if tx.execute("UPDATE spokes SET connected=0, last_seen=?, disconnect_reason=?, "
+                          "state=? WHERE name=? AND revoked_at IS NULL",
+                          (now, reason, state, spoke)) == 1:
+                tx.insert("audit", {"ts": now, "kind": f"spoke.{state}", "subject": spoke,
+                                    "detail": reason[:2000], "actor": "", "spoke": "",
+                                    "result": ""})
+                tx.notify("audit")
+            return True
 
         return await self.transaction(run)
-
-    async def holder_release(self, spoke: str, hub_id: str) -> bool:
-        """The link of ``spoke`` on ``hub_id`` closed: True if this hub still held it (so its
-        disconnect is the spoke's), False if another hub took it meanwhile."""
-        return await self.transaction(lambda tx: tx.execute(
-            "DELETE FROM spoke_holders WHERE spoke=? AND hub_id=?", (spoke, hub_id)) == 1)
 
     async def holder_leaving(self, spoke: str, hub_id: str) -> None:
         await self.transaction(lambda tx: tx.execute(

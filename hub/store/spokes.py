@@ -53,34 +53,6 @@ class SpokeTables(StoreBase):
         )
         return await self.read(lambda r: r.rows(sql))
 
-    async def mark_spoke(
-        self,
-        name: str,
-        *,
-        connected: bool,
-        reason: str = "",
-        labels: list[str] | None = None,
-        version: str | None = None,
-        state: str | None = None,
-    ) -> None:
-        """Record a connect or a disconnect; ``state`` (default ``connected`` / ``lost``) is
-        how it ended: ``left`` for a clean goodbye (the fleet views, hub/registry.py)."""
-        sets: dict[str, Any] = {
-            "connected": int(connected),
-            "last_seen": self.clock(),
-            "disconnect_reason": reason,
-            "state": state or ("connected" if connected else "lost"),
-        }
-        if labels is not None:
-            sets["labels"] = json.dumps(labels)
-        if version is not None:
-            sets["version"] = version
-
-        def run(tx: Tx) -> None:
-            tx.update("spokes", "name", name, sets)
-
-        await self.transaction(run)
-
     async def touch_spokes(self, seen: dict[str, float]) -> None:
         """Record when each spoke was last heard from, all in one transaction: the registry
         keeps ``last_seen`` of live links in memory and writes it in batches (1000 spokes

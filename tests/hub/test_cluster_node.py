@@ -30,10 +30,21 @@ async def stores(make_store: MakeStore) -> AsyncIterator[list[Store]]:
         await store.close()
 
 
+async def take(store: Store, spoke: str, hub_id: str, *, labels: tuple[str, ...] = (),
+               models: tuple[str, ...] = (), max_workstreams: int = 1,
+               relay_token_hash: str = "") -> None:
+    """What a hub writes when a spoke's link connects to it (hub/registry.py)."""
+    await store.transaction(store.spoke_connected_writes(
+        spoke, hub_id, labels=list(labels), models=list(models), version="1",
+        max_workstreams=max_workstreams, relay_token_hash=relay_token_hash))
+
+
 async def _enroll(store: Store, *names: str) -> None:
     for name in names:
         await store.enroll_spoke(name, "key-" + name, [], "1")
-        await store.mark_spoke(name, connected=True)
+        # marked connected, held by no hub yet (take() makes a hub its holder)
+        await store.transaction(lambda tx, name=name: tx.update(  # type: ignore[misc]
+            "spokes", "name", name, {"connected": 1, "state": "connected"}))
 
 
 async def test_one_leader_at_a_time(stores: list[Store], clock: Clock) -> None:
@@ -72,9 +83,8 @@ async def test_a_dead_hubs_spokes_are_lost_once(stores: list[Store], clock: Cloc
     await b.beat()
     await _enroll(sa, "s1", "s2", "s3")
     for name in ("s1", "s2"):
-        await sa.holder_take(name, "ha", labels=["gpu"], models=["m"], max_workstreams=2,
-                             relay_token_hash="t-" + name)
-    await sb.holder_take("s3", "hb", labels=[], models=[], max_workstreams=1, relay_token_hash="t-s3")
+        await take(sa, name, "ha", labels=("gpu",), models=("m",), max_workstreams=2, relay_token_hash="t-" + name)
+    await take(sb, "s3", "hb", relay_token_hash="t-s3")
     holder = await sb.holder_of("s1", a.ttl_s)
     assert holder is not None and (holder.hub_id, holder.hub_url, holder.labels) == ("ha", "https://a", ("gpu",))
     assert (await sb.holder_by_relay_token("t-s2", a.ttl_s) or holder).spoke == "s2"
@@ -101,20 +111,32 @@ async def test_spoke_holders_follow_the_newest_connection(stores: list[Store], c
     await a.beat()
     await b.beat()
     await _enroll(sa, "s1")
-    assert await sa.holder_take("s1", "ha", labels=[], models=[], max_workstreams=1, relay_token_hash="x") is None
-    # It reconnects through hub b: b holds it, and a's late close does not undo that.
-    assert await sb.holder_take("s1", "hb", labels=[], models=[], max_workstreams=1, relay_token_hash="y") == "ha"
-    assert not await sa.holder_release("s1", "ha")
+    await take(sa, "s1", "ha", relay_token_hash="x")
+    # It reconnects through hub b: b holds it, and a's late close changes nothing.
+    await take(sb, "s1", "hb", relay_token_hash="y")
+    audit_rows = len(await sa.recent_audit())
+    assert not await sa.spoke_link_closed("s1", "ha", reason="replaced", state="lost")
     holder = await sa.holder_of("s1", a.ttl_s)
     assert holder is not None and holder.hub_id == "hb"
-    assert await sb.holder_release("s1", "hb")
+    assert (await sa.get_spoke("s1") or {})["connected"] == 1 and len(await sa.recent_audit()) == audit_rows
+    # b's link closes: the spoke is lost, with its audit row.
+    assert await sb.spoke_link_closed("s1", "hb", reason="heartbeats missed", state="lost")
     assert await sa.holder_of("s1", a.ttl_s) is None
+    row = await sa.get_spoke("s1") or {}
+    assert (row["connected"], row["state"], row["disconnect_reason"]) == (0, "lost", "heartbeats missed")
+    assert (await sa.recent_audit(1))[0]["kind"] == "spoke.lost"
+    await take(sa, "s1", "ha")  # back, through a
     # At a start, spokes marked connected that no live hub holds are lost; held ones stay.
-    await _enroll(sa, "s2")
-    await sb.holder_take("s2", "hb", labels=[], models=[], max_workstreams=1, relay_token_hash="z")
+    await _enroll(sa, "s2", "s3")  # s3: marked connected, but no hub holds it (killed)
+    await take(sb, "s2", "hb", relay_token_hash="z")
     await sa.mark_unheld_disconnected(a.ttl_s)
     rows = {r["name"]: r for r in await sa.list_spokes()}
-    assert (rows["s1"]["connected"], rows["s1"]["disconnect_reason"]) == (0, "hub restarted")
+    assert (rows["s3"]["connected"], rows["s3"]["disconnect_reason"]) == (0, "hub restarted")
+    assert rows["s1"]["connected"] == 1 and rows["s2"]["connected"] == 1  # held by live hubs
+    clock.t += a.ttl_s + 1
+    await b.beat()  # a is dead (b, now the leader, sweeps it: s1 lost with its hub)
+    rows = {r["name"]: r for r in await sa.list_spokes()}
+    assert (rows["s1"]["connected"], rows["s1"]["disconnect_reason"]) == (0, "its hub stopped answering")
     assert rows["s2"]["connected"] == 1
 
 
@@ -141,7 +163,7 @@ async def test_wakeups_reach_their_handlers(stores: list[Store]) -> None:
                 raise RuntimeError("rolled back")
             await sa.transaction(fail)
         a.publish("ws:w1")
-        await sa.holder_take("s9", "ha", labels=[], models=[], max_workstreams=1, relay_token_hash="q")
+        await take(sa, "s9", "ha", relay_token_hash="q")
         expect_b = ["spoke s9", "ws w1"]
         on_sqlite = sa.engine.kind == "sqlite"  # type: ignore[attr-defined]
         for _ in range(100):
@@ -184,7 +206,7 @@ async def test_a_restarted_hub_retires_its_predecessor_at_once(stores: list[Stor
     old = ClusterNode(sa, "https://127.0.0.1:8443", "1", hub_id="old")
     await old.beat()
     await _enroll(sa, "s1")
-    await sa.holder_take("s1", "old", labels=[], models=[], max_workstreams=1, relay_token_hash="r")
+    await take(sa, "s1", "old", relay_token_hash="r")
     clock.t += 1.0  # killed a second ago: its row still looks alive
     new = ClusterNode(sb, "https://127.0.0.1:8443", "1", hub_id="new")
     lost: list[str] = []
@@ -231,12 +253,11 @@ async def test_a_spoke_that_moves_is_closed_on_its_old_hub(stores: list[Store]) 
     await _enroll(sa, "s1")
     old, new = FakeLink("s1"), FakeLink("s1")
     regs[0].links["s1"] = old  # type: ignore[assignment]
-    await sa.holder_take("s1", "ha", labels=[], models=[], max_workstreams=1, relay_token_hash="r1")
+    await take(sa, "s1", "ha", relay_token_hash="r1")
     await regs[0].check_holder("s1")
     assert not old.closed  # still its holder
     regs[1].links["s1"] = new  # type: ignore[assignment]
-    await sb.holder_take("s1", "hb", labels=[], models=[], max_workstreams=1,
-                         relay_token_hash=hash_secret("relay-token-of-b"))
+    await take(sb, "s1", "hb", relay_token_hash=hash_secret("relay-token-of-b"))
     await regs[0].check_holder("s1")
     assert old.closed and old.close_code == messages.CLOSE_REPLACED
     assert regs[0].remote.get("s1") == "via hb"

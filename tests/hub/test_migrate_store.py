@@ -55,8 +55,9 @@ async def fill(store: Store) -> None:
     await store.history_add(1000, {"spokes": 1.0, "tokens.in": 10})
     await store.run_started("ws_1", "a", "bx_1")
     await store.node_beat("hub_1", "https://h1:8443", "1.0")
-    await store.holder_take("a", "hub_1", labels=["gpu"], models=["main"], max_workstreams=2,
-                            relay_token_hash="rt")
+    await store.transaction(store.spoke_connected_writes(
+        "a", "hub_1", labels=["gpu"], models=["main"], version="1.0", max_workstreams=2,
+        relay_token_hash="rt"))
     await store.lease_take("leader", "hub_1", 30)
     await store.cluster_secret("peer")
     await store.mcp_session_add("mcp-session-1", "hub_1")

@@ -96,7 +96,8 @@ async def test_tx_helpers_check_identifiers_and_count_rows(store: Store) -> None
 
 async def test_re_enrolling_a_spoke_replaces_every_column(store: Store, clock: Clock) -> None:
     await store.enroll_spoke("a", "key-1", ["gpu"], "1")
-    await store.mark_spoke("a", connected=True)
+    await store.transaction(store.spoke_connected_writes(
+        "a", "local", labels=["gpu"], models=[], version="1", max_workstreams=1, relay_token_hash=""))
     assert await store.revoke_spoke("a")
     assert not await store.revoke_spoke("a")  # only once
     clock.t = 2000.0
