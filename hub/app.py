@@ -180,7 +180,8 @@ class Hub:
                                         default=config.default_model, fallback=list(config.fallback_models))
         self.registry = Registry(self.store, self.pin, config.limits, VERSION)
         # This hub as a member of a cluster (alone, on SQLite: a cluster of one).
-        self.node = ClusterNode(self.store, config.direct_url(), VERSION)
+        self.node = ClusterNode(self.store, config.direct_url(), VERSION,
+                                alone=not config.database)  # the data dir's own hub.db
         self.registry.hub_id = self.node.hub_id
         self.peers = PeerClient(self.pin, lambda: self.node.secret, self.node.hub_id,
                                 insecure_http=config.insecure_http)

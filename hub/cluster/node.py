@@ -49,10 +49,13 @@ class ClusterNode:
     ``url`` is how the other hubs reach it (``hub serve --peer-url``)."""
 
     def __init__(self, store: Store, url: str, version: str, *, hub_id: str | None = None,
-                 beat_s: float = BEAT_S, ttl_s: float = TTL_S) -> None:
+                 beat_s: float = BEAT_S, ttl_s: float = TTL_S, alone: bool = False) -> None:
         self.store, self.url, self.version = store, url, version
         self.hub_id = hub_id or new_hub_id()
         self.beat_s, self.ttl_s = beat_s, ttl_s
+        # On its data dir's own SQLite file (which the run lock keeps to one hub process),
+        # any other member is a predecessor, retired at the start whatever its address.
+        self.alone = alone
         self.leader = False
         self.secret = ""  # the cluster's hub-to-hub secret, read at start
         self.on_holders: list[Callable[[list[Holder]], None]] = []
@@ -106,7 +109,8 @@ class ClusterNode:
         self.secret = await self.store.cluster_secret("peer")
         # The hub this process replaces at the same address (a restart, maybe after a kill)
         # is gone for sure: its spokes are lost now, and its leases free, not in ``ttl_s``.
-        retired = await self.store.sweep_dead_hubs(self.ttl_s, url=self.url, keep=self.hub_id)
+        retired = await self.store.sweep_dead_hubs(self.ttl_s, url=self.url, keep=self.hub_id,
+                                                   alone=self.alone)
         if retired:
             for hook in self.on_spokes_lost:
                 await hook(retired)

@@ -155,10 +155,12 @@ class ClusterTables(StoreBase):
         return [Holder.of(row) for row in rows]
 
     async def sweep_dead_hubs(self, ttl_s: float, *, url: str | None = None,
-                              keep: str = "") -> list[str]:
+                              keep: str = "", alone: bool = False) -> list[str]:
         """The leader's chore: hubs silent past the TTL are dead — and, given ``url``, every
         hub at that address but ``keep`` (a hub starting there retires the process it
-        replaces: two cannot listen on one address). Their rows, holder rows and leases go,
+        replaces: two cannot listen on one address), or with ``alone`` every hub but
+        ``keep`` (a hub on its data dir's own SQLite file, which its run lock keeps to one
+        process, knows any other row is a predecessor's). Their rows, holder rows and leases go,
         and their spokes are recorded ``lost`` (a spoke already held by a live hub has no row
         of theirs left). Returns the spokes lost. Pinned by
         tests/hub/test_cluster_node.py::test_a_dead_hubs_spokes_are_lost_once and
@@ -168,9 +170,10 @@ class ClusterTables(StoreBase):
 
         def run(tx: Tx) -> list[str]:
             dead = [r["id"] for r in tx.rows("SELECT id FROM hub_nodes WHERE seen_at <= ?", (since,))]
-            if url is not None:
-                dead += [r["id"] for r in tx.rows("SELECT id FROM hub_nodes WHERE url=? AND id<>? "
-                                                  "AND seen_at > ?", (url, keep, since))]
+            if url is not None or alone:
+                dead += [r["id"] for r in tx.rows(
+                    "SELECT id FROM hub_nodes WHERE (url=? OR ?=1) AND id<>? AND seen_at > ?",
+                    (url or "", 1 if alone else 0, keep, since))]
             lost: list[str] = []
             for hub_id in dead:
                 for row in tx.rows("SELECT spoke FROM spoke_holders WHERE hub_id=?", (hub_id,)):

@@ -222,6 +222,20 @@ async def test_a_restarted_hub_retires_its_predecessor_at_once(stores: list[Stor
         assert (await sb.get_spoke("s1") or {})["connected"] == 0
     finally:
         await new.stop()
+    # On its data dir's own SQLite file a hub is alone (the run lock): a predecessor at
+    # another address (--port 0, a new port each start) is retired at once as well.
+    await new.beat()
+    await take(sb, "s1", "new")
+    clock.t += 1.0
+    other = ClusterNode(sa, "https://127.0.0.1:9999", "1", hub_id="other", alone=True)
+    lost.clear()
+    other.on_spokes_lost.append(told)
+    await other.start()
+    try:
+        assert other.is_leader() and lost == ["s1"]
+        assert [h["id"] for h in (await other.status())["hubs"]] == ["other"]
+    finally:
+        await other.stop()
 
 
 class FakeLink:
