@@ -63,7 +63,8 @@ def hub_doctor(data_dir: Path, as_json: bool, tls_cert: Path | None, tls_key: Pa
     check failed. Changes nothing. See docs/troubleshooting.md."""
     from cli.config_file import database_for
     from cli.runlock import HUB_LOCK
-    from hub.doctor import HubContext, Running, run
+    from hub.doctor import run
+    from hub.doctor_facts import HubContext, Running
 
     running = _holder(data_dir, HUB_LOCK) if data_dir.is_dir() else None
     ctx = HubContext(data_dir, running=Running(running.pid, running.url) if running else None,

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import psycopg
 
-from hub.doctor import DbFacts
+from hub.doctor_facts import DbFacts
 from hub.store.pg_url import redact
 
 

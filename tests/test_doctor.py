@@ -17,7 +17,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
-from hub.doctor import HubContext, check_tls
+from hub.doctor import check_tls
+from hub.doctor_facts import HubContext
 from hub.store.migrations import MIGRATIONS
 from protocol import doctor as d
 from spoke.boxes.image import DEFAULT_IMAGE

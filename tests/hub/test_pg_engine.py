@@ -156,7 +156,8 @@ def test_urls_are_shown_without_their_password() -> None:
 
 
 async def test_doctor_checks_a_postgresql_store(pg_url: str, tmp_path: Path) -> None:
-    from hub.doctor import HubContext, check_database, check_schema
+    from hub.doctor import check_database, check_schema
+    from hub.doctor_facts import HubContext
 
     engine = PostgresEngine(pg_url, PG_MIGRATIONS)
     await engine.open()

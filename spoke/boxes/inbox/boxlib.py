@@ -14,6 +14,7 @@ import os
 import re
 import signal
 import struct
+import subprocess
 
 try:  # Debian's python3-minimal (the sandbox image) has neither
     import json
@@ -212,6 +213,33 @@ def set_winsize(fd: int, rows: int, cols: int) -> None:
 
 def take_ctty() -> None:
     fcntl.ioctl(0, TIOCSCTTY, 0)
+
+
+def spawn(kind: str, argv: list[str], env: dict[str, str], cwd: str | None,
+          req: dict) -> tuple[subprocess.Popen, int]:  # type: ignore[type-arg]
+    """Start a channel's child in a session of its own: on a new PTY (``pty``: returns the
+    master, the slave closed here) or with pipes (``exec``: stdin piped only if asked; master
+    -1). On OSError nothing is left open."""
+    master = slave = -1
+    try:
+        if kind == "pty":
+            master, slave = os.openpty()
+            set_winsize(master, int(req.get("rows") or 24), int(req.get("cols") or 80))
+            proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
+                                    cwd=cwd, start_new_session=True, close_fds=True,
+                                    preexec_fn=take_ctty)
+            os.close(slave)
+            return proc, master
+        stdin = subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL
+        proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, env=env, cwd=cwd,
+                                start_new_session=True, close_fds=True)
+        return proc, -1
+    except OSError:
+        for fd in (master, slave):
+            if fd >= 0:
+                os.close(fd)
+        raise
 
 
 def start_failure(exc: OSError, prog: str, cwd: str | None) -> tuple[int, str]:

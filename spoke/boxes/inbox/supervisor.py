@@ -38,8 +38,8 @@ from spoke.boxes.inbox.boxlib import (
     kill_tree,
     obj,
     set_winsize,
+    spawn,
     start_failure,
-    take_ctty,
 )
 
 # <<< boxlib
@@ -297,23 +297,9 @@ class Supervisor:
         if pidfile is not None and not PIDFILE_RE.fullmatch(str(pidfile)):
             self.send_json(ERROR, cid, {"message": "bad pid file name"})
             return
-        master = slave = -1
         try:
-            if kind == "pty":
-                master, slave = os.openpty()
-                set_winsize(master, int(req.get("rows") or 24), int(req.get("cols") or 80))
-                proc = subprocess.Popen(argv, stdin=slave, stdout=slave, stderr=slave, env=env,
-                                        cwd=cwd, start_new_session=True, close_fds=True,
-                                        preexec_fn=take_ctty)
-            else:
-                stdin = subprocess.PIPE if req.get("stdin") else subprocess.DEVNULL
-                proc = subprocess.Popen(argv, stdin=stdin, stdout=subprocess.PIPE,
-                                        stderr=subprocess.PIPE, env=env, cwd=cwd,
-                                        start_new_session=True, close_fds=True)
+            proc, master = spawn(str(kind), argv, env, cwd, req)
         except OSError as exc:
-            for fd in (master, slave):
-                if fd >= 0:
-                    os.close(fd)
             code, msg = start_failure(exc, argv[0] if argv else "", cwd)
             self.send_json(OPENED, cid, {"pid": None})
             self.send(STDERR if kind == "exec" else STDOUT, cid, msg.encode())
@@ -328,7 +314,6 @@ class Supervisor:
             except OSError as exc:
                 log(f"cannot write {pidfile}: {exc}")
         if kind == "pty":
-            os.close(slave)
             os.set_blocking(master, False)
             ch.in_fd = master
             ch.outs[master] = STDOUT
