@@ -9,23 +9,11 @@ from __future__ import annotations
 import asyncio
 import functools
 import threading
-from collections.abc import AsyncIterator
 
 import psycopg
 import pytest
 
 from hub.store import Store, Tx
-from tests.hub.conftest import MakeStore
-
-
-class Clock:
-    def __call__(self) -> float:
-        return 1000.0
-
-
-@pytest.fixture
-def clock() -> Clock:
-    return Clock()
 
 
 class Heard:
@@ -52,19 +40,9 @@ def notify(topic: str, tx: Tx) -> None:
     tx.notify(topic)
 
 
-@pytest.fixture
-async def stores(make_store: MakeStore) -> AsyncIterator[tuple[Store, Store]]:
-    a, b = make_store(), make_store()
-    await a.open()
-    await b.open()
-    yield a, b
-    await a.close()
-    await b.close()
-
-
 async def test_a_topic_is_heard_after_commit_and_never_on_rollback(
-        stores: tuple[Store, Store]) -> None:
-    store, _ = stores
+        two_stores: tuple[Store, Store]) -> None:
+    store, _ = two_stores
     heard = Heard()
     store.engine.subscribe(heard)
     seen_inside: list[list[str]] = []
@@ -90,8 +68,8 @@ async def test_a_topic_is_heard_after_commit_and_never_on_rollback(
 
 
 async def test_two_engines_on_one_database_hear_each_other(
-        stores: tuple[Store, Store], engine_kind: str) -> None:
-    a, b = stores
+        two_stores: tuple[Store, Store], engine_kind: str) -> None:
+    a, b = two_stores
     heard_a, heard_b = Heard(), Heard()
     a.engine.subscribe(heard_a)
     b.engine.subscribe(heard_b)
@@ -109,8 +87,8 @@ async def test_two_engines_on_one_database_hear_each_other(
 
 @pytest.mark.parametrize("engine_kind", ["postgresql"], indirect=True)
 async def test_the_listener_comes_back_after_its_connection_is_killed(
-        stores: tuple[Store, Store], pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
-    a, b = stores
+        two_stores: tuple[Store, Store], pg_url: str, caplog: pytest.LogCaptureFixture) -> None:
+    a, b = two_stores
     heard = Heard()
     b.engine.subscribe(heard)
     with psycopg.connect(pg_url, autocommit=True) as admin:
