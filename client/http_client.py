@@ -194,7 +194,9 @@ class HubClient(WorkstreamMixin):
         """Refuse (before anything is sent) a hub whose certificate is not the pinned one."""
         if not (self._https and self.pin):
             return
-        der = sock.getpeercert(binary_form=True) if isinstance(sock, ssl.SSLSocket) else None
+        # An ssl.SSLSocket, or the terminal's client.tls_socket.LockedTlsSocket.
+        peer_cert = getattr(sock, "getpeercert", None)
+        der = peer_cert(binary_form=True) if peer_cert is not None else None
         if not pins_match(self.pin, der or b""):
             raise RemoteError(
                 ErrorCode.DENIED,

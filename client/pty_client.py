@@ -2,12 +2,14 @@
 
 :func:`open_pty` dials the hub's ``GET /api/boxes/{id}/pty`` WebSocket with the same
 certificate pin as :class:`~client.http_client.HubClient` (checked on the TLS socket before
-the API key is sent). :func:`run_terminal` is what ``docker exec -it`` does with it: the local
-terminal in raw mode (restored on exit and on errors), keystrokes up as binary messages (so
-Ctrl-C reaches the box's program as a byte, like any key), the box's bytes to stdout,
-``SIGWINCH`` sent as a resize, and the program's exit code returned.
+the API key is sent), over client/tls_socket.py's :class:`LockedTlsSocket`: websockets reads
+in a thread while this one writes, which an ``ssl.SSLSocket`` does not survive.
+:func:`run_terminal` is what ``docker exec -it`` does with it: the local terminal in raw mode
+(restored on exit and on errors), keystrokes up as binary messages (so Ctrl-C reaches the
+box's program as a byte, like any key), the box's bytes to stdout, ``SIGWINCH`` sent as a
+resize, and the program's exit code returned.
 
-Pinned by tests/test_pty.py (tmux drives the real CLI).
+Pinned by tests/test_pty.py (tmux drives the real CLI) and tests/test_multihub.py.
 """
 
 from __future__ import annotations
@@ -22,7 +24,7 @@ import ssl
 import sys
 import threading
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlencode
 
 from websockets.exceptions import ConnectionClosed, InvalidStatus
@@ -30,6 +32,7 @@ from websockets.sync.client import ClientConnection, connect
 
 from client.errors import api_error
 from client.http_client import HubClient
+from client.tls_socket import LockedTlsSocket
 from protocol.errors import ErrorCode, RemoteError
 
 NOT_A_TTY = "the input device is not a TTY"
@@ -46,16 +49,24 @@ def open_pty(client: HubClient, box_id: str, cmd: list[str], *, rows: int = 24, 
         query.append(("workdir", workdir))
     host, port = client._host, client._port
     try:
-        sock: socket.socket = socket.create_connection((host, port), timeout=30)
-        if client._https:
-            sock = client._ssl_context().wrap_socket(sock, server_hostname=host)
+        raw = socket.create_connection((host, port), timeout=30)
     except OSError as err:
+        raise client._unreachable(err) from None
+    sock: socket.socket | LockedTlsSocket = raw
+    try:
+        if client._https:
+            # Not an ssl.SSLSocket: websockets reads it in a thread while this one writes
+            # (client/tls_socket.py says why that needs the lock).
+            sock = LockedTlsSocket(raw, client._ssl_context(), server_hostname=host)
+    except OSError as err:
+        raw.close()
         raise client._unreachable(err) from None
     try:
         client._check_pin(sock)
         sock.settimeout(None)
         return connect(f"ws://{host}:{port}/api/boxes/{box_id}/pty?{urlencode(query)}",
-                       sock=sock, max_size=None, open_timeout=60,
+                       sock=cast(socket.socket, sock),  # socket-like: what websockets uses
+                       max_size=None, open_timeout=60,
                        additional_headers={"Authorization": f"Bearer {client.api_key}"})
     except InvalidStatus as err:
         sock.close()
