@@ -6,15 +6,12 @@ through :func:`cli.common.stream_exec`."""
 
 from __future__ import annotations
 
-import contextlib
-import os
-import posixpath
-import re
 import sys
 from pathlib import Path
 
 import click
 
+from cli.box_cp import copy
 from cli.common import aliased_group, data_dir_option, emit, fail, json_option, stream_exec, table
 from cli.common import guarded as _guard
 from cli.common import hub_client as _client
@@ -229,106 +226,4 @@ def box_cp(data_dir: Path, as_json: bool, parents: bool, src: str, dst: str) -> 
     image); BOX: alone is that directory. As in docker cp, a DST that is a directory, or
     ends in '/', receives the file under its own name. Write a local path containing ':'
     as ./like:this."""
-    src_box, src_path = _split(src)
-    dst_box, dst_path = _split(dst)
-    if bool(src_box) == bool(dst_box):
-        fail("exactly one of SRC and DST must name a box as BOX:PATH", 2)
-    if dst_box:
-        _upload(data_dir, as_json, parents, Path(src_path), dst_box, dst_path)
-    else:
-        assert src_box is not None
-        _download(data_dir, as_json, parents, src_box, src_path, dst_path)
-
-
-def _upload(data_dir: Path, as_json: bool, parents: bool, local: Path, box_id: str,
-            path: str) -> None:
-    if local.is_dir():
-        fail(f"{local} is a directory: box cp copies one file", 2)
-    try:
-        fh = local.open("rb")
-    except OSError as err:
-        fail(f"cannot read {local}: {err.strerror or err}", 2)
-    client = _client(data_dir)
-    with fh:
-        info = os.fstat(fh.fileno())
-        data = _guard(lambda: client.put_file(box_id, path, fh, info.st_size, info.st_mode & 0o777,
-                                              parents=parents, into_dir_name=local.name))
-    where = f"{box_id}:{data.get('path') or path}"
-    emit(data, as_json, lambda d: click.echo(f"copied {d['size']} bytes to {where}", err=True))
-
-
-def _download(data_dir: Path, as_json: bool, parents: bool, box_id: str, path: str,
-              dst: str) -> None:
-    """Fetch into ``NAME.part`` beside the target, then rename: a failed copy leaves neither
-    a partial file nor the directories ``-p`` made for it."""
-    name = posixpath.basename(path.rstrip("/"))
-    target, missing = _local_target(Path(dst), dst.endswith(("/", os.sep)), name, parents)
-    client = _client(data_dir)
-    tmp = target.with_name(target.name + ".part")
-    size = 0
-
-    def fetch() -> None:
-        nonlocal size
-        for directory in missing:
-            directory.mkdir()
-        with tmp.open("wb") as fh:
-            for chunk in client.get_file(box_id, path):
-                fh.write(chunk)
-                size += len(chunk)
-        os.replace(tmp, target)
-
-    import http.client  # only now: it is slow to import and most commands never need it
-
-    try:
-        _guard(fetch)
-    except BaseException as err:
-        tmp.unlink(missing_ok=True)
-        for directory in reversed(missing):
-            with contextlib.suppress(OSError):
-                directory.rmdir()
-        if isinstance(err, OSError | http.client.HTTPException):
-            fail(f"copying {box_id}:{path} to {target} failed: {_why(err)}", 1)
-        raise
-    emit({"size": size, "path": str(target)}, as_json,
-         lambda d: click.echo(f"copied {size} bytes to {target}", err=True))
-
-
-def _local_target(dst: Path, as_dir: bool, name: str, parents: bool) -> tuple[Path, list[Path]]:
-    """Where a download goes and which missing directories ``-p`` must make (outermost
-    first), with docker cp's rules; a one-line usage error (exit 2) for everything else."""
-    if as_dir or dst.is_dir():
-        if not name or name in (".", ".."):
-            fail("SRC must name a file when DST is a directory", 2)
-        folder, target = dst, dst / name
-    else:
-        folder, target = dst.parent, dst
-    missing: list[Path] = []
-    probe = folder
-    while not probe.is_dir():
-        if probe.exists():
-            fail(f"{probe} is not a directory", 2)
-        if not parents:
-            fail(f"local directory {folder} does not exist (use -p to create it)", 2)
-        missing.insert(0, probe)
-        probe = probe.parent
-    if target.is_dir():
-        fail(f"{target} is a directory", 2)
-    return target, missing
-
-
-def _why(err: BaseException) -> str:
-    return (getattr(err, "strerror", None) or str(err) or type(err).__name__).rstrip(".")
-
-
-_BOX_REF = re.compile(r"(bx_[^/:]*):(.*)\Z", re.DOTALL)
-
-
-def _split(arg: str) -> tuple[str | None, str]:
-    """``BOX:PATH`` → ``(BOX, PATH)``; anything else is a local path. Whatever starts with
-    ``bx_`` before the first ':' (and has no '/') is meant as a box, so a mistyped id gets
-    the hub's "not a box id" rather than "no such local file". ``BOX:`` is the box's
-    working directory, which the spoke resolves (``.``)."""
-    match = _BOX_REF.match(arg)
-    if match:
-        return match.group(1), match.group(2) or "."
-    return None, arg
+    copy(data_dir, src, dst, parents=parents, as_json=as_json)

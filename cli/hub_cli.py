@@ -4,7 +4,8 @@ This module is the console script's entry point and deliberately imports nothing
 standard library: ``hub box exec ID -- CMD`` is meant to cost about as much as
 ``docker exec``, and loading click plus every command module would add tens of milliseconds
 to each run. So :func:`main` recognises the plain forms of ``box exec`` itself and runs them
-through :func:`cli.common.stream_exec`, the same code the click command uses; anything else
+through :func:`cli.common.stream_exec`, the same code the click command uses (and those of
+``box cp`` through :func:`cli.box_cp.copy`, likewise); anything else
 (other commands, ``--help``, argument forms it does not fully understand, values click would
 reject) goes to the click tree in :mod:`cli.hub_commands`, which then behaves exactly as
 before, error messages included.
@@ -122,6 +123,71 @@ def _fast_box_exec(args: list[str]) -> int | None:
         return 1
 
 
+class _CpArgs:
+    """``hub box cp`` arguments as the click command would have received them."""
+
+    def __init__(self, src: str, dst: str, data_dir: str | None, parents: bool,
+                 as_json: bool) -> None:
+        self.src, self.dst, self.data_dir = src, dst, data_dir
+        self.parents, self.as_json = parents, as_json
+
+
+def _parse_box_cp(args: list[str]) -> _CpArgs | None:
+    """Parse ``box cp [-p|--parents] [--json] [--data-dir DIR] SRC DST`` (options anywhere,
+    as click allows), or return None to let click do it: ``--help``, ``--``, unknown or
+    combined options, a word after them that starts with ``-``, not exactly two paths."""
+    if args[:2] != ["box", "cp"]:
+        return None
+    data_dir: str | None = None
+    parents = as_json = False
+    paths: list[str] = []
+    i = 2
+    while i < len(args):
+        word = args[i]
+        if word in ("-p", "--parents"):
+            parents = True
+        elif word == "--json":
+            as_json = True
+        elif word.partition("=")[0] == "--data-dir":
+            _, eq, value = word.partition("=")
+            if not eq:
+                if i + 1 >= len(args):
+                    return None
+                i += 1
+                value = args[i]
+            if not value or value.startswith("-"):
+                return None
+            data_dir = value
+        elif word.startswith("-"):
+            return None
+        else:
+            paths.append(word)
+        i += 1
+    if len(paths) != 2:
+        return None
+    return _CpArgs(paths[0], paths[1], data_dir, parents, as_json)
+
+
+def _fast_box_cp(args: list[str]) -> int | None:
+    """Run ``hub box cp`` without click (cli/box_cp.py); None when the arguments need click."""
+    parsed = _parse_box_cp(args)
+    if parsed is None:
+        return None
+    data_dir = _data_dir(parsed.data_dir)
+    if data_dir is None:
+        return None
+    from cli.box_cp import copy
+
+    try:
+        copy(data_dir, parsed.src, parsed.dst, parents=parsed.parents, as_json=parsed.as_json)
+    except SystemExit as done:  # cli.common.fail: its message is out, this is its code
+        return done.code if isinstance(done.code, int) else 1
+    except KeyboardInterrupt:
+        sys.stderr.write("\nAborted!\n")
+        return 1
+    return 0
+
+
 def _exit_now(code: int) -> None:
     """Flush our output and end the process without interpreter finalisation.
 
@@ -146,6 +212,8 @@ def main(argv: list[str] | None = None) -> None:
     commands do; as the script itself, the fast path ends the process directly."""
     args = sys.argv[1:] if argv is None else list(argv)
     code = _fast_box_exec(args)
+    if code is None:
+        code = _fast_box_cp(args)
     if code is not None:
         if argv is None:
             _exit_now(code)

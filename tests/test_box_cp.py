@@ -6,6 +6,7 @@ missing parents, and one-line errors that leave nothing behind.
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
@@ -121,3 +122,24 @@ def test_usage_errors_are_one_line(hub: Hub, box: str, notes: Path, tmp_path: Pa
     is_dir = hub.cli("box", "cp", f"{box}:/workspace", str(tmp_path / "w"))
     assert is_dir.returncode == 2 and "directory" in is_dir.stderr
     assert not (tmp_path / "w").exists() and not (tmp_path / "w.part").exists()
+
+
+def test_the_fast_path_and_click_copy_alike(hub: Hub, box: str, notes: Path,
+                                            tmp_path: Path) -> None:
+    """``hub box cp SRC DST`` runs without click (cli/hub_cli.py); ``hub box cp -- SRC DST``
+    goes through click's command (the fast path leaves ``--`` to it). Both copy with the
+    same code, so their results, messages and JSON must be the same."""
+    runs = {}
+    for how, sep in (("fast", []), ("click", ["--"])):
+        up = hub.cli("box", "cp", *sep, str(notes), f"{box}:/workspace/{how}.txt")
+        down = hub.cli("box", "cp", "--json", *sep, f"{box}:/workspace/{how}.txt",
+                       str(tmp_path / f"{how}.back"))
+        refused = hub.cli("box", "cp", *sep, str(notes), str(tmp_path / "both-local"))
+        assert up.returncode == down.returncode == 0, (up.stderr, down.stderr)
+        assert (tmp_path / f"{how}.back").read_text() == "first hour\n"
+        runs[how] = (up.stderr.replace(how, "X"), json.loads(down.stdout)["size"],
+                     refused.returncode, refused.stderr)
+    assert runs["fast"] == runs["click"]
+    assert runs["fast"][0] == f"copied 11 bytes to {box}:/workspace/X.txt\n"
+    assert runs["fast"][2:] == (2, "error: exactly one of SRC and DST must name a box as "
+                                   "BOX:PATH\n")

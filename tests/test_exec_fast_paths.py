@@ -13,7 +13,7 @@ import threading
 
 import pytest
 
-from cli.hub_cli import _parse_box_exec
+from cli.hub_cli import _parse_box_cp, _parse_box_exec
 from client.fast_exec import read_response as _read_response
 from protocol.errors import RemoteError
 from spoke.boxes.docker_raw_api import EngineExec
@@ -54,6 +54,34 @@ def test_fast_path_parses_the_plain_forms() -> None:
 ])
 def test_fast_path_leaves_everything_else_to_click(args: list[str]) -> None:
     assert _parse_box_exec(args) is None
+
+
+def test_box_cp_fast_path_parses_options_anywhere() -> None:
+    p = _parse_box_cp(["box", "cp", "a.txt", f"{BOX}:/workspace/"])
+    assert p is not None and (p.src, p.dst, p.parents, p.as_json, p.data_dir) == (
+        "a.txt", f"{BOX}:/workspace/", False, False, None)
+    p = _parse_box_cp(["box", "cp", "-p", f"{BOX}:x", "--json", "out/", "--data-dir=/d"])
+    assert p is not None and (p.src, p.dst, p.parents, p.as_json, p.data_dir) == (
+        f"{BOX}:x", "out/", True, True, "/d")
+    p = _parse_box_cp(["box", "cp", "--parents", "--data-dir", "/e", "a", "b"])
+    assert p is not None and (p.parents, p.data_dir) == (True, "/e")
+
+
+@pytest.mark.parametrize("args", [
+    ["box", "cp", "--help"],
+    ["box", "cp", "a"],  # click says what is missing
+    ["box", "cp", "a", "b", "c"],
+    ["box", "cp", "--", "a", "b"],
+    ["box", "cp", "-pj", "a", "b"],
+    ["box", "cp", "-x", "a", "b"],
+    ["box", "cp", "a", "-", ],
+    ["box", "cp", "--data-dir", "a", "b"],  # "a" is the data dir: one path left
+    ["box", "cp", "--data-dir=", "a", "b"],
+    ["box", "cp", "a", "b", "--data-dir"],
+    ["box", "exec", "a", "b"],
+])
+def test_box_cp_fast_path_leaves_everything_else_to_click(args: list[str]) -> None:
+    assert _parse_box_cp(args) is None
 
 
 def _response(head: bytes, body: bytes) -> tuple[int, list[bytes]]:
@@ -115,7 +143,7 @@ def test_the_cli_fast_path_stays_import_light() -> None:
     import subprocess
     import sys
 
-    probe = ("import sys, cli.hub_cli, cli.common, client.http_client, client.fast_exec, "
+    probe = ("import sys, cli.hub_cli, cli.common, cli.box_cp, client.http_client, client.fast_exec, "
              "client.errors, protocol.pins; print(sorted(m for m in ('http.client', 'email', "
              "'click', 'dataclasses', 'protocol.tokens') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
