@@ -67,7 +67,7 @@ def _upload(data_dir: Path, as_json: bool, parents: bool, local: Path, box_id: s
         fh = local.open("rb")
     except OSError as err:
         fail(f"cannot read {local}: {err.strerror or err}", 2)
-    client = hub_client(data_dir)
+    client = guarded(lambda: hub_client(data_dir))  # no hub here: one line, not a traceback
     with fh:
         info = os.fstat(fh.fileno())
         data = guarded(lambda: client.put_file(box_id, path, fh, info.st_size, info.st_mode & 0o777,
@@ -82,7 +82,7 @@ def _download(data_dir: Path, as_json: bool, parents: bool, box_id: str, path: s
     a partial file nor the directories ``-p`` made for it."""
     name = posixpath.basename(path.rstrip("/"))
     target, missing = _local_target(Path(dst), dst.endswith(("/", os.sep)), name, parents)
-    client = hub_client(data_dir)
+    client = guarded(lambda: hub_client(data_dir))  # no hub here: one line, not a traceback
     tmp = target.with_name(target.name + ".part")
     size = 0
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import io
 import socket
 import threading
+from pathlib import Path
 
 import pytest
 
@@ -17,6 +18,7 @@ from cli.hub_cli import _parse_box_cp, _parse_box_exec
 from client.fast_exec import read_response as _read_response
 from protocol.errors import RemoteError
 from spoke.boxes.docker_raw_api import EngineExec
+from tests.cluster import HUB
 
 BOX = "bx_0123456789abcdef"
 
@@ -148,3 +150,21 @@ def test_the_cli_fast_path_stays_import_light() -> None:
              "'click', 'dataclasses', 'protocol.tokens') if m in sys.modules))")
     out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
     assert out.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("sep", [[], ["--"]], ids=["fast path", "click"])
+def test_box_cp_without_a_hub_is_a_one_line_error(tmp_path: Path, sep: list[str]) -> None:
+    """Both ways, both paths; it used to end in a traceback (the client was made outside
+    the error handling)."""
+    import subprocess
+
+    src = tmp_path / "a.txt"
+    src.write_text("x")
+    empty = tmp_path / "no-hub"
+    empty.mkdir()
+    for args in ([str(src), f"{BOX}:/workspace/a"], [f"{BOX}:/workspace/a", str(tmp_path / "b")]):
+        res = subprocess.run([HUB, "box", "cp", "--data-dir", str(empty), *sep, *args],
+                             capture_output=True, text=True, timeout=60)
+        assert res.returncode == 1, res.stderr
+        assert res.stderr.startswith("error: no hub in ") and res.stderr.count("\n") == 1
+        assert not (tmp_path / "b").exists() and not (tmp_path / "b.part").exists()
