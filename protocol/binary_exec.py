@@ -45,41 +45,76 @@ class Reader:
     ValueError naming what is wrong; :meth:`close` raises it if the body stopped mid-frame."""
 
     def __init__(self) -> None:
-        self._buf = bytearray()
+        self._buf = bytearray()  # the start of a frame whose end is in a later piece
         self.ended = False
 
     def feed(self, data: bytes) -> list[tuple[str, Any]]:
+        """The events ``data`` completes. The hub writes each frame's header and its output
+        apart (two HTTP chunks): a piece that is exactly the output its buffered header
+        announced is handed on as it is, without a copy (50 MiB of output went through
+        three copies here, ~10 % of ``hub box exec``'s CPU)."""
         if self.ended:
             if data:
                 raise ValueError("exec stream: data after the end frame")
             return []
-        buf = self._buf
-        buf += data
         out: list[tuple[str, Any]] = []
-        pos = 0
-        while len(buf) - pos >= HEADER.size:
-            kind, size = HEADER.unpack_from(buf, pos)
-            if kind not in NAMES and kind != KIND_END:
-                raise ValueError(f"exec stream: unknown frame kind {kind}")
-            if kind == KIND_END and size > MAX_END_BYTES:
-                raise ValueError(f"exec stream: end frame of {size} bytes")
-            if len(buf) - pos - HEADER.size < size:
-                break
+        view = memoryview(data)
+        if self._buf:
+            view = self._finish_buffered(view, data, out)
+        pos, n = 0, len(view)
+        while not self.ended and n - pos >= HEADER.size:
+            kind, size = self._header(view, pos)
             start = pos + HEADER.size
-            payload = bytes(buf[start:start + size])
-            pos = start + size
-            if kind == KIND_END:
-                line = json.loads(payload)
-                if not isinstance(line, dict):
-                    raise ValueError("exec stream: the end frame is not a JSON object")
-                out.append(("end", line))
-                self.ended = True
-                if pos != len(buf):
-                    raise ValueError("exec stream: data after the end frame")
+            if n - start < size:
                 break
-            out.append((NAMES[kind], payload))
-        del buf[:pos]
+            pos = start + size
+            self._frame(kind, view[start:pos].tobytes(), out)
+        if self.ended and pos != n:
+            raise ValueError("exec stream: data after the end frame")
+        self._buf += view[pos:]
         return out
+
+    def _finish_buffered(self, view: memoryview, data: bytes,
+                         out: list[tuple[str, Any]]) -> memoryview:
+        """Complete the buffered frame from the start of ``view``; what is left of it."""
+        buf = self._buf
+        if len(buf) < HEADER.size:
+            take = HEADER.size - len(buf)
+            buf += view[:take]
+            view = view[take:]
+            if len(buf) < HEADER.size:
+                return view
+        kind, size = self._header(buf, 0)
+        missing = size - (len(buf) - HEADER.size)
+        if len(view) < missing:
+            buf += view
+            return view[len(view):]
+        if len(buf) == HEADER.size and len(view) == len(data) == size:
+            payload = data  # the common case: the header's piece, then exactly its output
+        else:
+            payload = bytes(buf[HEADER.size:]) + view[:missing].tobytes()
+        buf.clear()
+        self._frame(kind, payload, out)
+        return view[missing:]
+
+    @staticmethod
+    def _header(view: memoryview | bytearray, pos: int) -> tuple[int, int]:
+        kind, size = HEADER.unpack_from(view, pos)
+        if kind not in NAMES and kind != KIND_END:
+            raise ValueError(f"exec stream: unknown frame kind {kind}")
+        if kind == KIND_END and size > MAX_END_BYTES:
+            raise ValueError(f"exec stream: end frame of {size} bytes")
+        return kind, size
+
+    def _frame(self, kind: int, payload: bytes, out: list[tuple[str, Any]]) -> None:
+        if kind != KIND_END:
+            out.append((NAMES[kind], payload))
+            return
+        line = json.loads(payload)
+        if not isinstance(line, dict):
+            raise ValueError("exec stream: the end frame is not a JSON object")
+        out.append(("end", line))
+        self.ended = True
 
     def close(self) -> None:
         if self._buf:

@@ -7,6 +7,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import random
 
 import pytest
 
@@ -29,6 +30,32 @@ def test_a_body_split_anywhere_gives_the_same_events(step: int) -> None:
     assert [e["t"] for e in events] == ["stdout", "stderr", "exit"]
     assert events[0]["data"] == out and events[1]["data"] == err
     assert events[2] == {"t": "exit", "exit_code": 3}
+
+
+def test_frames_cut_at_random_give_the_same_events() -> None:
+    rng = random.Random(14)
+    outputs = [(rng.choice(["stdout", "stderr"]), rng.randbytes(rng.choice([0, 1, 7, 5000, 70_000])))
+               for _ in range(40)]
+    body = b"".join(bx.output_header(kind, len(data)) + data for kind, data in outputs)
+    body += bx.end_frame({"t": "exit", "exit_code": 9})
+    for _ in range(30):
+        cuts = sorted(rng.sample(range(1, len(body)), rng.randint(1, 60)))
+        pieces = [body[a:b] for a, b in zip([0, *cuts], [*cuts, len(body)], strict=True)]
+        reader = bx.Reader()
+        events = [event for piece in pieces for event in reader.feed(piece)]
+        assert events == [*outputs, ("end", {"t": "exit", "exit_code": 9})]
+        reader.close()
+
+
+def test_output_after_its_own_header_piece_is_handed_on_uncopied() -> None:
+    """The hub writes a frame's header and its output apart: the output piece is the event."""
+    data = os.urandom(256 * 1024)
+    reader = bx.Reader()
+    assert reader.feed(bx.output_header("stdout", len(data))) == []
+    [(kind, got)] = reader.feed(data)
+    assert kind == "stdout" and got is data
+    assert reader.feed(bx.end_frame({"t": "exit", "exit_code": 0})) == [
+        ("end", {"t": "exit", "exit_code": 0})]
 
 
 def test_an_output_event_still_has_its_ndjson_base64() -> None:
