@@ -126,9 +126,11 @@ def test_lost_spoke_shown_disconnected_then_recovers(hub: Hub, spoke: Spoke) -> 
     spoke.wait_connected()
 
 
-async def _raw_auth(hub: Hub, params: dict[str, Any], source: str) -> tuple[int, str, str]:
-    """One hand-driven handshake from address ``source``: (close code, close reason, the
-    error message the hub sent before closing, if any)."""
+async def _raw_auth(hub: Hub, params: dict[str, Any], source: str,
+                    key: Any = None) -> tuple[int, str, str]:
+    """One hand-driven handshake from address ``source`` with ``key`` (a fresh one if None):
+    (close code, close reason, the error message the hub sent before closing, if any; or
+    "authenticated", the close then being ours)."""
     import ssl
     import time
 
@@ -150,7 +152,7 @@ async def _raw_auth(hub: Hub, params: dict[str, Any], source: str) -> tuple[int,
             events = conn.receive_data(await ws.recv())
             hello = events[0]
             assert isinstance(hello, ev.HelloReceived)
-            key = Ed25519PrivateKey.generate()
+            key = key or Ed25519PrivateKey.generate()
             name = str(params["name"])
             conn.send_auth(messages.AuthParams.model_validate({
                 "protocol": messages.PROTOCOL_VERSION, "public_key": Identity.public_b64(key),
@@ -158,12 +160,41 @@ async def _raw_auth(hub: Hub, params: dict[str, Any], source: str) -> tuple[int,
                 **params}))
             for frame in conn.data_to_send():
                 await ws.send(frame)
-            said = json.loads(await ws.recv())["error"]["message"]
-            await ws.recv()
+            reply = json.loads(await ws.recv())
+            if "error" not in reply:
+                said = "authenticated"
+                await ws.close()
+            else:
+                said = reply["error"]["message"]
+                await ws.recv()
         except websockets.ConnectionClosed:
             pass
         assert ws.close_code is not None
         return ws.close_code, ws.close_reason or "", said
+
+
+async def test_an_enrolment_the_spoke_never_heard_of_resumes(hub: Hub) -> None:
+    """Found in CI: a spoke stopped just after the hub enrolled it (the answer unread) came
+    back, retried the enrolment with its token and the same key, was told "join token has
+    already been used" and exited for good. The retry with the key the hub recorded is now a
+    resume; the same token with any other key is still refused, and no use is taken twice."""
+    from cryptography.hazmat.primitives.asymmetric.ed25519 import Ed25519PrivateKey
+
+    token = JoinToken.decode(hub.token("retry"))
+    enroll = {"mode": "enroll", "name": "retry", "token_id": token.token_id,
+              "token_secret": token.secret}
+    key = Ed25519PrivateKey.generate()
+    assert (await _raw_auth(hub, enroll, "127.0.0.4", key))[2] == "authenticated"
+    assert (await _raw_auth(hub, enroll, "127.0.0.4", key))[2] == "authenticated"
+    other = await _raw_auth(hub, enroll, "127.0.0.4")
+    assert other[0] == 4001 and other[2] == "join token has already been used"
+    wrong_secret = await _raw_auth(hub, {**enroll, "token_secret": "y" * 43}, "127.0.0.4", key)
+    assert wrong_secret[2] == "join token is unknown", "the token is still checked"
+    [row] = [t for t in hub.cli_json("token", "list") if t["name"] == "retry"]
+    assert row["state"] == "used"
+    hub.cli("spoke", "revoke", "retry")
+    revoked = await _raw_auth(hub, enroll, "127.0.0.4", key)
+    assert revoked[2] == "join token has already been used", "a revoked spoke does not come back"
 
 
 async def test_enrollment_brute_force_is_throttled_and_folded(tmp_path: Path, hub: Hub,
