@@ -183,7 +183,10 @@ def test_a_box_exec_is_one_trace_from_the_api_to_docker(
     assert asyncio.run(mcp_exec())["stdout"] == "via-mcp\n"
     [tool] = wait_until(lambda: collector.named("spokehub-hub", "tools/call exec"),
                         what="the MCP SDK's span of the tool call")
-    request = [s for s in collector.trace(tool.trace_id) if s.span_id == tool.parent_id]
+    # The request's span ends (and is exported) after the tool's: wait for it too.
+    request = wait_until(lambda: [s for s in collector.trace(tool.trace_id)
+                                  if s.span_id == tool.parent_id],
+                         what="the span of the /mcp request that carried the tool call")
     assert [s.name for s in request] == ["POST /mcp"] and request[0].parent_id == ""
     assert len(chain(collector, tool)) == 4
     # Each message is in its own request's trace, never in the session's first one.
